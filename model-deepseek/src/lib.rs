@@ -1,0 +1,2 @@
+//! DeepSeek-V3-family models: configs, the shared-expert fusion policy, the strict safetensors
+//! loader, the forward pass and the KV cache.

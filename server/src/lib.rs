@@ -1,0 +1,2 @@
+//! The `mxserve` server: OpenAI-compatible HTTP API, tokenizer and chat template, scheduler
+//! with continuous batching, metrics.

@@ -1,0 +1,26 @@
+//! `cargo xtask <task>`: project tasks that need nothing but cargo.
+//!
+//! Each task lives in a module of its own, named for the task.
+
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "mxserve project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run the whole test suite as CI does (the README's test command).
+    Test(test::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Test(args) => test::run(args),
+    }
+}
