@@ -419,6 +419,9 @@ fn scheme_recognition() {
     }
 }
 
+/// Config text, fragments its error must contain, and the error variant expected.
+type ParseErrorCase = (String, Vec<&'static str>, fn(&QuarkError) -> bool);
+
 /// Parses `text` and checks that it fails with every fragment in the error's text.
 fn check_parse_error(text: &str, fragments: &[&str], matches: fn(&QuarkError) -> bool) {
     let err = QuarkConfig::from_json_str(text).expect_err(text);
@@ -432,7 +435,7 @@ fn check_parse_error(text: &str, fragments: &[&str], matches: fn(&QuarkError) ->
 #[test]
 fn parse_errors_name_the_field() {
     let export = r#""export": {"kv_cache_group": [], "pack_method": "reorder"}"#;
-    let cases: Vec<(String, Vec<&str>, fn(&QuarkError) -> bool)> = vec![
+    let cases: Vec<ParseErrorCase> = vec![
         (
             "{\"quant_method\": \"quark\",".into(),
             vec!["not valid JSON"],
