@@ -76,6 +76,27 @@ pub enum QuarkError {
         /// That shard's scheme.
         other_scheme: LayerScheme,
     },
+    /// Two routed expert projections of one MoE layer resolve to different schemes.
+    #[error(
+        "{first} is {first_scheme:?} but {other} is {other_scheme:?}; \
+         the routed experts of a MoE layer need one scheme"
+    )]
+    ExpertsDisagree {
+        /// The first projection resolved.
+        first: String,
+        /// Its scheme.
+        first_scheme: LayerScheme,
+        /// The first projection that differs from it.
+        other: String,
+        /// That projection's scheme.
+        other_scheme: LayerScheme,
+    },
+    /// A MoE layer was asked about with zero routed experts.
+    #[error("{layer}: a MoE layer needs at least one routed expert")]
+    NoRoutedExperts {
+        /// The decoder layer prefix.
+        layer: String,
+    },
     /// A name-mapper substring rule with an empty pattern, which would match everywhere.
     #[error("name-mapper rule {index} rewrites the empty substring")]
     EmptySubstringRule {

@@ -31,6 +31,51 @@ impl Token {
     }
 }
 
+/// A compiled `fnmatch` pattern.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Glob {
+    tokens: Vec<Token>,
+}
+
+impl Glob {
+    /// Compiles `pattern`; every string is a valid pattern.
+    pub(crate) fn new(pattern: &str) -> Self {
+        Self {
+            tokens: parse(pattern),
+        }
+    }
+
+    /// Whether `name` matches the whole pattern.
+    pub(crate) fn matches(&self, name: &str) -> bool {
+        let tokens = &self.tokens;
+        let name: Vec<char> = name.chars().collect();
+        // Greedy matching with backtracking to the last `*`: each `*` only ever needs to grow.
+        let (mut t, mut n) = (0, 0);
+        let mut resume: Option<(usize, usize)> = None;
+        while n < name.len() {
+            match tokens.get(t) {
+                Some(Token::AnyRun) => {
+                    resume = Some((t, n));
+                    t += 1;
+                }
+                Some(token) if token.accepts(name[n]) => {
+                    t += 1;
+                    n += 1;
+                }
+                _ => match resume {
+                    Some((star, start)) => {
+                        t = star + 1;
+                        n = start + 1;
+                        resume = Some((star, start + 1));
+                    }
+                    None => return false,
+                },
+            }
+        }
+        tokens[t..].iter().all(|token| *token == Token::AnyRun)
+    }
+}
+
 fn parse(pattern: &str) -> Vec<Token> {
     let chars: Vec<char> = pattern.chars().collect();
     let mut tokens = Vec::new();
@@ -88,39 +133,9 @@ fn parse(pattern: &str) -> Vec<Token> {
     tokens
 }
 
-/// Whether `name` matches the glob `pattern` (whole-name match).
-pub(crate) fn fnmatch(name: &str, pattern: &str) -> bool {
-    let tokens = parse(pattern);
-    let name: Vec<char> = name.chars().collect();
-    // Greedy matching with backtracking to the last `*`: each `*` only ever needs to grow.
-    let (mut t, mut n) = (0, 0);
-    let mut resume: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match tokens.get(t) {
-            Some(Token::AnyRun) => {
-                resume = Some((t, n));
-                t += 1;
-            }
-            Some(token) if token.accepts(name[n]) => {
-                t += 1;
-                n += 1;
-            }
-            _ => match resume {
-                Some((star, start)) => {
-                    t = star + 1;
-                    n = start + 1;
-                    resume = Some((star, start + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    tokens[t..].iter().all(|token| *token == Token::AnyRun)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fnmatch;
+    use super::Glob;
 
     /// Cases checked against CPython's `fnmatch.fnmatchcase`.
     #[test]
@@ -166,7 +181,7 @@ mod tests {
         ];
         for &(name, pattern, want) in cases {
             assert_eq!(
-                fnmatch(name, pattern),
+                Glob::new(pattern).matches(name),
                 want,
                 "fnmatch({name:?}, {pattern:?})"
             );

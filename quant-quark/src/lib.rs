@@ -35,8 +35,11 @@
 //! let expert = resolver.scheme_for(&mapper.map("language_model.model.layers.3.mlp.experts.0.up_proj"))?;
 //! assert_eq!(expert, LayerScheme::Mxfp4 { activations: Some(ScaleRule::Even) });
 //! assert_eq!(resolver.scheme_for("model.layers.3.self_attn.fused_qkv_a_proj_with_mqa")?, LayerScheme::Unquantized);
+//! // One format for all routed experts of a MoE layer (an error if they differ) …
+//! assert_eq!(resolver.routed_experts_scheme("model.layers.3", 256)?, expert);
+//! // … and whether the shared expert may join them as one more slot.
 //! match resolver.shared_experts_compatible("model.layers.3")? {
-//!     SharedExperts::Compatible(scheme) => assert_eq!(scheme, expert),
+//!     SharedExperts::Compatible => {}
 //!     SharedExperts::Incompatible(reason) => panic!("not fusable: {reason}"),
 //! }
 //! # Ok::<(), quant_quark::QuarkError>(())

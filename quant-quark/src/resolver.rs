@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::{LayerSpec, QuarkConfig};
 use crate::error::QuarkError;
 use crate::exclude::ExcludeList;
-use crate::fnmatch::fnmatch;
+use crate::fnmatch::Glob;
 use crate::fused::FusedModules;
 use crate::names::NameMapper;
 use crate::scheme::{LayerScheme, recognise};
@@ -61,8 +61,8 @@ pub struct Resolution {
 /// Whether a MoE layer's shared expert can run as one more routed-expert slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum SharedExperts {
-    /// Every shared projection has the routed experts' scheme (given).
-    Compatible(LayerScheme),
+    /// Every shared projection has the routed experts' scheme.
+    Compatible,
     /// They differ; the reason names the first projection that does.
     Incompatible(SharedExpertsMismatch),
 }
@@ -134,7 +134,7 @@ impl fmt::Display for SharedExpertsMismatch {
 pub struct SchemeResolver {
     exclude: ExcludeList,
     /// `(mapped pattern, pattern as written, spec)`.
-    layer_patterns: Vec<(String, String, LayerSpec)>,
+    layer_patterns: Vec<(Glob, String, LayerSpec)>,
     layer_types: Vec<(String, LayerSpec)>,
     global: Option<LayerSpec>,
     fused: FusedModules,
@@ -163,7 +163,7 @@ impl SchemeResolver {
             layer_patterns: config
                 .layer_quant_config
                 .into_iter()
-                .map(|(pattern, spec)| (mapper.map(&pattern), pattern, spec))
+                .map(|(pattern, spec)| (Glob::new(&mapper.map(&pattern)), pattern, spec))
                 .collect(),
             layer_types: config.layer_type_quant_config,
             global: config.global_quant_config,
@@ -232,7 +232,7 @@ impl SchemeResolver {
         let (spec, source, field) = if let Some((_, pattern, spec)) = self
             .layer_patterns
             .iter()
-            .find(|(mapped, _, _)| fnmatch(layer, mapped))
+            .find(|(glob, _, _)| glob.matches(layer))
         {
             (
                 spec,
@@ -266,57 +266,77 @@ impl SchemeResolver {
         Ok(Resolution { scheme, source })
     }
 
+    /// The one scheme of every routed expert projection
+    /// `{layer_prefix}.mlp.experts.{0..n_routed}.{gate,up,down}_proj`: the fused MoE kernels
+    /// take one format per layer, so experts or projections that differ are an error naming
+    /// the first pair that does.
+    pub fn routed_experts_scheme(
+        &self,
+        layer_prefix: &str,
+        n_routed: usize,
+    ) -> Result<LayerScheme, QuarkError> {
+        let mut first: Option<(String, LayerScheme)> = None;
+        for expert in 0..n_routed {
+            for projection in EXPERT_PROJECTIONS {
+                let name = format!("{layer_prefix}.mlp.experts.{expert}.{projection}");
+                let scheme = self.scheme_for(&name)?;
+                match &first {
+                    None => first = Some((name, scheme)),
+                    Some((first_name, first_scheme)) if *first_scheme != scheme => {
+                        return Err(QuarkError::ExpertsDisagree {
+                            first: first_name.clone(),
+                            first_scheme: *first_scheme,
+                            other: name,
+                            other_scheme: scheme,
+                        });
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        first
+            .map(|(_, scheme)| scheme)
+            .ok_or(QuarkError::NoRoutedExperts {
+                layer: layer_prefix.to_owned(),
+            })
+    }
+
     /// Whether the shared expert of the MoE block of decoder layer `layer_prefix` (e.g.
-    /// `model.layers.3`) has exactly the routed experts' scheme, comparing
-    /// `{layer_prefix}.mlp.shared_experts.{gate,up,down}_proj` with
-    /// `{layer_prefix}.mlp.experts.0.{gate,up,down}_proj`.
+    /// `model.layers.3`) has exactly the routed experts' scheme, projection by projection:
+    /// `{layer_prefix}.mlp.shared_experts.{p}` against `{layer_prefix}.mlp.experts.0.{p}` for
+    /// `p` in `gate_proj`, `up_proj`, `down_proj`. Whether the routed experts agree among
+    /// themselves is [`Self::routed_experts_scheme`]'s question.
     pub fn shared_experts_compatible(
         &self,
         layer_prefix: &str,
     ) -> Result<SharedExperts, QuarkError> {
-        let mut scheme = None;
         for projection in EXPERT_PROJECTIONS {
             let shared_name = format!("{layer_prefix}.mlp.shared_experts.{projection}");
             let shared = self.resolve(&shared_name)?;
-            let routed = self.resolve(&format!("{layer_prefix}.mlp.experts.0.{projection}"))?;
-            if shared.scheme != routed.scheme {
-                let routed = routed.scheme;
-                let mismatch = match shared.source {
-                    SpecSource::Excluded { entry } => SharedExpertsMismatch::Excluded {
-                        layer: shared_name,
-                        entry,
-                        routed,
-                    },
-                    SpecSource::NoSpec => SharedExpertsMismatch::NoSpec {
-                        layer: shared_name,
-                        routed,
-                    },
-                    _ => SharedExpertsMismatch::DifferentScheme {
-                        layer: shared_name,
-                        shared: shared.scheme,
-                        routed,
-                    },
-                };
-                return Ok(SharedExperts::Incompatible(mismatch));
+            let routed = self
+                .resolve(&format!("{layer_prefix}.mlp.experts.0.{projection}"))?
+                .scheme;
+            if shared.scheme == routed {
+                continue;
             }
-            // The three projections of one expert may differ from each other only if the
-            // shared expert differs the same way; the fused kernel needs one format.
-            match scheme {
-                None => scheme = Some(shared.scheme),
-                Some(first) if first != shared.scheme => {
-                    return Ok(SharedExperts::Incompatible(
-                        SharedExpertsMismatch::DifferentScheme {
-                            layer: shared_name,
-                            shared: shared.scheme,
-                            routed: first,
-                        },
-                    ));
-                }
-                Some(_) => {}
-            }
+            let mismatch = match shared.source {
+                SpecSource::Excluded { entry } => SharedExpertsMismatch::Excluded {
+                    layer: shared_name,
+                    entry,
+                    routed,
+                },
+                SpecSource::NoSpec => SharedExpertsMismatch::NoSpec {
+                    layer: shared_name,
+                    routed,
+                },
+                _ => SharedExpertsMismatch::DifferentScheme {
+                    layer: shared_name,
+                    shared: shared.scheme,
+                    routed,
+                },
+            };
+            return Ok(SharedExperts::Incompatible(mismatch));
         }
-        Ok(SharedExperts::Compatible(
-            scheme.unwrap_or(LayerScheme::Unquantized),
-        ))
+        Ok(SharedExperts::Compatible)
     }
 }

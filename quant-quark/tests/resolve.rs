@@ -46,7 +46,7 @@ fn kimi_mapper() -> NameMapper {
 
 /// Every linear layer of a small model: dense decoder layers, MoE decoder layers with
 /// `experts` routed experts and a shared expert, fused names, and `lm_head`.
-fn layer_names(dense: &[u32], moe: &[u32], experts: u32) -> Vec<String> {
+fn layer_names(dense: &[u32], moe: &[u32], experts: usize) -> Vec<String> {
     let mut names = Vec::new();
     let attention = [
         "q_a_proj",
@@ -103,7 +103,12 @@ fn source_text(source: &SpecSource) -> String {
 
 /// One line per layer: name, scheme, where the scheme came from; then the shared-expert
 /// verdict of every MoE layer.
-fn resolution_table(resolver: &SchemeResolver, names: &[String], moe: &[u32]) -> String {
+fn resolution_table(
+    resolver: &SchemeResolver,
+    names: &[String],
+    moe: &[u32],
+    experts: usize,
+) -> String {
     let mut table = String::new();
     for name in names {
         let line = match resolver.resolve(name) {
@@ -117,12 +122,18 @@ fn resolution_table(resolver: &SchemeResolver, names: &[String], moe: &[u32]) ->
         writeln!(table, "{}", line.trim_end()).unwrap();
     }
     for layer in moe {
-        let verdict = match resolver.shared_experts_compatible(&format!("model.layers.{layer}")) {
-            Ok(SharedExperts::Compatible(s)) => format!("compatible: {s:?}"),
+        let prefix = format!("model.layers.{layer}");
+        let routed = match resolver.routed_experts_scheme(&prefix, experts) {
+            Ok(scheme) => format!("{scheme:?}"),
+            Err(e) => format!("ERROR {e}"),
+        };
+        writeln!(table, "routed experts of {prefix}: {routed}").unwrap();
+        let verdict = match resolver.shared_experts_compatible(&prefix) {
+            Ok(SharedExperts::Compatible) => "compatible".to_owned(),
             Ok(SharedExperts::Incompatible(reason)) => format!("incompatible: {reason}"),
             Err(e) => format!("ERROR {e}"),
         };
-        writeln!(table, "shared experts of model.layers.{layer}: {verdict}").unwrap();
+        writeln!(table, "shared experts of {prefix}: {verdict}").unwrap();
     }
     table
 }
@@ -137,7 +148,7 @@ fn deepseek_v3_regex_excludes() {
     .unwrap();
     // Layer 61 is the MTP layer, excluded wholesale.
     let names = layer_names(&[0], &[3, 61], 3);
-    insta::assert_snapshot!(resolution_table(&resolver, &names, &[3, 61]));
+    insta::assert_snapshot!(resolution_table(&resolver, &names, &[3, 61], 3));
 }
 
 #[test]
@@ -165,7 +176,7 @@ fn kimi_k25_wrapped_literal_excludes() {
             entry: "language_model.model.layers.7.self_attn.kv_b_proj".into()
         }
     );
-    insta::assert_snapshot!(resolution_table(&mapped, &names, &[1, 60]));
+    insta::assert_snapshot!(resolution_table(&mapped, &names, &[1, 60], 3));
 }
 
 #[test]
@@ -177,7 +188,7 @@ fn kimi_k25_old_revision_excludes_shared_experts() {
     )
     .unwrap();
     let names = layer_names(&[0], &[1], 2);
-    insta::assert_snapshot!(resolution_table(&resolver, &names, &[1]));
+    insta::assert_snapshot!(resolution_table(&resolver, &names, &[1], 2));
 }
 
 #[test]
@@ -189,7 +200,7 @@ fn per_layer_overrides() {
     )
     .unwrap();
     let names = layer_names(&[0], &[3], 2);
-    insta::assert_snapshot!(resolution_table(&resolver, &names, &[3]));
+    insta::assert_snapshot!(resolution_table(&resolver, &names, &[3], 2));
     // A module type with no layer_type entry falls through to the global spec.
     let embedding = resolver
         .resolve_module("model.embed_tokens", "Embedding")
@@ -793,7 +804,7 @@ fn check_shared(exclude: serde_json::Value, layers: serde_json::Value, want: Sha
 fn shared_experts_compatibility() {
     use serde_json::json;
     let layer = |p: &str| format!("model.layers.3.mlp.shared_experts.{p}");
-    check_shared(json!([]), json!({}), SharedExperts::Compatible(W4A4_EVEN));
+    check_shared(json!([]), json!({}), SharedExperts::Compatible);
     check_shared(
         json!(["re:.*shared_experts.*"]),
         json!({}),
@@ -816,7 +827,7 @@ fn shared_experts_compatibility() {
     check_shared(
         json!(["re:.*experts.*"]),
         json!({}),
-        SharedExperts::Compatible(LayerScheme::Unquantized),
+        SharedExperts::Compatible,
     );
     // No global spec: routed experts quantized by a pattern, shared experts by nothing.
     let text = serde_json::json!({
@@ -847,4 +858,43 @@ fn shared_experts_compatibility() {
         "model.layers.3.mlp.shared_experts.gate_proj has no quantization spec while routed experts are \
          Mxfp4 { activations: Some(Even) }"
     );
+}
+
+#[test]
+fn routed_experts_need_one_scheme() {
+    let text = serde_json::json!({
+        "quant_method": "quark", "export": {},
+        "global_quant_config": {"weight": mx(false), "input_tensors": mx(true)},
+        "layer_quant_config": {"model.layers.3.mlp.experts.5.*": {"weight": mx(false)}},
+    });
+    let resolver = SchemeResolver::new(
+        QuarkConfig::from_value(&text).unwrap(),
+        deepseek_fused(),
+        &NameMapper::identity(),
+    )
+    .unwrap();
+    // Experts 0..5 agree; expert 5 is weight-only.
+    assert_eq!(
+        resolver.routed_experts_scheme("model.layers.3", 5).unwrap(),
+        W4A4_EVEN
+    );
+    assert_eq!(
+        resolver.routed_experts_scheme("model.layers.4", 8).unwrap(),
+        W4A4_EVEN
+    );
+    let err = resolver
+        .routed_experts_scheme("model.layers.3", 8)
+        .unwrap_err();
+    assert!(
+        matches!(&err, QuarkError::ExpertsDisagree { first, other, first_scheme, other_scheme }
+            if first == "model.layers.3.mlp.experts.0.gate_proj"
+                && other == "model.layers.3.mlp.experts.5.gate_proj"
+                && *first_scheme == W4A4_EVEN
+                && *other_scheme == W4_ONLY),
+        "{err:?}"
+    );
+    assert!(matches!(
+        resolver.routed_experts_scheme("model.layers.3", 0),
+        Err(QuarkError::NoRoutedExperts { .. })
+    ));
 }
