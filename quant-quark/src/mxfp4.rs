@@ -134,30 +134,16 @@ pub fn scale_byte(amax: f32, rule: ScaleRule) -> u8 {
 /// as Quark's packer does.
 fn e2m1_code(x: f64) -> u8 {
     let m = x.abs();
-    // Midpoints between neighbouring grid values; `<=` sends a tie down to the even code,
-    // `<` sends it up (the upper neighbour's code is even there).
-    let magnitude = if m <= 0.25 {
-        0
-    } else if m < 0.75 {
-        1
-    } else if m <= 1.25 {
-        2
-    } else if m < 1.75 {
-        3
-    } else if m <= 2.5 {
-        4
-    } else if m < 3.5 {
-        5
-    } else if m <= 5.0 {
-        6
-    } else {
-        7
-    };
-    if x.is_sign_negative() {
-        magnitude | 8
-    } else {
-        magnitude
-    }
+    // Count the midpoints between grid values that `m` lies above. At a tie, `>` keeps the
+    // lower neighbour and `>=` takes the upper one: whichever has the even code.
+    let magnitude = u8::from(m > 0.25)
+        + u8::from(m >= 0.75)
+        + u8::from(m > 1.25)
+        + u8::from(m >= 1.75)
+        + u8::from(m > 2.5)
+        + u8::from(m >= 3.5)
+        + u8::from(m > 5.0);
+    magnitude | (u8::from(x.is_sign_negative()) << 3)
 }
 
 /// Quantizes one block of 32 values: returns the 16 packed bytes and the E8M0 scale byte.
