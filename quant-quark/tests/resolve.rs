@@ -898,3 +898,45 @@ fn routed_experts_need_one_scheme() {
         Err(QuarkError::NoRoutedExperts { .. })
     ));
 }
+
+#[test]
+fn layer_patterns_go_through_the_mapper() {
+    let text = serde_json::json!({
+        "quant_method": "quark", "export": {},
+        "global_quant_config": {"weight": mx(false), "input_tensors": mx(true)},
+        "layer_quant_config": {"language_model.model.layers.1.mlp.experts.*": {"weight": mx(false)}},
+    });
+    let config = QuarkConfig::from_value(&text).unwrap();
+    let mapped = SchemeResolver::new(config.clone(), deepseek_fused(), &kimi_mapper()).unwrap();
+    let r = mapped
+        .resolve("model.layers.1.mlp.experts.0.up_proj")
+        .unwrap();
+    assert_eq!(r.scheme, W4_ONLY);
+    // The source names the pattern as the config wrote it.
+    assert_eq!(
+        r.source,
+        SpecSource::LayerPattern {
+            pattern: "language_model.model.layers.1.mlp.experts.*".into()
+        }
+    );
+    assert_eq!(
+        mapped
+            .scheme_for("model.layers.2.mlp.experts.0.up_proj")
+            .unwrap(),
+        W4A4_EVEN
+    );
+    // Without the mapper the pattern only matches the checkpoint's own names.
+    let plain = SchemeResolver::new(config, deepseek_fused(), &NameMapper::identity()).unwrap();
+    assert_eq!(
+        plain
+            .scheme_for("model.layers.1.mlp.experts.0.up_proj")
+            .unwrap(),
+        W4A4_EVEN
+    );
+    assert_eq!(
+        plain
+            .scheme_for("language_model.model.layers.1.mlp.experts.0.up_proj")
+            .unwrap(),
+        W4_ONLY
+    );
+}
