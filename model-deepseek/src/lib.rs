@@ -9,6 +9,7 @@ pub mod config;
 mod feed_forward;
 pub mod kv_cache;
 pub mod model;
+pub mod synthetic;
 pub mod weights;
 
 pub use config::{CheckpointConfig, ConfigError, Layout, ModelConfig, parse_config};

@@ -29,6 +29,51 @@ pub struct MoeWeights {
     pub fused_shared_slots: usize,
 }
 
+impl MoeWeights {
+    /// Move the separate shared MLP into the expert list as slots `n_routed..`, one per
+    /// `moe_intermediate` (the routed experts' width) of its intermediate dimension: the MLP is
+    /// separable along that dimension, so slot outputs sum to the shared expert's output.
+    /// Returns `self` unchanged when already fused or when there is no shared expert.
+    pub fn into_fused(self) -> Result<MoeWeights, WeightsError> {
+        let Some(shared) = self.shared else {
+            return Ok(self);
+        };
+        let width = match self.experts.first() {
+            Some(e) => e.intermediate_size(),
+            None => return Err(WeightsError::Structure("MoE block has no experts".into())),
+        };
+        let total = shared.intermediate_size();
+        if width == 0 || !total.is_multiple_of(width) {
+            return Err(WeightsError::Structure(format!(
+                "shared expert intermediate {total} is not a multiple of the experts' {width}"
+            )));
+        }
+        let slots = total / width;
+        let mut experts = self.experts;
+        for j in 0..slots {
+            let range = j * width..(j + 1) * width;
+            let down_proj = shared.down_proj.slice_in(range.clone()).ok_or_else(|| {
+                WeightsError::Structure(format!(
+                    "shared_experts.down_proj ({}): slot {j} columns {range:?} do not fall on MXFP4 blocks",
+                    shared.down_proj.format_name()
+                ))
+            })?;
+            experts.push(MlpWeights {
+                gate_proj: shared.gate_proj.slice_out(range.clone()),
+                up_proj: shared.up_proj.slice_out(range),
+                down_proj,
+            });
+        }
+        Ok(MoeWeights {
+            router: self.router,
+            correction_bias: self.correction_bias,
+            experts,
+            shared: None,
+            fused_shared_slots: slots,
+        })
+    }
+}
+
 /// The query projection: LoRA-factored (DeepSeek-V3) or a single matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueryWeights {
