@@ -126,7 +126,10 @@ impl Mxfp4Matrix {
 
     /// Rows `range` (e.g. one shared-expert slot of `gate_proj`).
     pub fn slice_rows(&self, range: std::ops::Range<usize>) -> Self {
-        assert!(range.end <= self.rows, "slice_rows: range past the last row");
+        assert!(
+            range.end <= self.rows,
+            "slice_rows: range past the last row"
+        );
         let (pb, sb) = (self.cols / 2, self.cols / BLOCK);
         Self {
             rows: range.len(),
@@ -147,7 +150,8 @@ impl Mxfp4Matrix {
         let mut packed = Vec::with_capacity(self.rows * range.len() / 2);
         let mut scales = Vec::with_capacity(self.rows * range.len() / BLOCK);
         for r in 0..self.rows {
-            packed.extend_from_slice(&self.packed[r * pb + range.start / 2..r * pb + range.end / 2]);
+            packed
+                .extend_from_slice(&self.packed[r * pb + range.start / 2..r * pb + range.end / 2]);
             scales.extend_from_slice(
                 &self.scales[r * sb + range.start / BLOCK..r * sb + range.end / BLOCK],
             );
@@ -185,7 +189,10 @@ pub fn fake_quantize_rows(x: &[f32], cols: usize, rule: ScaleRule) -> Vec<f32> {
         cols > 0 && cols.is_multiple_of(BLOCK),
         "fake_quantize_rows: cols not a multiple of 32"
     );
-    assert!(x.len().is_multiple_of(cols), "fake_quantize_rows: ragged rows");
+    assert!(
+        x.len().is_multiple_of(cols),
+        "fake_quantize_rows: ragged rows"
+    );
     let mut q = x.to_vec();
     for block in q.chunks_exact_mut(BLOCK) {
         if codec::fake_quantize(block, rule).is_err() {
