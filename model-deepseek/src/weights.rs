@@ -165,6 +165,40 @@ pub enum WeightsError {
 }
 
 impl ModelWeights {
+    /// Bytes the weights occupy in memory (f32 values, packed MXFP4 codes and scales).
+    pub fn size_bytes(&self) -> usize {
+        let linear = |l: &Linear| match l {
+            Linear::Dense(m) => m.data.len() * 4,
+            Linear::Mxfp4 { weight, .. } => weight.packed().len() + weight.scales().len(),
+        };
+        let mlp = |m: &MlpWeights| linear(&m.gate_proj) + linear(&m.up_proj) + linear(&m.down_proj);
+        let mut total = (self.embed_tokens.data.len() + self.norm.len()) * 4;
+        total += self.lm_head.as_ref().map_or(0, linear);
+        for layer in &self.layers {
+            let a = &layer.attention;
+            total += (layer.input_layernorm.len() + layer.post_attention_layernorm.len()) * 4;
+            total += match &a.query {
+                QueryWeights::Lora {
+                    q_a_proj,
+                    q_a_layernorm,
+                    q_b_proj,
+                } => linear(q_a_proj) + q_a_layernorm.len() * 4 + linear(q_b_proj),
+                QueryWeights::Direct { q_proj } => linear(q_proj),
+            };
+            total += linear(&a.kv_a_proj_with_mqa) + a.kv_a_layernorm.len() * 4;
+            total += linear(&a.kv_b_proj) + linear(&a.o_proj);
+            total += match &layer.feed_forward {
+                FeedForward::Dense(m) => mlp(m),
+                FeedForward::Moe(moe) => {
+                    (moe.router.data.len() + moe.correction_bias.len()) * 4
+                        + moe.experts.iter().map(mlp).sum::<usize>()
+                        + moe.shared.as_ref().map_or(0, mlp)
+                }
+            };
+        }
+        total
+    }
+
     /// Check every shape and the layer structure against `config`.
     pub fn validate(&self, config: &ModelConfig) -> Result<(), WeightsError> {
         let c = config;
