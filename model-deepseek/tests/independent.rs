@@ -7,14 +7,12 @@
 
 mod common;
 
-use common::{max_abs, max_abs_diff, tiny_config};
+use common::{max_abs, max_abs_diff, tiny_config, tiny_model};
 use model_deepseek::synthetic::{SyntheticSpec, WeightFormat};
 use model_deepseek::weights::{
     ActivationQuant, FeedForward, Linear, MlpWeights, ModelWeights, QueryWeights,
 };
-use model_deepseek::{
-    ActivationMode, ForwardOptions, KvCache, Model, ModelConfig, SeqId, SequenceChunk,
-};
+use model_deepseek::{ActivationMode, KvCache, ModelConfig, SeqId, SequenceChunk};
 
 type Mat = (usize, usize, Vec<f64>);
 
@@ -200,9 +198,9 @@ fn reference_logits(c: &ModelConfig, w: &ModelWeights, tokens: &[u32]) -> Vec<f6
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let sum: f64 = e.iter().sum();
-                for j in 0..v {
-                    attn.push((0..=i).map(|t| e[t] * vs[t][hd][j]).sum::<f64>() / sum);
-                }
+                attn.extend(
+                    (0..v).map(|j| (0..=i).map(|t| e[t] * vs[t][hd][j]).sum::<f64>() / sum),
+                );
             }
             for (x, o) in xs[i].iter_mut().zip(apply(&o_proj, &attn)) {
                 *x += o;
@@ -294,16 +292,8 @@ fn forward_matches_an_independent_f64_model() {
     let tokens = [3u32, 77, 12, 12, 50, 1, 95, 30];
     for (experts, tied) in [(256, false), (384, true)] {
         let config = tiny_config(experts, tied);
-        let weights = model_deepseek::synthetic::synthetic_weights(&config, &spec, 77).unwrap();
-        let want = reference_logits(&config, &weights, &tokens);
-        let model = Model::new(
-            config.clone(),
-            weights,
-            ForwardOptions {
-                activations: ActivationMode::Unquantized,
-            },
-        )
-        .unwrap();
+        let model = tiny_model(&config, &spec, 77, ActivationMode::Unquantized);
+        let want = reference_logits(&config, model.weights(), &tokens);
         let mut cache = KvCache::new(&config, 16);
         let got = model
             .forward_all_positions(
