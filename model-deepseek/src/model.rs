@@ -244,6 +244,9 @@ impl Model {
         rows: LogitRows,
     ) -> Result<Vec<Matrix>, ForwardError> {
         self.check(chunks, cache)?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
         let c = &self.config;
         let h = c.hidden_size;
         let mode = self.options.activations;
