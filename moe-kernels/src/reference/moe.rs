@@ -11,10 +11,9 @@ use std::collections::BTreeMap;
 ///
 /// `routes` holds the same number of slots for every token (`routes.len() / m`; `m` may be
 /// 0), e.g. the output of [`super::route_noaux_tc`] for each token, concatenated. This is the
-/// single place
-/// the routed scaling factor `rsf` is applied: after the weighted sum over every slot, fused
-/// shared slots included (which is why those carry weight `1/rsf`). An unfused shared expert
-/// is added by the caller after this sum, unscaled.
+/// single place the routed scaling factor `rsf` is applied: after the weighted sum over every
+/// slot, fused shared slots included (which is why those carry weight `1/rsf`). An unfused
+/// shared expert is added by the caller after this sum, unscaled.
 ///
 /// Tokens are grouped by expert and each expert runs once on its rows; since every reference
 /// op computes each row independently, a token's output does not depend on the grouping.
