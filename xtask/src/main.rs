@@ -2,6 +2,7 @@
 //!
 //! Each task lives in a module of its own, named for the task.
 
+mod bench_cpu_decode;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -17,10 +18,13 @@ struct Cli {
 enum Task {
     /// Run the whole test suite as CI does (the README's test command).
     Test(test::Args),
+    /// Decode tokens/s of the CPU forward pass on a synthetic model, and peak memory.
+    BenchCpuDecode(bench_cpu_decode::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
+        Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
     }
 }
