@@ -237,7 +237,9 @@ impl GpuApi for CudaGpu {
 
     fn stream_create(&self) -> ApiResult<Handle> {
         self.bind()?;
-        driver::stream::create(driver::stream::StreamKind::NonBlocking)
+        // Blocking streams (as HIP's hipStreamCreate makes): work on them is ordered with the
+        // default stream, so a synchronous copy after a launch waits for the kernel.
+        driver::stream::create(driver::stream::StreamKind::Default)
             .map(|s| s as Handle)
             .map_err(api_error)
     }

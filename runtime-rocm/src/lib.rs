@@ -45,6 +45,26 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Environment
+//! - `MXSERVE_KERNEL_CACHE`: kernel cache directory (default `$XDG_CACHE_HOME/mxserve/kernels`
+//!   or `~/.cache/mxserve/kernels`).
+//! - `MXSERVE_NVRTC`: a `libnvrtc.so.N` outside the loader path (PyPI's `nvidia-cuda-nvrtc`).
+//! - `MXSERVE_CUDA_INCLUDE`: the CUDA headers for NVRTC (default `$CUDA_PATH/include`, then
+//!   `/usr/local/cuda/include`).
+//! - `MXSERVE_HIPCC`: the hipcc used by [`check`] (default: `hipcc` on `PATH`).
+//! - `ROCM_PATH` / `HIP_PATH`: searched first for `libamdhip64` and `libhiprtc`.
+//!
+//! `.ci/install-kernel-compilers` installs NVRTC, the CUDA headers and Debian's hipcc and
+//! writes `target/kernel-compilers/env.sh` exporting the three `MXSERVE_*` compiler variables.
+//!
+//! # Device workflow (the H100 machine)
+//! `cargo xtask device-check` builds `examples/runtime_check.rs` and the `runtime_gpu` test
+//! binary in release mode and stages them in `target/device-stage/`; the device tool then runs,
+//! with `carry: ["target/device-stage"]`:
+//! `export MXSERVE_KERNEL_CACHE=/tmp/kc; target/device-stage/runtime_check &&
+//! target/device-stage/runtime_check && target/device-stage/runtime_gpu --test-threads=1`
+//! (the second `runtime_check` shows the disk-cache hits).
+//!
 //! # Backends
 //! NVIDIA: `cudarc` with dynamic loading (driver + NVRTC). AMD: a thin `libloading` layer over
 //! `libamdhip64` (ROCm 5, 6 or 7) and hiprtc; see the `hip` module for why not `hip-sys` or

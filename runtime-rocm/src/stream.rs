@@ -25,7 +25,8 @@ impl fmt::Debug for Stream {
 }
 
 impl Device {
-    /// Creates a new stream that does not synchronise with the default stream.
+    /// Creates a new stream. It is ordered with the device's default stream (a synchronous
+    /// copy waits for work queued here), as HIP's default stream flags make it.
     pub fn create_stream(&self) -> Result<Stream> {
         let raw = match self.gpu() {
             None => 0,

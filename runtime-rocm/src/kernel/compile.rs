@@ -364,10 +364,13 @@ fn hipcc_check(
     arch: &str,
     wave_size: u32,
 ) -> Result<CheckOutput, String> {
+    // Unique per call: checks run concurrently (tests, several targets).
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!(
-        "mxserve-hipcc-{}-{}",
+        "mxserve-hipcc-{}-{call}-{}",
         std::process::id(),
-        CacheKey::new([source.name, source.code, &defines.to_string(), arch]).short()
+        CacheKey::new([source.name, arch]).short()
     ));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let input = dir.join("kernel.hip");
