@@ -19,6 +19,7 @@ use runtime_rocm::{
 const AXPY: KernelSource<'static> = kernel_source!("../kernels/axpy.hip");
 const REDUCE: KernelSource<'static> = kernel_source!("../kernels/reduce.hip");
 const FILL: KernelSource<'static> = kernel_source!("../kernels/fill.hip");
+const SHARED: KernelSource<'static> = kernel_source!("../kernels/shared.hip");
 
 fn main() -> anyhow::Result<()> {
     let spec = std::env::args().nth(1).unwrap_or_else(|| "auto".into());
@@ -51,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         (&AXPY, Defines::new()),
         (&REDUCE, Defines::new()),
         (&FILL, Defines::new()),
+        (&SHARED, Defines::new()),
     ] {
         let started = Instant::now();
         let module = device.compile_with_cache(source, &defines, Some(&cache))?;
@@ -80,6 +82,10 @@ fn main() -> anyhow::Result<()> {
     table.push((
         "bf16 fill/scale vs host rounding".into(),
         check_bf16(&device, &modules[2], &mut rng)?,
+    ));
+    table.push((
+        "max dynamic shared memory".into(),
+        check_shared(&device, &modules[3], &mut rng)?,
     ));
     table.push((
         "device-to-device copy".into(),
@@ -196,6 +202,30 @@ fn check_bf16(device: &Device, module: &Module, rng: &mut ChaCha8Rng) -> anyhow:
         .count();
     ensure!(mismatches == 0, "{mismatches} bf16 mismatches");
     Ok(format!("PASS ({n} elements bit-exact)"))
+}
+
+fn check_shared(device: &Device, module: &Module, rng: &mut ChaCha8Rng) -> anyhow::Result<String> {
+    let reverse = module.function("reverse_chunks_f32")?;
+    let max = device.info().max_shared_memory_per_block;
+    let chunk = max as usize / 4;
+    let blocks = 2 * device.info().compute_units as usize;
+    let input = random_f32(rng, chunk * blocks);
+    let in_dev = device.upload(&input)?;
+    let out = device.alloc_uninit::<f32>(input.len())?;
+    let config = LaunchConfig {
+        grid: [blocks as u32, 1, 1],
+        block: [512, 1, 1],
+        shared_mem_bytes: max,
+    };
+    device
+        .default_stream()
+        .launch(&reverse, config, &[&out, &in_dev, &(chunk as u32)])?;
+    let expected: Vec<f32> = input
+        .chunks(chunk)
+        .flat_map(|c| c.iter().rev().copied())
+        .collect();
+    ensure!(out.to_vec()? == expected, "shared-memory reversal differs");
+    Ok(format!("PASS ({max} bytes per block)"))
 }
 
 /// Median of event-timed copies of a 1 GiB random buffer; bandwidth counts bytes read plus

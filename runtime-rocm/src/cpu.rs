@@ -11,6 +11,7 @@ pub(crate) fn info() -> DeviceInfo {
         total_memory: meminfo_kib("MemTotal:").map_or(0, |kib| kib * 1024),
         wave_size: 1,
         compute_units: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        max_shared_memory_per_block: 0,
     }
 }
 

@@ -93,6 +93,9 @@ impl CudaGpu {
             total_memory: unsafe { driver::device::total_mem(device) }.map_err(api_error)? as u64,
             wave_size: attribute(Attr::CU_DEVICE_ATTRIBUTE_WARP_SIZE)? as u32,
             compute_units: attribute(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+            max_shared_memory_per_block: attribute(
+                Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )? as u32,
         };
         Ok(CudaGpu {
             device,
@@ -114,6 +117,9 @@ impl Drop for CudaGpu {
         let _ = unsafe { driver::primary_ctx::release(self.device) };
     }
 }
+
+/// Dynamic shared memory a CUDA kernel may use without opting in.
+const DEFAULT_DYNAMIC_SHARED_LIMIT: u32 = 48 * 1024;
 
 fn stream(handle: Option<Handle>) -> sys::CUstream {
     handle.unwrap_or(0) as sys::CUstream
@@ -322,6 +328,20 @@ impl GpuApi for CudaGpu {
         params: &mut [*mut c_void],
     ) -> ApiResult<()> {
         self.bind()?;
+        if shared_mem_bytes > DEFAULT_DYNAMIC_SHARED_LIMIT {
+            // Above 48 KiB a kernel must opt in; doing it here keeps launches uniform across
+            // vendors. The driver rejects values over the device's opt-in maximum.
+            // SAFETY: caller passes a live function.
+            unsafe {
+                sys::cuFuncSetAttribute(
+                    function as sys::CUfunction,
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared_mem_bytes as i32,
+                )
+            }
+            .result()
+            .map_err(api_error)?;
+        }
         // SAFETY: caller passes a live function and stream, and one pointer per kernel parameter.
         unsafe {
             driver::launch_kernel(

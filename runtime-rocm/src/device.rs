@@ -46,6 +46,9 @@ pub struct DeviceInfo {
     pub wave_size: u32,
     /// Compute units (AMD CUs, NVIDIA SMs, CPU threads).
     pub compute_units: u32,
+    /// Most shared memory (LDS) one block may use, static plus dynamic, in bytes; launches
+    /// asking for more than the vendor's default limit opt in automatically (0 on the CPU).
+    pub max_shared_memory_per_block: u32,
 }
 
 /// A handle to one device; cheap to clone, every clone refers to the same device.

@@ -84,7 +84,7 @@ mod stream;
 pub use buffer::DeviceBuffer;
 pub use device::{Device, DeviceId, DeviceInfo, Enumeration, Unavailable, enumerate};
 pub use error::{Error, Result, Vendor};
-pub use kernel::cache::{CACHE_DIR_ENV, CacheKey, KernelCache};
+pub use kernel::cache::{CACHE_DIR_ENV, KernelCache};
 pub use kernel::compile::{
     CUDA_INCLUDE_ENV, CheckOutput, CheckResult, HIPCC_ENV, Target, Toolchain, check, check_tree,
     cuda_include_dir, find_kernel_files,

@@ -13,6 +13,7 @@ use runtime_rocm::{
 const AXPY: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/axpy.hip");
 const REDUCE: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/reduce.hip");
 const FILL: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/fill.hip");
+const SHARED: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/shared.hip");
 
 /// Every GPU on this machine; prints the skip message when there is none.
 fn gpus(test: &str) -> Vec<Device> {
@@ -351,6 +352,47 @@ fn events_time_device_work_and_memory_does_not_leak() {
         assert!(
             drift <= 8 << 20,
             "{}: free memory moved by {drift} bytes",
+            device.id()
+        );
+    }
+}
+
+#[test]
+fn launches_may_use_all_the_shared_memory_the_device_has() {
+    let mut rng = fresh_rng();
+    for device in gpus("launches_may_use_all_the_shared_memory_the_device_has") {
+        let reverse = compile(&device, &SHARED, &Defines::new())
+            .function("reverse_chunks_f32")
+            .unwrap();
+        let max = device.info().max_shared_memory_per_block;
+        assert!(max >= 32 * 1024, "{}: {max}", device.id());
+        let chunk = max as usize / 4;
+        let blocks = 7usize;
+        let input = random_f32(&mut rng, chunk * blocks);
+        let in_dev = device.upload(&input).unwrap();
+        let out = device.alloc_uninit::<f32>(input.len()).unwrap();
+        let stream = device.default_stream();
+        let config = LaunchConfig {
+            grid: [blocks as u32, 1, 1],
+            block: [256, 1, 1],
+            shared_mem_bytes: max,
+        };
+        stream
+            .launch(&reverse, config, &[&out, &in_dev, &(chunk as u32)])
+            .unwrap();
+        let expected: Vec<f32> = input
+            .chunks(chunk)
+            .flat_map(|c| c.iter().rev().copied())
+            .collect();
+        assert_eq!(out.to_vec().unwrap(), expected, "{}", device.id());
+
+        let too_much = config.with_shared_mem(max + 1024);
+        assert!(
+            matches!(
+                stream.launch(&reverse, too_much, &[&out, &in_dev, &(chunk as u32)]),
+                Err(Error::Driver { .. })
+            ),
+            "{}: a launch over the shared-memory limit must fail",
             device.id()
         );
     }

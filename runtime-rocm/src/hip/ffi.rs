@@ -19,6 +19,8 @@ pub(crate) const HIPRTC_SUCCESS: HiprtcResult = 0;
 pub(crate) const HIPRTC_ERROR_COMPILATION: HiprtcResult = 6;
 /// `hipDeviceAttributeMultiprocessorCount`, the same value in HIP 5.x through 7.x.
 pub(crate) const ATTR_MULTIPROCESSOR_COUNT: c_int = 63;
+/// `hipDeviceAttributeMaxSharedMemoryPerBlock`, the same value in HIP 5.x through 7.x.
+pub(crate) const ATTR_MAX_SHARED_MEMORY_PER_BLOCK: c_int = 74;
 /// `hipDeviceAttributeWarpSize`, the same value in HIP 5.x through 7.x.
 pub(crate) const ATTR_WARP_SIZE: c_int = 87;
 

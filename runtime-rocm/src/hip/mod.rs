@@ -110,6 +110,15 @@ impl HipGpu {
                 hip,
                 (rt.hipDeviceGetAttribute)(&mut units, ffi::ATTR_MULTIPROCESSOR_COUNT, index),
             )?;
+            let mut shared = 0;
+            check(
+                hip,
+                (rt.hipDeviceGetAttribute)(
+                    &mut shared,
+                    ffi::ATTR_MAX_SHARED_MEMORY_PER_BLOCK,
+                    index,
+                ),
+            )?;
             let compile_arch = arch_name(hip, index)?;
             let arch = compile_arch
                 .split(':')
@@ -126,6 +135,7 @@ impl HipGpu {
                     total_memory: total as u64,
                     wave_size: wave as u32,
                     compute_units: units as u32,
+                    max_shared_memory_per_block: shared as u32,
                 },
                 compile_arch,
             })

@@ -22,7 +22,7 @@ pub struct KernelCache {
 
 /// The identity of one compilation: a SHA-256 over everything that changes the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CacheKey([u8; 32]);
+pub(crate) struct CacheKey([u8; 32]);
 
 impl CacheKey {
     /// Hashes each part with its length, so part boundaries cannot shift.
@@ -76,7 +76,7 @@ impl KernelCache {
     }
 
     /// The cached code for `key`, if present and intact.
-    pub fn get(&self, key: &CacheKey) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, key: &CacheKey) -> Option<Vec<u8>> {
         let path = self.path(key);
         let bytes = fs::read(&path).ok()?;
         let intact = bytes.len() >= HEADER_LEN
@@ -96,7 +96,7 @@ impl KernelCache {
     /// Stores `code` under `key`. Written to a temporary file and renamed, so concurrent
     /// readers never see half an entry. Failure is logged, not returned: the cache is an
     /// optimisation.
-    pub fn put(&self, key: &CacheKey, code: &[u8]) {
+    pub(crate) fn put(&self, key: &CacheKey, code: &[u8]) {
         if let Err(err) = self.try_put(key, code) {
             tracing::warn!(
                 "cannot write kernel cache entry in {}: {err}",
