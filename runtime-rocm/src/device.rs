@@ -160,6 +160,7 @@ impl Device {
         operation: impl Into<String>,
     ) -> Result<T> {
         result.map_err(|err| Error::Driver {
+            // Vendor results only come from GPU devices; the CPU has no vendor calls to fail.
             vendor: self.vendor().unwrap_or(Vendor::Cuda),
             operation: operation.into(),
             device: self.id(),

@@ -61,12 +61,22 @@ fn options(
     args
 }
 
-fn c_string(text: String, what: &str) -> Result<CString> {
-    CString::new(text).map_err(|_| Error::InvalidDefine {
-        name: what.to_owned(),
-        value: String::new(),
-        reason: "contains a NUL byte".into(),
-    })
+/// The source text and its name as C strings for the compiler APIs.
+fn c_strings(
+    source: &KernelSource<'_>,
+    text: String,
+    arch: &str,
+    compiler: &str,
+) -> Result<(CString, CString)> {
+    let rejected = || Error::Compile {
+        source_name: source.name.to_owned(),
+        arch: arch.to_owned(),
+        compiler: compiler.to_owned(),
+        log: "the source text or its name contains a NUL byte".into(),
+    };
+    let text = CString::new(text).map_err(|_| rejected())?;
+    let name = CString::new(source.name).map_err(|_| rejected())?;
+    Ok((text, name))
 }
 
 impl Device {
@@ -139,8 +149,7 @@ impl Device {
             }
         }
         let started = std::time::Instant::now();
-        let code_text = c_string(text, source.name)?;
-        let name = c_string(source.name.to_owned(), source.name)?;
+        let (code_text, name) = c_strings(source, text, &arch, &compiler)?;
         let output = self.check(
             gpu.compile(&code_text, &name, &args),
             format!("compile {}", source.name),
@@ -316,11 +325,8 @@ pub fn check(
                 defines,
                 toolchain.cuda_include.as_deref(),
             );
-            let text = c_string(
-                with_prelude(Vendor::Cuda, source.name, source.code),
-                source.name,
-            )?;
-            let name = c_string(source.name.to_owned(), source.name)?;
+            let full_text = with_prelude(Vendor::Cuda, source.name, source.code);
+            let (text, name) = c_strings(source, full_text, arch, &compiler)?;
             let output = nvrtc::compile(&text, &name, &args).map_err(|e| Error::Compile {
                 source_name: source.name.to_owned(),
                 arch: arch.clone(),
