@@ -553,7 +553,8 @@ fn hiprtc_compile(
 
 #[cfg(test)]
 mod tests {
-    use super::find_gfx_name;
+    use super::*;
+    use crate::kernel::prelude::with_prelude;
 
     #[test]
     fn finds_the_arch_name_among_other_fields() {
@@ -567,5 +568,56 @@ mod tests {
             Some("gfx942:sramecc+:xnack-")
         );
         assert_eq!(find_gfx_name(&props[..600]), None);
+    }
+
+    /// Exercises the hiprtc bindings and the HIP prelude without a GPU, wherever a HIP
+    /// runtime is installed (CI installs Debian's with hipcc; its hiprtc handles gfx90a).
+    #[test]
+    fn hiprtc_compiles_the_runtime_kernels_for_gfx90a() {
+        let hip = match Hip::load() {
+            Ok(hip) => hip,
+            Err(reason)
+                if std::env::var("MXSERVE_REQUIRE_KERNEL_COMPILERS").is_ok_and(|v| v == "1") =>
+            {
+                panic!("MXSERVE_REQUIRE_KERNEL_COMPILERS=1 but no HIP runtime: {reason}")
+            }
+            Err(reason) => {
+                eprintln!("skipped: no HIP runtime ({reason})");
+                return;
+            }
+        };
+        let rtc = hip.rtc.as_ref().expect("a HIP runtime without hiprtc");
+        let options = [
+            "--gpu-architecture=gfx90a".to_owned(),
+            "-O3".to_owned(),
+            "-DWARP_SIZE=64".to_owned(),
+        ];
+        let kernels = [
+            ("axpy.hip", include_str!("../../kernels/axpy.hip")),
+            ("reduce.hip", include_str!("../../kernels/reduce.hip")),
+            ("fill.hip", include_str!("../../kernels/fill.hip")),
+            ("shared.hip", include_str!("../../kernels/shared.hip")),
+        ];
+        for (name, code) in kernels {
+            let text = CString::new(with_prelude(Vendor::Hip, name, code)).unwrap();
+            let c_name = CString::new(name).unwrap();
+            match hiprtc_compile(rtc, &text, &c_name, &options).unwrap() {
+                CompileOutput::Code(object) => {
+                    assert_eq!(&object[..4], b"\x7fELF", "{name}: not an ELF code object")
+                }
+                CompileOutput::Failed { log } => panic!("hiprtc rejected {name}:\n{log}"),
+            }
+        }
+
+        let broken = CString::new(with_prelude(
+            Vendor::Hip,
+            "broken.hip",
+            "extern \"C\" __global__ void k() { nope; }",
+        ))
+        .unwrap();
+        match hiprtc_compile(rtc, &broken, c"broken.hip", &options).unwrap() {
+            CompileOutput::Failed { log } => assert!(log.contains("nope"), "{log}"),
+            CompileOutput::Code(_) => panic!("hiprtc accepted a broken kernel"),
+        }
     }
 }
