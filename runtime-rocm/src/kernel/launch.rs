@@ -117,6 +117,7 @@ pub struct LaunchConfig {
 
 impl LaunchConfig {
     /// A 1-D launch with `threads_per_block` threads and enough blocks to cover `elements`.
+    /// A block count beyond `u32` saturates, which every driver rejects at launch.
     pub fn linear(elements: usize, threads_per_block: u32) -> LaunchConfig {
         let per_block = threads_per_block.max(1) as usize;
         let blocks = elements.div_ceil(per_block).max(1);
