@@ -3,6 +3,8 @@
 //! Each task lives in a module of its own, named for the task.
 
 mod bench_cpu_decode;
+mod check_kernels;
+mod device_check;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -20,11 +22,17 @@ enum Task {
     Test(test::Args),
     /// Decode tokens/s of the CPU forward pass on a synthetic model, and peak memory.
     BenchCpuDecode(bench_cpu_decode::Args),
+    /// Compile every `*.hip` kernel for NVIDIA (NVRTC) and AMD (hipcc) without a GPU.
+    CheckKernels(check_kernels::Args),
+    /// Build the runtime's GPU check programs and stage them for the device machine.
+    DeviceCheck(device_check::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
         Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
+        Task::CheckKernels(args) => check_kernels::run(args),
+        Task::DeviceCheck(args) => device_check::run(args),
     }
 }
