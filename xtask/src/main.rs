@@ -3,6 +3,7 @@
 //! Each task lives in a module of its own, named for the task.
 
 mod test;
+mod tiny_model;
 
 use clap::{Parser, Subcommand};
 
@@ -17,10 +18,13 @@ struct Cli {
 enum Task {
     /// Run the whole test suite as CI does (the README's test command).
     Test(test::Args),
+    /// Write a tiny synthetic checkpoint (real expert counts, tiny dims, MXFP4).
+    TinyModel(tiny_model::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
+        Task::TinyModel(args) => tiny_model::run(args),
     }
 }
