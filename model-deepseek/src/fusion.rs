@@ -39,9 +39,7 @@ impl std::str::FromStr for FusionMode {
             "auto" => Ok(Self::Auto),
             "on" => Ok(Self::On),
             "off" => Ok(Self::Off),
-            other => Err(format!(
-                "fusion mode {other:?} is not one of auto, on, off"
-            )),
+            other => Err(format!("fusion mode {other:?} is not one of auto, on, off")),
         }
     }
 }

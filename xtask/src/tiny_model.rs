@@ -19,11 +19,21 @@ pub struct Args {
     #[arg(long, default_value = "quantized")]
     shared_experts: SharedExperts,
     /// Routed experts per MoE layer: 256 (DeepSeek-V3) or 384 (Kimi).
-    #[arg(long, default_value_t = 256, value_parser = clap::builder::PossibleValuesParser::new(["256", "384"]).map(|s| s.parse::<usize>().expect("validated")))]
+    #[arg(long, default_value_t = 256, value_parser = parse_experts)]
     experts: usize,
     /// Seed of the random weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+fn parse_experts(s: &str) -> Result<usize, String> {
+    match s {
+        "256" => Ok(256),
+        "384" => Ok(384),
+        other => Err(format!(
+            "{other} is not a published expert count (256 or 384)"
+        )),
+    }
 }
 
 /// Writes the checkpoint.

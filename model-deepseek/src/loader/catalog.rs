@@ -62,7 +62,11 @@ pub fn layer(c: &ModelConfig, layer: usize) -> Vec<WeightSpec> {
     let heads = c.num_attention_heads;
     let mut out = vec![
         WeightSpec::new(format!("{p}input_layernorm.weight"), &[h], Role::Norm),
-        WeightSpec::new(format!("{p}post_attention_layernorm.weight"), &[h], Role::Norm),
+        WeightSpec::new(
+            format!("{p}post_attention_layernorm.weight"),
+            &[h],
+            Role::Norm,
+        ),
     ];
     let a = format!("{p}self_attn.");
     match c.q_lora_rank {
@@ -106,7 +110,11 @@ pub fn layer(c: &ModelConfig, layer: usize) -> Vec<WeightSpec> {
     let m = format!("{p}mlp.");
     if c.is_moe_layer(layer) {
         let e = c.n_routed_experts;
-        out.push(WeightSpec::new(format!("{m}gate.weight"), &[e, h], Role::Router));
+        out.push(WeightSpec::new(
+            format!("{m}gate.weight"),
+            &[e, h],
+            Role::Router,
+        ));
         out.push(WeightSpec::new(
             format!("{m}gate.e_score_correction_bias"),
             &[e],
@@ -132,7 +140,11 @@ pub fn layer(c: &ModelConfig, layer: usize) -> Vec<WeightSpec> {
             WeightSpec::new(format!("{p}hnorm.weight"), &[h], Role::Norm),
             WeightSpec::new(format!("{p}eh_proj"), &[h, 2 * h], Role::Linear),
             WeightSpec::new(format!("{p}shared_head.norm.weight"), &[h], Role::Norm),
-            WeightSpec::new(format!("{p}shared_head.head"), &[c.vocab_size, h], Role::Linear),
+            WeightSpec::new(
+                format!("{p}shared_head.head"),
+                &[c.vocab_size, h],
+                Role::Linear,
+            ),
             WeightSpec::new(
                 format!("{p}embed_tokens.weight"),
                 &[c.vocab_size, h],

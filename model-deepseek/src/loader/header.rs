@@ -219,7 +219,9 @@ pub fn parse(path: &Path, bytes: &[u8], file_len: usize) -> Result<Vec<HeaderEnt
         if e.range.start < cursor {
             let other = entries
                 .iter()
-                .find(|o| o.name != e.name && o.range.start < e.range.end && e.range.start < o.range.end)
+                .find(|o| {
+                    o.name != e.name && o.range.start < e.range.end && e.range.start < o.range.end
+                })
                 .map_or("an earlier tensor", |o| o.name.as_str());
             return Err(err(format!(
                 "tensor {} overlaps {other} in the data buffer",
@@ -327,25 +329,57 @@ mod tests {
     #[test]
     fn rejects_lying_headers_with_the_problem_named() {
         let cases: &[(&str, usize, &str)] = &[
-            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4, "run past the end"),
-            (r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8, "needs 12 bytes"),
-            (r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#, 8, "end before"),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+                4,
+                "run past the end",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+                8,
+                "needs 12 bytes",
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}}"#,
+                8,
+                "end before",
+            ),
             (
                 r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},
                     "b":{"dtype":"U8","shape":[4],"data_offsets":[2,6]}}"#,
                 6,
                 "overlaps a",
             ),
-            (r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#, 6, "2 bytes after"),
-            (r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}"#, 4, "unaccounted"),
+            (
+                r#"{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}}"#,
+                6,
+                "2 bytes after",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}"#,
+                4,
+                "unaccounted",
+            ),
             (
                 r#"{"a":{"dtype":"U8","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,4]}}"#,
                 4,
                 "overflows",
             ),
-            (r#"{"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}}"#, 1, "unsupported dtype F4"),
-            (r#"{"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#, 1, "non-negative"),
-            (r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0]}}"#, 1, "two non-negative"),
+            (
+                r#"{"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}}"#,
+                1,
+                "unsupported dtype F4",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[-1],"data_offsets":[0,1]}}"#,
+                1,
+                "non-negative",
+            ),
+            (
+                r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0]}}"#,
+                1,
+                "two non-negative",
+            ),
             (r#"{"a":{"dtype":"U8","shape":[1]}}"#, 1, "data_offsets"),
             (r#"{"__metadata__":{"k":1}}"#, 0, "object of strings"),
             (r#"[1,2]"#, 0, "not a JSON object"),

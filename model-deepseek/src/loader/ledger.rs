@@ -40,7 +40,11 @@ impl Expected {
             (Role::Linear, LinearFormat::Mxfp4 { .. }) => {
                 let (rows, cols) = (self.shape[0], self.shape[1]);
                 vec![
-                    (format!("{}.weight", self.name), &[Dtype::U8], vec![rows, cols / 2]),
+                    (
+                        format!("{}.weight", self.name),
+                        &[Dtype::U8],
+                        vec![rows, cols / 2],
+                    ),
                     (
                         format!("{}.weight_scale", self.name),
                         &[Dtype::U8],
@@ -99,7 +103,8 @@ pub fn account(
     for e in expected {
         for (name, dtypes, shape) in e.tensors() {
             let Some(info) = tensors.get(&name) else {
-                out.problems.push(missing(e, &name, dtypes, &shape, tensors));
+                out.problems
+                    .push(missing(e, &name, dtypes, &shape, tensors));
                 continue;
             };
             used.insert(tensors.get_key_value(&name).expect("just found").0);
@@ -181,7 +186,11 @@ fn missing(
     if e.role == Role::Linear && matches!(e.format, LinearFormat::Mxfp4 { .. }) {
         expected.push_str(" (MXFP4 per the quantization config)");
     }
-    if name.ends_with(".weight_scale") && tensors.get(&format!("{}.weight", e.name)).is_some_and(|w| FLOAT_DTYPES.contains(&w.dtype)) {
+    if name.ends_with(".weight_scale")
+        && tensors
+            .get(&format!("{}.weight", e.name))
+            .is_some_and(|w| FLOAT_DTYPES.contains(&w.dtype))
+    {
         expected.push_str("; the weight is stored unquantized, the config says MXFP4");
     }
     TensorProblem::Missing {
@@ -212,8 +221,13 @@ fn mismatch(
 
 fn nan_scale(name: &str, bytes: &[u8], shape: &[usize]) -> Option<TensorProblem> {
     let groups = shape[1].max(1);
-    let index = bytes.iter().position(|&b| b == quant_quark::mxfp4::E8M0_NAN)?;
-    let count = bytes.iter().filter(|&&b| b == quant_quark::mxfp4::E8M0_NAN).count();
+    let index = bytes
+        .iter()
+        .position(|&b| b == quant_quark::mxfp4::E8M0_NAN)?;
+    let count = bytes
+        .iter()
+        .filter(|&&b| b == quant_quark::mxfp4::E8M0_NAN)
+        .count();
     Some(TensorProblem::BadValue {
         name: name.to_owned(),
         problem: format!(
@@ -226,9 +240,7 @@ fn nan_scale(name: &str, bytes: &[u8], shape: &[usize]) -> Option<TensorProblem>
 
 fn unexpected_reason(c: &ModelConfig, canonical: Option<&str>, prefix: Prefix) -> String {
     let Some(canonical) = canonical else {
-        return format!(
-            "outside the language model: no skip rule for it in the {prefix:?} layout"
-        );
+        return format!("outside the language model: no skip rule for it in the {prefix:?} layout");
     };
     if let Some(rest) = canonical.strip_prefix("model.layers.")
         && let Some(layer) = rest.split('.').next().and_then(|l| l.parse::<usize>().ok())
@@ -252,7 +264,10 @@ fn unexpected_reason(c: &ModelConfig, canonical: Option<&str>, prefix: Prefix) -
             );
         }
         if !c.is_moe_layer(layer) && rest.contains(".mlp.experts.") {
-            return format!("layer {layer} is a dense layer (first_k_dense_replace = {})", c.first_k_dense_replace);
+            return format!(
+                "layer {layer} is a dense layer (first_k_dense_replace = {})",
+                c.first_k_dense_replace
+            );
         }
     }
     "no weight of the model described by config.json has this name".to_owned()

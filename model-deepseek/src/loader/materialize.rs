@@ -13,13 +13,13 @@ use crate::weights::{
     ModelWeights, MoeWeights, Mxfp4Matrix, QueryWeights,
 };
 
+use super::Progress;
 use super::catalog::Role;
 use super::checkpoint::Checkpoint;
 use super::error::LoadError;
 use super::header::Dtype;
 use super::ledger::Expected;
 use super::quant::LinearFormat;
-use super::{Activations, Progress};
 
 /// A linear weight read from the checkpoint, before it becomes a [`Linear`].
 enum Raw {
@@ -45,14 +45,20 @@ impl RawLinear {
             rows.clone()
                 .flat_map(|row| {
                     let base = row * per_row;
-                    data[base + cols.start / unit..base + cols.end / unit].iter().copied()
+                    data[base + cols.start / unit..base + cols.end / unit]
+                        .iter()
+                        .copied()
                 })
                 .collect()
         };
         let raw = match &self.raw {
             Raw::Dense(v) => Raw::Dense(
                 rows.clone()
-                    .flat_map(|row| v[row * self.cols + cols.start..row * self.cols + cols.end].iter().copied())
+                    .flat_map(|row| {
+                        v[row * self.cols + cols.start..row * self.cols + cols.end]
+                            .iter()
+                            .copied()
+                    })
                     .collect(),
             ),
             Raw::Mxfp4 {
@@ -72,7 +78,7 @@ impl RawLinear {
         }
     }
 
-    fn into_linear(self, name: &str, activations: Activations) -> Result<Linear, LoadError> {
+    fn into_linear(self, name: &str) -> Result<Linear, LoadError> {
         match self.raw {
             Raw::Dense(v) => Ok(Linear::Dense(matrix(name, self.rows, self.cols, v)?)),
             Raw::Mxfp4 {
@@ -82,10 +88,9 @@ impl RawLinear {
             } => {
                 let weight = Mxfp4Matrix::new(self.rows, self.cols, packed, scales)
                     .map_err(|e| LoadError::Quantization(format!("{name}: {e}")))?;
-                let activations = match (input, activations) {
-                    (Some(rule), Activations::Quantized) => ActivationQuant::Mxfp4(rule),
-                    _ => ActivationQuant::None,
-                };
+                // The checkpoint's input spec; whether the forward pass honours it is a
+                // forward option (`--activations`), not a property of the weights.
+                let activations = input.map_or(ActivationQuant::None, ActivationQuant::Mxfp4);
                 Ok(Linear::Mxfp4 {
                     weight,
                     activations,
@@ -97,13 +102,15 @@ impl RawLinear {
 
 fn matrix(name: &str, rows: usize, cols: usize, v: Vec<f32>) -> Result<Matrix, LoadError> {
     Matrix::new(rows, cols, v).ok_or_else(|| {
-        LoadError::Config(format!("{name}: values do not fill a [{rows}, {cols}] matrix"))
+        LoadError::Config(format!(
+            "{name}: values do not fill a [{rows}, {cols}] matrix"
+        ))
     })
 }
 
 /// Widens a float tensor's little-endian bytes to f32.
-fn floats(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
-    match dtype {
+fn floats(name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, LoadError> {
+    Ok(match dtype {
         Dtype::Bf16 => bytes
             .chunks_exact(2)
             .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -116,9 +123,16 @@ fn floats(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
-        // The ledger admits only float dtypes for dense tensors.
-        other => unreachable!("ledger admitted {other} as a float tensor"),
-    }
+        other => {
+            return Err(LoadError::Tensors {
+                problems: vec![super::TensorProblem::Mismatch {
+                    name: name.to_owned(),
+                    found: other.to_string(),
+                    expected: "a float dtype".to_owned(),
+                }],
+            });
+        }
+    })
 }
 
 /// Builds [`ModelWeights`] from a checkpoint the ledger found no problem in.
@@ -127,7 +141,6 @@ pub(super) struct Builder<'a> {
     by_canonical: HashMap<&'a str, &'a Expected>,
     config: &'a ModelConfig,
     fusion: &'a FusionPlan,
-    activations: Activations,
 }
 
 impl<'a> Builder<'a> {
@@ -136,14 +149,12 @@ impl<'a> Builder<'a> {
         expected: &'a [Expected],
         config: &'a ModelConfig,
         fusion: &'a FusionPlan,
-        activations: Activations,
     ) -> Self {
         Self {
             ckpt,
             by_canonical: expected.iter().map(|e| (e.canonical.as_str(), e)).collect(),
             config,
             fusion,
-            activations,
         }
     }
 
@@ -154,25 +165,34 @@ impl<'a> Builder<'a> {
     }
 
     fn tensor(&self, name: &str) -> Result<(Dtype, &'a [u8]), LoadError> {
-        let info = self.ckpt.tensors().get(name).ok_or_else(|| LoadError::Tensors {
-            problems: vec![super::TensorProblem::Missing {
-                name: name.to_owned(),
-                expected: "a tensor the ledger had found".to_owned(),
-            }],
-        })?;
+        let info = self
+            .ckpt
+            .tensors()
+            .get(name)
+            .ok_or_else(|| LoadError::Tensors {
+                problems: vec![super::TensorProblem::Missing {
+                    name: name.to_owned(),
+                    expected: "a tensor the ledger had found".to_owned(),
+                }],
+            })?;
         Ok((info.dtype, self.ckpt.bytes(info)))
     }
 
     fn vector(&self, canonical: &str) -> Result<Vec<f32>, LoadError> {
         let e = self.expected(canonical)?;
         let (dtype, bytes) = self.tensor(&e.name)?;
-        Ok(floats(dtype, bytes))
+        floats(&e.name, dtype, bytes)
     }
 
     fn matrix(&self, canonical: &str) -> Result<Matrix, LoadError> {
         let e = self.expected(canonical)?;
         let (dtype, bytes) = self.tensor(&e.name)?;
-        matrix(&e.name, e.shape[0], e.shape[1], floats(dtype, bytes))
+        matrix(
+            &e.name,
+            e.shape[0],
+            e.shape[1],
+            floats(&e.name, dtype, bytes)?,
+        )
     }
 
     fn raw(&self, canonical: &str) -> Result<(RawLinear, &'a Expected), LoadError> {
@@ -181,7 +201,7 @@ impl<'a> Builder<'a> {
         let (rows, cols) = (e.shape[0], e.shape[1]);
         let (dtype, weight) = self.tensor(&format!("{}.weight", e.name))?;
         let raw = match e.format {
-            LinearFormat::Bf16 => Raw::Dense(floats(dtype, weight)),
+            LinearFormat::Bf16 => Raw::Dense(floats(&e.name, dtype, weight)?),
             LinearFormat::Mxfp4 { input } => {
                 let (_, scales) = self.tensor(&format!("{}.weight_scale", e.name))?;
                 Raw::Mxfp4 {
@@ -196,7 +216,7 @@ impl<'a> Builder<'a> {
 
     fn linear(&self, canonical: &str) -> Result<Linear, LoadError> {
         let (raw, e) = self.raw(canonical)?;
-        raw.into_linear(&e.name, self.activations)
+        raw.into_linear(&e.name)
     }
 
     fn mlp(&self, prefix: &str) -> Result<MlpWeights, LoadError> {
@@ -218,9 +238,9 @@ impl<'a> Builder<'a> {
             .map(|j| {
                 let part = j * inter..(j + 1) * inter;
                 Ok(MlpWeights {
-                    gate_proj: gate.slice(part.clone(), 0..h).into_linear(&ge.name, self.activations)?,
-                    up_proj: up.slice(part.clone(), 0..h).into_linear(&ue.name, self.activations)?,
-                    down_proj: down.slice(0..h, part).into_linear(&de.name, self.activations)?,
+                    gate_proj: gate.slice(part.clone(), 0..h).into_linear(&ge.name)?,
+                    up_proj: up.slice(part.clone(), 0..h).into_linear(&ue.name)?,
+                    down_proj: down.slice(0..h, part).into_linear(&de.name)?,
                 })
             })
             .collect()
@@ -277,22 +297,23 @@ impl<'a> Builder<'a> {
         Ok(LayerWeights {
             input_layernorm: self.vector(&format!("{p}input_layernorm.weight"))?,
             attention: self.attention(&p)?,
-            post_attention_layernorm: self.vector(&format!("{p}post_attention_layernorm.weight"))?,
+            post_attention_layernorm: self
+                .vector(&format!("{p}post_attention_layernorm.weight"))?,
             feed_forward,
         })
     }
 
     /// Every weight, reporting progress once per layer.
-    pub(super) fn build(&self, progress: &mut dyn FnMut(Progress)) -> Result<ModelWeights, LoadError> {
+    pub(super) fn build(
+        &self,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ModelWeights, LoadError> {
         let c = self.config;
         let total = c.num_hidden_layers + 1;
         let layers = (0..c.num_hidden_layers)
             .map(|i| {
                 let layer = self.layer(i);
-                progress(Progress {
-                    done: i + 1,
-                    total,
-                });
+                progress(Progress { done: i + 1, total });
                 layer
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -307,9 +328,9 @@ impl<'a> Builder<'a> {
             },
         };
         progress(Progress { done: total, total });
-        weights
-            .validate(c)
-            .map_err(|e| LoadError::Config(format!("loaded weights disagree with the config: {e}")))?;
+        weights.validate(c).map_err(|e| {
+            LoadError::Config(format!("loaded weights disagree with the config: {e}"))
+        })?;
         Ok(weights)
     }
 }

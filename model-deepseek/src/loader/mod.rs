@@ -23,7 +23,8 @@ use serde::Serialize;
 
 use crate::config::{CheckpointConfig, Layout, ModelConfig, parse_config};
 use crate::fusion::{self, FusionMode, FusionPlan, LayerFormats, MoeFacts};
-use crate::weights::ModelWeights;
+use crate::model::{ForwardOptions, Model};
+use moe_kernels::reference::ActivationMode;
 
 pub use checkpoint::Checkpoint;
 pub use error::{HeaderError, LoadError, TensorProblem};
@@ -62,13 +63,11 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// A loaded model: its config, its weights, and the report of how it was loaded.
+/// A loaded model, ready to run, and the report of how it was loaded.
 #[derive(Debug)]
 pub struct LoadedModel {
-    /// The language model's config.
-    pub config: ModelConfig,
-    /// Every weight the forward pass reads.
-    pub weights: ModelWeights,
+    /// The model (config, weights, forward options).
+    pub model: Model,
     /// Schemes, fusion decisions, skipped tensors.
     pub report: LoadReport,
 }
@@ -149,7 +148,14 @@ pub fn plan(dir: &Path, options: &LoadOptions) -> Result<Plan, LoadError> {
             format,
         });
     }
-    let fusion = decide_fusion(model, &raw_config, config.layout, &quant, prefix, options.fusion)?;
+    let fusion = decide_fusion(
+        model,
+        &raw_config,
+        config.layout,
+        &quant,
+        prefix,
+        options.fusion,
+    )?;
     let accounting = ledger::account(&checkpoint, &expected, model, config.layout, prefix);
     Ok(Plan {
         dir: dir.to_path_buf(),
@@ -190,9 +196,7 @@ fn decide_fusion(
             let module = |canonical: String| prefix.checkpoint_name(&canonical);
             let routed: Vec<String> = ["gate_proj", "up_proj", "down_proj"]
                 .iter()
-                .flat_map(|p| {
-                    (0..model.n_routed_experts).map(move |e| format!("experts.{e}.{p}"))
-                })
+                .flat_map(|p| (0..model.n_routed_experts).map(move |e| format!("experts.{e}.{p}")))
                 .map(|s| module(format!("{m}{s}")))
                 .collect();
             let shared: Vec<String> = ["gate_proj", "up_proj", "down_proj"]
@@ -236,7 +240,6 @@ pub fn load_with_progress(
         &plan.expected,
         &plan.config.model,
         &plan.fusion,
-        options.activations,
     )
     .build(progress)?;
     tracing::info!(
@@ -245,9 +248,13 @@ pub fn load_with_progress(
         bytes = plan.checkpoint.data_bytes(),
         "checkpoint loaded"
     );
-    Ok(LoadedModel {
-        config: plan.config.model,
-        weights,
-        report,
-    })
+    let forward = ForwardOptions {
+        activations: match options.activations {
+            Activations::Quantized => ActivationMode::Quantized,
+            Activations::Unquantized => ActivationMode::Unquantized,
+        },
+    };
+    let model = Model::new(plan.config.model, weights, forward)
+        .map_err(|e| LoadError::Config(e.to_string()))?;
+    Ok(LoadedModel { model, report })
 }

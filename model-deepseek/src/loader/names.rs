@@ -27,9 +27,12 @@ impl Prefix {
         match layout {
             Layout::DeepseekV3 => Ok(Self::DeepseekV3),
             Layout::KimiK25 => {
-                let nested = tensors.keys().any(|n| n.starts_with("language_model.model."));
+                let nested = tensors
+                    .keys()
+                    .any(|n| n.starts_with("language_model.model."));
                 let flat = tensors.keys().any(|n| {
-                    n.starts_with("language_model.") && !n.starts_with("language_model.model.")
+                    n.starts_with("language_model.")
+                        && !n.starts_with("language_model.model.")
                         && n != "language_model.lm_head.weight"
                         && n != "language_model.lm_head.weight_scale"
                 });
@@ -75,7 +78,12 @@ impl Prefix {
 }
 
 /// The named rule that skips a checkpoint tensor the text model does not run, if any.
-pub fn skip_rule(c: &ModelConfig, layout: Layout, canonical: Option<&str>, name: &str) -> Option<String> {
+pub fn skip_rule(
+    c: &ModelConfig,
+    layout: Layout,
+    canonical: Option<&str>,
+    name: &str,
+) -> Option<String> {
     if layout == Layout::KimiK25 {
         for prefix in ["vision_tower.", "mm_projector."] {
             if name.starts_with(prefix) {
@@ -86,7 +94,6 @@ pub fn skip_rule(c: &ModelConfig, layout: Layout, canonical: Option<&str>, name:
     let rest = canonical?.strip_prefix("model.layers.")?;
     let layer: usize = rest.split('.').next()?.parse().ok()?;
     let first = c.num_hidden_layers;
-    (layer >= first && layer < first + c.num_nextn_predict_layers).then(|| {
-        format!("model.layers.{layer}.* (multi-token-prediction layer; not run)")
-    })
+    (layer >= first && layer < first + c.num_nextn_predict_layers)
+        .then(|| format!("model.layers.{layer}.* (multi-token-prediction layer; not run)"))
 }

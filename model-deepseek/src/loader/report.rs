@@ -110,7 +110,11 @@ impl LoadReport {
         let mut layers: Vec<LayerReport> = (0..c.num_hidden_layers)
             .map(|layer| LayerReport {
                 layer,
-                kind: if c.is_moe_layer(layer) { "moe" } else { "dense" },
+                kind: if c.is_moe_layer(layer) {
+                    "moe"
+                } else {
+                    "dense"
+                },
                 schemes: BTreeMap::new(),
             })
             .collect();
@@ -144,7 +148,9 @@ impl LoadReport {
             activations: options.activations,
             shape: ModelShape {
                 layers: c.num_hidden_layers,
-                moe_layers: (0..c.num_hidden_layers).filter(|&l| c.is_moe_layer(l)).count(),
+                moe_layers: (0..c.num_hidden_layers)
+                    .filter(|&l| c.is_moe_layer(l))
+                    .count(),
                 n_routed_experts: c.n_routed_experts,
                 n_shared_experts: c.n_shared_experts,
                 experts_per_token: c.num_experts_per_tok,
@@ -178,8 +184,13 @@ impl LoadReport {
         let _ = writeln!(
             w,
             "model        {} layers ({} MoE), {} routed + {} shared experts, top-{}, hidden {}, vocab {}",
-            m.layers, m.moe_layers, m.n_routed_experts, m.n_shared_experts, m.experts_per_token,
-            m.hidden_size, m.vocab_size
+            m.layers,
+            m.moe_layers,
+            m.n_routed_experts,
+            m.n_shared_experts,
+            m.experts_per_token,
+            m.hidden_size,
+            m.vocab_size
         );
         let _ = writeln!(
             w,
@@ -214,7 +225,11 @@ impl LoadReport {
             let _ = writeln!(w, "  none");
         }
         for sk in &self.skipped {
-            let _ = writeln!(w, "  {} tensors ({} bytes): {}", sk.tensors, sk.bytes, sk.rule);
+            let _ = writeln!(
+                w,
+                "  {} tensors ({} bytes): {}",
+                sk.tensors, sk.bytes, sk.rule
+            );
         }
         let _ = writeln!(w, "\nproblems:");
         if self.problems.is_empty() {

@@ -103,7 +103,10 @@ fn write_logits(
     let f32_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let prompt_bytes = f32_bytes(prompt);
     let generated_bytes = f32_bytes(generated);
-    let id_bytes: Vec<u8> = ids.iter().flat_map(|&i| i64::from(i).to_le_bytes()).collect();
+    let id_bytes: Vec<u8> = ids
+        .iter()
+        .flat_map(|&i| i64::from(i).to_le_bytes())
+        .collect();
     let views = vec![
         (
             "prompt_logits",
