@@ -179,15 +179,15 @@ fn decide_fusion(
     mode: FusionMode,
 ) -> Result<FusionPlan, LoadError> {
     // The parsed config fills a default rsf; fusion needs to know the checkpoint states one.
-    let rsf_present = text_config(raw, layout)
+    let rsf = text_config(raw, layout)
         .get("routed_scaling_factor")
-        .is_some_and(serde_json::Value::is_number);
+        .and_then(serde_json::Value::as_f64);
     let facts = MoeFacts {
         n_routed_experts: model.n_routed_experts,
         n_shared_experts: model.n_shared_experts,
         moe_intermediate_size: model.moe_intermediate_size,
         norm_topk_prob: model.norm_topk_prob,
-        routed_scaling_factor: rsf_present.then_some(f64::from(model.routed_scaling_factor)),
+        routed_scaling_factor: rsf,
     };
     let layers = (0..model.num_hidden_layers)
         .filter(|&l| model.is_moe_layer(l))
