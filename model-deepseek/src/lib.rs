@@ -11,6 +11,7 @@ pub mod fusion;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+pub mod synthetic;
 pub mod tiny;
 pub mod weights;
 

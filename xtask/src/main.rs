@@ -2,6 +2,7 @@
 //!
 //! Each task lives in a module of its own, named for the task.
 
+mod bench_cpu_decode;
 mod test;
 mod tiny_model;
 
@@ -20,11 +21,14 @@ enum Task {
     Test(test::Args),
     /// Write a tiny synthetic checkpoint (real expert counts, tiny dims, MXFP4).
     TinyModel(tiny_model::Args),
+    /// Decode tokens/s of the CPU forward pass on a synthetic model, and peak memory.
+    BenchCpuDecode(bench_cpu_decode::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
         Task::TinyModel(args) => tiny_model::run(args),
+        Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
     }
 }
