@@ -119,22 +119,23 @@ fn text_config(raw: &serde_json::Value, layout: Layout) -> &serde_json::Value {
 /// format, fusion, and the accounting of the checkpoint's tensors.
 pub fn plan(dir: &Path, options: &LoadOptions) -> Result<Plan, LoadError> {
     let (config, raw_config) = read_config(dir)?;
-    let quant = QuantPlan::new(config.quantization.as_ref(), config.layout)?;
     let checkpoint = Checkpoint::open(dir)?;
     let prefix = Prefix::detect(config.layout, checkpoint.tensors()).map_err(LoadError::Config)?;
+    let quant = QuantPlan::new(config.quantization.as_ref(), prefix)?;
     let model = &config.model;
-    let mut expected = Vec::new();
     let mut specs = catalog::globals(model);
     for layer in 0..model.num_hidden_layers {
+        quant.check_layer(model, layer)?;
         specs.extend(catalog::layer(model, layer));
     }
+    let mut expected = Vec::with_capacity(specs.len());
     for spec in specs {
-        let name = prefix.checkpoint_name(&spec.name);
         let format = match spec.role {
-            catalog::Role::Linear => quant.linear_format(&name)?,
+            catalog::Role::Linear => quant.linear_format(&spec.name)?,
             _ => LinearFormat::Bf16,
         };
-        if format != LinearFormat::Bf16 && spec.shape[1] % 32 != 0 {
+        let name = prefix.checkpoint_name(&spec.name);
+        if format != LinearFormat::Bf16 && spec.shape[1] % quant_quark::mxfp4::BLOCK != 0 {
             return Err(LoadError::Quantization(format!(
                 "{name}: MXFP4 needs input features in multiples of 32, the config gives {}",
                 spec.shape[1]
@@ -148,14 +149,7 @@ pub fn plan(dir: &Path, options: &LoadOptions) -> Result<Plan, LoadError> {
             format,
         });
     }
-    let fusion = decide_fusion(
-        model,
-        &raw_config,
-        config.layout,
-        &quant,
-        prefix,
-        options.fusion,
-    )?;
+    let fusion = decide_fusion(model, &raw_config, config.layout, &quant, options.fusion)?;
     let accounting = ledger::account(&checkpoint, &expected, model, config.layout, prefix);
     Ok(Plan {
         dir: dir.to_path_buf(),
@@ -175,7 +169,6 @@ fn decide_fusion(
     raw: &serde_json::Value,
     layout: Layout,
     quant: &QuantPlan,
-    prefix: Prefix,
     mode: FusionMode,
 ) -> Result<FusionPlan, LoadError> {
     // The parsed config fills a default rsf; fusion needs to know the checkpoint states one.
@@ -191,20 +184,7 @@ fn decide_fusion(
     };
     let layers = (0..model.num_hidden_layers)
         .filter(|&l| model.is_moe_layer(l))
-        .map(|layer| {
-            let m = format!("model.layers.{layer}.mlp.");
-            let module = |canonical: String| prefix.checkpoint_name(&canonical);
-            let routed: Vec<String> = ["gate_proj", "up_proj", "down_proj"]
-                .iter()
-                .flat_map(|p| (0..model.n_routed_experts).map(move |e| format!("experts.{e}.{p}")))
-                .map(|s| module(format!("{m}{s}")))
-                .collect();
-            let shared: Vec<String> = ["gate_proj", "up_proj", "down_proj"]
-                .iter()
-                .map(|p| module(format!("{m}shared_experts.{p}")))
-                .collect();
-            quant.layer_formats(layer, &routed, &shared)
-        })
+        .map(|layer| quant.layer_formats(model, layer))
         .collect::<Result<Vec<LayerFormats>, LoadError>>()?;
     let plan = fusion::decide(mode, &facts, &layers).map_err(|e| LoadError::Fusion(e.0))?;
     tracing::info!(mode = %plan.mode, fused = plan.model.fused, "shared-expert fusion: {}", plan.model.reason);
