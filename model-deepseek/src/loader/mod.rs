@@ -191,6 +191,24 @@ fn decide_fusion(
     Ok(plan)
 }
 
+/// Decides fusion from the text of a `config.json` alone, without a checkpoint: what
+/// [`inspect`] would decide. A Kimi-K2.5 wrapper is taken to use the nested
+/// `language_model.model.` spelling (which only matters for literal exclude entries).
+pub fn fusion_for_config(config_json: &str, mode: FusionMode) -> Result<FusionPlan, LoadError> {
+    let config = parse_config(config_json).map_err(|e| LoadError::Config(e.to_string()))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(config_json).map_err(|e| LoadError::Config(e.to_string()))?;
+    let prefix = match config.layout {
+        Layout::DeepseekV3 => Prefix::DeepseekV3,
+        Layout::KimiK25 => Prefix::KimiNested,
+    };
+    let quant = QuantPlan::new(config.quantization.as_ref(), prefix)?;
+    for layer in 0..config.model.num_hidden_layers {
+        quant.check_layer(&config.model, layer)?;
+    }
+    decide_fusion(&config.model, &raw, config.layout, &quant, mode)
+}
+
 /// Checks `dir` without loading weights, listing every problem found in the report.
 pub fn inspect(dir: &Path, options: &LoadOptions) -> Result<LoadReport, LoadError> {
     let plan = plan(dir, options)?;
