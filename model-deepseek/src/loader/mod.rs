@@ -135,7 +135,8 @@ pub fn plan(dir: &Path, options: &LoadOptions) -> Result<Plan, LoadError> {
             _ => LinearFormat::Bf16,
         };
         let name = prefix.checkpoint_name(&spec.name);
-        if format != LinearFormat::Bf16 && spec.shape[1] % quant_quark::mxfp4::BLOCK != 0 {
+        if format != LinearFormat::Bf16 && !spec.shape[1].is_multiple_of(quant_quark::mxfp4::BLOCK)
+        {
             return Err(LoadError::Quantization(format!(
                 "{name}: MXFP4 needs input features in multiples of 32, the config gives {}",
                 spec.shape[1]
