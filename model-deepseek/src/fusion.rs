@@ -177,15 +177,28 @@ fn summarize(layers: &[LayerFusion], fused: usize) -> FusionDecision {
         let scope = if fused == total { "all" } else { "none of the" };
         format!("{scope} {total} MoE layers fused: {first}")
     } else {
-        let off: Vec<String> = layers
-            .iter()
-            .filter(|l| !l.decision.fused)
-            .map(|l| format!("layer {}: {}", l.layer, l.decision.reason))
-            .collect();
-        format!(
-            "{fused} of {total} MoE layers fused; unfused {}",
-            off.join("; ")
-        )
+        // Per-layer reasons are in `layers`; the summary names the first unfused layer only,
+        // so a 61-layer model's summary stays one line.
+        let mut off = layers.iter().filter(|l| !l.decision.fused);
+        match off.next() {
+            Some(first) => {
+                let more = off.count();
+                let rest = if more > 0 {
+                    format!(" (and {more} more unfused layer(s))")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{fused} of {total} MoE layers fused; layer {} unfused: {}{rest}",
+                    first.layer, first.decision.reason
+                )
+            }
+            // Every layer fused, for reasons that differ (e.g. per-layer formats).
+            None => format!(
+                "all {total} MoE layers fused (reasons differ per layer); layer {}: {first}",
+                layers[0].layer
+            ),
+        }
     };
     FusionDecision {
         fused: fused > 0,
@@ -318,19 +331,32 @@ mod tests {
         assert_eq!(fused, [true, false, true]);
         assert!(plan.is_fused(3) && !plan.is_fused(4) && !plan.is_fused(0));
         assert!(plan.model.fused);
-        assert!(
-            plan.model.reason.starts_with("2 of 3 MoE layers fused"),
-            "{}",
-            plan.model.reason
-        );
-        assert!(
-            plan.model.reason.contains("layer 4:"),
-            "{}",
-            plan.model.reason
+        assert_eq!(
+            plan.model.reason,
+            "2 of 3 MoE layers fused; layer 4 unfused: the shared expert's format differs from \
+             the routed experts' (MXFP4): bf16"
         );
         assert_eq!(plan.shared_slot_weight, Some(0.4));
         let err = decide(FusionMode::On, &facts(256, 1, 64), &layers).unwrap_err();
         assert!(err.0.starts_with("layer 4:"), "{err}");
+    }
+
+    #[test]
+    fn all_fused_for_different_reasons_is_summarised_without_panicking() {
+        let mut weight_only = formats(2, Ok(()));
+        weight_only.routed = "MXFP4 weight-only".to_owned();
+        let plan = decide(
+            FusionMode::Auto,
+            &facts(384, 1, 64),
+            &[formats(1, Ok(())), weight_only],
+        )
+        .unwrap();
+        assert!(plan.model.fused);
+        assert!(
+            plan.model
+                .reason
+                .starts_with("all 2 MoE layers fused (reasons differ")
+        );
     }
 
     #[test]

@@ -198,9 +198,19 @@ impl LoadReport {
             self.tensors_used, self.checkpoint_bytes
         );
         let _ = writeln!(w, "\nlayer schemes:");
-        for l in &self.layers {
-            let _ = writeln!(w, "  layer {} ({}):", l.layer, l.kind);
-            for (module, format) in &l.schemes {
+        // Runs of layers with identical schemes print once (a 61-layer model has two runs).
+        for run in self
+            .layers
+            .chunk_by(|a, b| a.kind == b.kind && a.schemes == b.schemes)
+        {
+            let (first, last) = (run[0].layer, run[run.len() - 1].layer);
+            let span = if first == last {
+                format!("layer {first}")
+            } else {
+                format!("layers {first}-{last}")
+            };
+            let _ = writeln!(w, "  {span} ({}):", run[0].kind);
+            for (module, format) in &run[0].schemes {
                 let _ = writeln!(w, "    {module:<32} {format}");
             }
         }
