@@ -2,8 +2,9 @@
 //! the cases that must not fuse, under every mode; and fused against unfused logits when a
 //! two-wide shared MLP is cut into two expert slots.
 
+use model_deepseek::ActivationMode;
 use model_deepseek::fusion::FusionMode;
-use model_deepseek::loader::{self, Activations, LoadOptions};
+use model_deepseek::loader::{self, LoadOptions};
 use model_deepseek::tiny::config::config_json;
 use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
 use model_deepseek::weights::FeedForward;
@@ -150,7 +151,7 @@ fn two_shared_slots_fused_equal_unfused() {
     };
     write_tiny_checkpoint(dir.path(), &spec).unwrap();
     let prompt = [296u32, 72, 101, 108, 108, 111, 32, 119, 111, 114];
-    for activations in [Activations::Unquantized, Activations::Quantized] {
+    for activations in [ActivationMode::Unquantized, ActivationMode::Quantized] {
         let logits = |fusion| {
             let loaded = loader::load(
                 dir.path(),

@@ -17,8 +17,9 @@
 
 use std::path::Path;
 
+use model_deepseek::ActivationMode;
 use model_deepseek::fusion::FusionMode;
-use model_deepseek::loader::{self, Activations, Dtype, LoadOptions, header};
+use model_deepseek::loader::{self, Dtype, LoadOptions, header};
 use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
 use model_deepseek::{KvCache, SeqId, SequenceChunk};
 
@@ -63,7 +64,7 @@ fn check(spec: TinySpec, fixture_name: &str) {
     for fusion in [FusionMode::Auto, FusionMode::Off] {
         let options = LoadOptions {
             fusion,
-            activations: Activations::Unquantized,
+            activations: ActivationMode::Unquantized,
         };
         let loaded = loader::load(dir.path(), &options).unwrap();
         assert_eq!(loaded.report.fusion.model.fused, fusion == FusionMode::Auto);

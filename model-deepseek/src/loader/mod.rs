@@ -19,12 +19,11 @@ mod report;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 
+use crate::ActivationMode;
 use crate::config::{CheckpointConfig, Layout, ModelConfig, parse_config};
 use crate::fusion::{self, FusionMode, FusionPlan, LayerFormats, MoeFacts};
 use crate::model::{ForwardOptions, Model};
-use moe_kernels::reference::ActivationMode;
 
 pub use checkpoint::Checkpoint;
 pub use error::{HeaderError, LoadError, TensorProblem};
@@ -34,24 +33,14 @@ pub use names::Prefix;
 pub use quant::{LinearFormat, QuantPlan};
 pub use report::{LayerReport, LoadReport};
 
-/// How W4A4 layers treat their input activations.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activations {
-    /// As the checkpoint's input spec says: dynamic MXFP4 per 32 with its scale rule.
-    #[default]
-    Quantized,
-    /// Unquantized (f32 on CPU; `bf16` on the command line): weight-only MXFP4.
-    Unquantized,
-}
-
 /// Options of a load.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// How shared-expert fusion is decided.
     pub fusion: FusionMode,
-    /// How W4A4 layers treat their input activations.
-    pub activations: Activations,
+    /// Whether W4A4 layers quantize their input activations as the checkpoint says
+    /// (`Quantized`) or keep them unquantized (`Unquantized`: weight-only MXFP4).
+    pub activations: ActivationMode,
 }
 
 /// Load progress, reported once per decoder layer.
@@ -248,10 +237,7 @@ pub fn load_with_progress(
         "checkpoint loaded"
     );
     let forward = ForwardOptions {
-        activations: match options.activations {
-            Activations::Quantized => ActivationMode::Quantized,
-            Activations::Unquantized => ActivationMode::Unquantized,
-        },
+        activations: options.activations,
     };
     let model = Model::new(plan.config.model, weights, forward)
         .map_err(|e| LoadError::Config(e.to_string()))?;

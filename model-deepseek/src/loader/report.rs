@@ -12,7 +12,7 @@ use super::catalog::Role;
 use super::error::TensorProblem;
 use super::ledger::Skipped;
 use super::names::Prefix;
-use super::{Activations, LoadOptions, Plan};
+use super::{ActivationMode, LoadOptions, Plan};
 
 /// The formats of one decoder layer's modules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -37,8 +37,8 @@ pub struct LoadReport {
     pub layout: Prefix,
     /// The quantization method, or `none`.
     pub quantization: String,
-    /// How W4A4 activations are treated in this load.
-    pub activations: Activations,
+    /// How W4A4 activations are treated in this load: `quantized` or `unquantized`.
+    pub activations: &'static str,
     /// Decoder layers run, MoE layers among them, routed and shared experts.
     pub shape: ModelShape,
     /// Per-layer module formats.
@@ -145,7 +145,10 @@ impl LoadReport {
             architecture: architecture(&plan.raw_config),
             layout: plan.prefix,
             quantization: plan.quant.describe(),
-            activations: options.activations,
+            activations: match options.activations {
+                ActivationMode::Quantized => "quantized",
+                ActivationMode::Unquantized => "unquantized",
+            },
             shape: ModelShape {
                 layers: c.num_hidden_layers,
                 moe_layers: (0..c.num_hidden_layers)
@@ -179,7 +182,7 @@ impl LoadReport {
         let _ = writeln!(w, "architecture {}", self.architecture);
         let _ = writeln!(w, "layout       {:?}", self.layout);
         let _ = writeln!(w, "quantization {}", self.quantization);
-        let _ = writeln!(w, "activations  {:?}", self.activations);
+        let _ = writeln!(w, "activations  {}", self.activations);
         let m = &self.shape;
         let _ = writeln!(
             w,
