@@ -147,3 +147,34 @@ fn builtin_style_checkpoint_is_created_once_and_atomically() {
             .servable()
     );
 }
+
+#[test]
+fn builtin_model_logits_are_well_conditioned() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_checkpoint(dir.path(), &model_deepseek::tiny::builtin::builtin_spec()).unwrap();
+    let model = loader::load(dir.path(), &LoadOptions::default())
+        .unwrap()
+        .model;
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 5) % VOCAB_LEN as u32).collect();
+    let mut cache = model_deepseek::KvCache::new(model.config(), prompt.len());
+    let chunk = model_deepseek::SequenceChunk {
+        seq: model_deepseek::SeqId(0),
+        tokens: &prompt,
+    };
+    let logits = model
+        .forward_all_positions(&[chunk], &mut cache)
+        .unwrap()
+        .pop()
+        .unwrap();
+    for row in logits.data.chunks_exact(logits.cols) {
+        assert!(row.iter().all(|v| v.is_finite()));
+        let n = row.len() as f32;
+        let mean = row.iter().sum::<f32>() / n;
+        let std = (row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n).sqrt();
+        // Spread enough to prefer some tokens, far from a one-hot softmax.
+        assert!((0.5..5.0).contains(&std), "logit std {std}");
+        let max = row.iter().copied().fold(f32::MIN, f32::max);
+        let top = 1.0 / row.iter().map(|v| (v - max).exp()).sum::<f32>();
+        assert!(top < 0.9, "top probability {top}");
+    }
+}
