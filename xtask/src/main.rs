@@ -6,6 +6,7 @@ mod bench_cpu_decode;
 mod check_kernels;
 mod device_check;
 mod test;
+mod tiny_model;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ struct Cli {
 enum Task {
     /// Run the whole test suite as CI does (the README's test command).
     Test(test::Args),
+    /// Write a tiny synthetic checkpoint (real expert counts, tiny dims, MXFP4).
+    TinyModel(tiny_model::Args),
     /// Decode tokens/s of the CPU forward pass on a synthetic model, and peak memory.
     BenchCpuDecode(bench_cpu_decode::Args),
     /// Compile every `*.hip` kernel for NVIDIA (NVRTC) and AMD (hipcc) without a GPU.
@@ -31,6 +34,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
+        Task::TinyModel(args) => tiny_model::run(args),
         Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
         Task::CheckKernels(args) => check_kernels::run(args),
         Task::DeviceCheck(args) => device_check::run(args),
