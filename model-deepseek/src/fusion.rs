@@ -232,6 +232,15 @@ fn decide_layer(
             VALIDATED_EXPERT_COUNTS.map(|c| c.to_string()).join(", ")
         )));
     }
+    // The validated configurations have exactly one shared expert; splitting a wider shared MLP
+    // into several slots is exact but unvalidated, so only an explicit `on` asks for it.
+    if mode == FusionMode::Auto && facts.n_shared_experts != 1 {
+        return Ok(off(format!(
+            "{} shared experts: auto fuses only the validated single shared expert; --fusion on \
+             splits them into {} slots",
+            facts.n_shared_experts, facts.n_shared_experts
+        )));
+    }
     let rsf = facts.routed_scaling_factor.unwrap_or(f64::NAN);
     let slots = facts.n_shared_experts;
     let slot_text = if slots == 1 {
@@ -379,6 +388,24 @@ mod tests {
                 .model
                 .fused
         );
+    }
+
+    #[test]
+    fn auto_fuses_only_a_single_shared_expert_and_on_splits_several() {
+        let layers = [formats(1, Ok(()))];
+        let auto = decide(FusionMode::Auto, &facts(256, 2, 64), &layers).unwrap();
+        assert!(!auto.model.fused);
+        assert!(
+            auto.layers[0]
+                .decision
+                .reason
+                .starts_with("2 shared experts: auto fuses only"),
+            "{}",
+            auto.layers[0].decision.reason
+        );
+        let on = decide(FusionMode::On, &facts(256, 2, 64), &layers).unwrap();
+        assert!(on.model.fused);
+        assert!(on.layers[0].decision.reason.contains("slots 256..258"));
     }
 
     #[test]
