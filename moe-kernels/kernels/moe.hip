@@ -5,9 +5,10 @@
 // kernels with its own weights (unfused variant); the combine kernel sums either.
 //
 // Defines (set by the launcher; part of the compile-cache key):
-//   WAVE_SIZE   threads per wave (64 on CDNA, 32 on NVIDIA); never assumed anywhere below
-//   MOE_HIDDEN  hidden size H (multiple of 32)
+//   WARP_SIZE   threads per wave, from the runtime (64 on CDNA, 32 on NVIDIA); never assumed
+//   MOE_HIDDEN  hidden size H (multiple of 32); default: DeepSeek-V3 / Kimi-K2.5
 //   MOE_INTER   expert intermediate size I (multiple of 32)
+// check-defines: MOE_HIDDEN=256 MOE_INTER=128
 //
 // Weight layout per expert slot e (0 <= e < total slots):
 //   w13 [e][2I][H/2]  bytes, two E2M1 codes each, low nibble = even element;
@@ -17,14 +18,11 @@
 // Activations quantized for W4A4 are kept as int8 holding twice the E2M1 value (-12..12), so
 // that a 4-way int8 dot product is exact; their E8M0 scale is stored per 32 as usual.
 
-#ifndef WAVE_SIZE
-#error "WAVE_SIZE must be defined (threads per wave)"
-#endif
 #ifndef MOE_HIDDEN
-#error "MOE_HIDDEN must be defined"
+#define MOE_HIDDEN 7168
 #endif
 #ifndef MOE_INTER
-#error "MOE_INTER must be defined"
+#define MOE_INTER 2048
 #endif
 #if (MOE_HIDDEN % 32) != 0 || (MOE_INTER % 32) != 0
 #error "MOE_HIDDEN and MOE_INTER must be multiples of the MX block size 32"
@@ -45,24 +43,15 @@ typedef unsigned int u32;
 #define GATE_UP_TOKS 2
 #define DOWN_TOKS_A4 4
 #define DOWN_TOKS_A16 2
-#define MOE_THREADS (MOE_WARPS * WAVE_SIZE)
+#define MOE_THREADS (MOE_WARPS * WARP_SIZE)
 // 16-byte weight chunks (32 elements) per lane along one row.
 #define H_CHUNKS (MOE_HIDDEN / MX_BLOCK)
 #define I_CHUNKS (MOE_INTER / MX_BLOCK)
-#define H_PER_LANE ((H_CHUNKS + WAVE_SIZE - 1) / WAVE_SIZE)
-#define I_PER_LANE ((I_CHUNKS + WAVE_SIZE - 1) / WAVE_SIZE)
+#define H_PER_LANE ((H_CHUNKS + WARP_SIZE - 1) / WARP_SIZE)
+#define I_PER_LANE ((I_CHUNKS + WARP_SIZE - 1) / WARP_SIZE)
 
 // ---------------------------------------------------------------------------------------------
 // Scalar helpers
-
-__device__ __forceinline__ float bf16_to_f32(u16 b) { return __uint_as_float((u32)b << 16); }
-
-__device__ __forceinline__ u16 f32_to_bf16(float f) {
-    u32 u = __float_as_uint(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);  // keep NaN a NaN
-    u += 0x7fffu + ((u >> 16) & 1u);                                         // round half to even
-    return (u16)(u >> 16);
-}
 
 // E8M0 code -> 2^(code-127). Code 0 is the float32 denormal 2^-127; 255 (NaN) is rejected by
 // the loader and never produced here.
@@ -129,7 +118,7 @@ __device__ __forceinline__ u32 quantize_block32(const float* v, i8* out, int eve
 // Eight E2M1 codes (element n in nibble n) -> eight int8 holding twice each value, elements
 // 0..3 in `lo` and 4..7 in `hi` (byte n = element n), ready for a 4-way int8 dot product.
 __device__ __forceinline__ void e2m1x8_to_i8x8(u32 x, int& lo, int& hi) {
-#if defined(__CUDA_ARCH__)
+#if defined(__HIP_PLATFORM_NVIDIA__)
     // Byte-permute lookups: magnitude tables for codes 0..7, then the byte-wise sign mask from
     // PRMT's sign-replicate mode (selector bit 3), then a bitwise select.
     const u32 pos_lo = 0x03020100u, pos_hi = 0x0c080604u;  // 0 1 2 3 | 4 6 8 12
@@ -160,7 +149,7 @@ __device__ __forceinline__ void e2m1x8_to_i8x8(u32 x, int& lo, int& hi) {
 }
 
 __device__ __forceinline__ int dot4_i8(int a, int b, int c) {
-#if defined(__CUDA_ARCH__)
+#if defined(__HIP_PLATFORM_NVIDIA__)
     return __dp4a(a, b, c);
 #else
     return __builtin_amdgcn_sdot4(a, b, c, false);
@@ -218,9 +207,27 @@ __device__ __forceinline__ float dot_w4a16_chunk(const uint4& w, const u16* a) {
     return acc;
 }
 
+// Unscaled dot product of 32 E2M1 weights with 32 f32 activations.
+__device__ __forceinline__ float dot_w4a32_chunk(const uint4& w, const float* a) {
+    const float4* av = (const float4*)a;
+    u32 ws[4] = {w.x, w.y, w.z, w.w};
+    float acc = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        float4 v = av[q];
+        u32 word = ws[q >> 1];
+        int base = (q & 1) * 4;
+        acc = fmaf(e2m1_to_f32(word, base), v.x, acc);
+        acc = fmaf(e2m1_to_f32(word, base + 1), v.y, acc);
+        acc = fmaf(e2m1_to_f32(word, base + 2), v.z, acc);
+        acc = fmaf(e2m1_to_f32(word, base + 3), v.w, acc);
+    }
+    return acc;
+}
+
 __device__ __forceinline__ float wave_sum(float v) {
 #pragma unroll
-    for (int off = WAVE_SIZE / 2; off > 0; off >>= 1) v += __shfl_xor(v, off);
+    for (int off = WARP_SIZE / 2; off > 0; off >>= 1) v += __shfl_xor(v, off);
     return v;
 }
 
@@ -228,14 +235,17 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 
 // ---------------------------------------------------------------------------------------------
 // Routing: noaux_tc (sigmoid scores, correction bias for selection only, group-limited top-k,
-// weights from the unbiased scores) with `n_shared` shared slots appended.
+// weights from the unbiased scores) with `shared_slots` fused shared slots appended.
 //
 // One block per token; dynamic shared memory: 2 * n_experts floats.
-// Output rows have `top_k + n_shared` slots: the routed experts in selection order, then the
-// shared slots n_experts .. n_experts + n_shared - 1 with weight `shared_weight`.
-// Routed weights: score / sum(scores) if `renormalize`, times `routed_scale`.
+// Output rows have `top_k + shared_slots` slots: the routed experts in descending order of
+// the biased score (ties to the lower index), then the shared slots n_experts + j with weight
+// 1/rsf (rsf itself is applied once, by the combine). Routed weights are the unbiased scores,
+// divided by their sum (+1e-20) when `norm_topk_prob`.
 
 #define ROUTE_THREADS 256
+#define ROUTE_MAX_TOPK 64
+#define ROUTE_MAX_GROUPS 64
 
 __device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi) {
     if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
@@ -243,17 +253,17 @@ __device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi)
 
 extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
 moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ bias, int n_tokens,
-                   int n_experts, int n_group, int topk_group, int top_k, int n_shared,
-                   float routed_scale, float shared_weight, int renormalize,
+                   int n_experts, int n_group, int topk_group, int top_k, int norm_topk_prob,
+                   float routed_scaling_factor, int shared_slots,
                    int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
     extern __shared__ float route_smem[];
-    float* score = route_smem;              // unbiased sigmoid scores
-    float* choice = route_smem + n_experts; // biased scores, -inf once excluded or taken
-    __shared__ float red_v[ROUTE_THREADS / WAVE_SIZE];
-    __shared__ int red_i[ROUTE_THREADS / WAVE_SIZE];
-    __shared__ int chosen[64];
-    __shared__ float group_score[64];
-    __shared__ int group_keep[64];
+    float* score = route_smem;               // unbiased sigmoid scores
+    float* choice = route_smem + n_experts;  // biased scores; -inf once excluded or taken
+    __shared__ float red_v[ROUTE_THREADS / WARP_SIZE];
+    __shared__ int red_i[ROUTE_THREADS / WARP_SIZE];
+    __shared__ int chosen[ROUTE_MAX_TOPK];
+    __shared__ float group_score[ROUTE_MAX_GROUPS];
+    __shared__ int group_keep[ROUTE_MAX_GROUPS];
 
     const int t = blockIdx.x;
     if (t >= n_tokens) return;
@@ -267,14 +277,13 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
 
     if (topk_group < n_group) {
         const int per_group = n_experts / n_group;
-        // Group score: sum of the two largest biased scores in the group.
         for (int g = threadIdx.x; g < n_group; g += blockDim.x) {
-            float a = MOE_NEG_INF, b = MOE_NEG_INF;
+            float a = MOE_NEG_INF, b = MOE_NEG_INF;  // the group's two largest biased scores
             for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
                 float v = choice[e];
                 if (v > a) { b = a; a = v; } else if (v > b) { b = v; }
             }
-            group_score[g] = per_group > 1 ? a + b : a;
+            group_score[g] = a + b;
         }
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -292,14 +301,14 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
         __syncthreads();
     }
 
-    const int lane = threadIdx.x % WAVE_SIZE, wave = threadIdx.x / WAVE_SIZE;
-    const int n_waves = blockDim.x / WAVE_SIZE;
+    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    const int n_waves = blockDim.x / WARP_SIZE;
     for (int k = 0; k < top_k; ++k) {
         float v = MOE_NEG_INF;
         int i = 0x7fffffff;
         for (int e = threadIdx.x; e < n_experts; e += blockDim.x) argmax_merge(v, i, choice[e], e);
 #pragma unroll
-        for (int off = WAVE_SIZE / 2; off > 0; off >>= 1)
+        for (int off = WARP_SIZE / 2; off > 0; off >>= 1)
             argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
         if (lane == 0) { red_v[wave] = v; red_i[wave] = i; }
         __syncthreads();
@@ -312,91 +321,83 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
     }
 
     if (threadIdx.x == 0) {
-        const int slots = top_k + n_shared;
+        const int slots = top_k + shared_slots;
         float sum = 0.0f;
         for (int k = 0; k < top_k; ++k) sum += score[chosen[k]];
-        const float norm = renormalize ? routed_scale / (sum + 1e-20f) : routed_scale;
+        const float denom = sum + 1e-20f;
         for (int k = 0; k < top_k; ++k) {
+            float s = score[chosen[k]];
             topk_ids[(size_t)t * slots + k] = chosen[k];
-            topk_weights[(size_t)t * slots + k] = score[chosen[k]] * norm;
+            topk_weights[(size_t)t * slots + k] = norm_topk_prob ? s / denom : s;
         }
-        for (int j = 0; j < n_shared; ++j) {
+        for (int j = 0; j < shared_slots; ++j) {
             topk_ids[(size_t)t * slots + top_k + j] = n_experts + j;
-            topk_weights[(size_t)t * slots + top_k + j] = shared_weight;
+            topk_weights[(size_t)t * slots + top_k + j] = 1.0f / routed_scaling_factor;
         }
     }
 }
 
-// Every token to every one of `n_slots` experts with the same weight: the routing of a
-// separate (unfused) shared MLP split into `n_slots` slots.
-extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, float weight,
-                                         int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
+// Every token to every one of `n_slots` experts with weight 1: the routing of a separate
+// (unfused) shared MLP, split into `n_slots` slots.
+extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, int* __restrict__ topk_ids,
+                                         float* __restrict__ topk_weights) {
     int p = blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= n_tokens * n_slots) return;
     topk_ids[p] = p % n_slots;
-    topk_weights[p] = weight;
+    topk_weights[p] = 1.0f;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Align: group the (token, slot) pairs by expert.
 //
-// Single block; dynamic shared memory: 2 * n_slots_total ints.
-//   offsets[n_slots_total + 1]  start of each expert's pairs in the sorted order
-//   sorted_pairs[n_pairs]       flat pair index (token * slots + slot), grouped by expert
-//   pair_pos[n_pairs]           inverse: the sorted position of each flat pair index
-//   active[*]                   experts with at least one pair, ascending; n_active[0] = count
-// Order inside one expert's group is unspecified; every consumer is independent of it.
+// Single block; dynamic shared memory: 2 * n_experts ints.
+//   offsets[n_experts + 1]  start of each expert's pairs in the sorted order
+//   sorted_pairs[n_pairs]   flat pair index (token * slots + slot), grouped by expert
+//   pair_pos[n_pairs]       inverse: the sorted position of each flat pair index
+//   active[n_experts]       experts with at least one pair, ascending; n_active[0] = count
+// The order inside one expert's group is unspecified; no consumer depends on it.
 
 #define ALIGN_THREADS 1024
 
 extern "C" __global__ void __launch_bounds__(ALIGN_THREADS)
-moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_slots_total,
-          int* __restrict__ offsets, int* __restrict__ sorted_pairs, int* __restrict__ pair_pos,
-          int* __restrict__ active, int* __restrict__ n_active) {
+moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int* __restrict__ offsets,
+          int* __restrict__ sorted_pairs, int* __restrict__ pair_pos, int* __restrict__ active,
+          int* __restrict__ n_active) {
     extern __shared__ int align_smem[];
     int* count = align_smem;
-    int* cursor = align_smem + n_slots_total;
-    for (int e = threadIdx.x; e < n_slots_total; e += blockDim.x) count[e] = 0;
+    int* cursor = align_smem + n_experts;
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) count[e] = 0;
     __syncthreads();
-    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
-        int e = topk_ids[p];
-        if (e >= 0 && e < n_slots_total) atomicAdd(&count[e], 1);
-    }
+    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&count[topk_ids[p]], 1);
     __syncthreads();
     if (threadIdx.x == 0) {
         int run = 0, act = 0;
-        for (int e = 0; e < n_slots_total; ++e) {
+        for (int e = 0; e < n_experts; ++e) {
             offsets[e] = run;
             cursor[e] = run;
             if (count[e] > 0) active[act++] = e;
             run += count[e];
         }
-        offsets[n_slots_total] = run;
+        offsets[n_experts] = run;
         n_active[0] = act;
     }
     __syncthreads();
     for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
-        int e = topk_ids[p];
-        if (e >= 0 && e < n_slots_total) {
-            int pos = atomicAdd(&cursor[e], 1);
-            sorted_pairs[pos] = p;
-            pair_pos[p] = pos;
-        }
+        int pos = atomicAdd(&cursor[topk_ids[p]], 1);
+        sorted_pairs[pos] = p;
+        pair_pos[p] = pos;
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dynamic MXFP4 quantization of bf16 activations [rows][MOE_HIDDEN]: one thread per block of 32.
+// Dynamic MXFP4 quantization of activations [rows][cols] (cols a multiple of 32), one thread
+// per block of 32: bf16 input (the layer input) or f32 input (the expert intermediate).
 
-extern "C" __global__ void moe_quantize_act(const u16* __restrict__ x, int rows, int even,
-                                            i8* __restrict__ xq, u8* __restrict__ xs) {
-    size_t blk = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (blk >= (size_t)rows * H_CHUNKS) return;
-    const uint4* src = (const uint4*)(x + blk * MX_BLOCK);
-    float v[MX_BLOCK];
+__device__ __forceinline__ void load_block32(const u16* src, float* v) {
+    const uint4* s = (const uint4*)src;
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
-        uint4 w = src[q];
+        uint4 w = s[q];
         u32 ws[4] = {w.x, w.y, w.z, w.w};
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -404,7 +405,25 @@ extern "C" __global__ void moe_quantize_act(const u16* __restrict__ x, int rows,
             v[q * 8 + 2 * j + 1] = __uint_as_float(ws[j] & 0xffff0000u);
         }
     }
-    i8 out[MX_BLOCK];
+}
+
+__device__ __forceinline__ void load_block32(const float* src, float* v) {
+    const float4* s = (const float4*)src;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        float4 w = s[q];
+        v[4 * q] = w.x; v[4 * q + 1] = w.y; v[4 * q + 2] = w.z; v[4 * q + 3] = w.w;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_blocks, int even,
+                                              i8* __restrict__ xq, u8* __restrict__ xs) {
+    size_t blk = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (blk >= n_blocks) return;
+    float v[MX_BLOCK];
+    load_block32(x + blk * MX_BLOCK, v);
+    __attribute__((aligned(16))) i8 out[MX_BLOCK];
     xs[blk] = (u8)quantize_block32(v, out, even);
     uint4* dst = (uint4*)(xq + blk * MX_BLOCK);
     const uint4* o = (const uint4*)out;
@@ -412,11 +431,20 @@ extern "C" __global__ void moe_quantize_act(const u16* __restrict__ x, int rows,
     dst[1] = o[1];
 }
 
+extern "C" __global__ void moe_quantize_bf16(const u16* __restrict__ x, int rows, int cols, int even,
+                                             i8* __restrict__ xq, u8* __restrict__ xs) {
+    quantize_rows(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+}
+
+extern "C" __global__ void moe_quantize_f32(const float* __restrict__ x, int rows, int cols, int even,
+                                            i8* __restrict__ xq, u8* __restrict__ xs) {
+    quantize_rows(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+}
+
 // ---------------------------------------------------------------------------------------------
-// Gate+up projection with SiLU(gate) * up fused, one expert slot per blockIdx.y (of the active
-// list), one intermediate row j per wave: the wave streams gate row j and up row I+j once and
-// applies them to every pair routed to the expert, GATE_UP_TOKS pairs per decoded fragment.
-// Output h[sorted position][I] in bf16.
+// Expert GEMVs. Grid: (row tiles, experts of the active list); a block whose blockIdx.y is past
+// the active count exits. `expert_base` is added to the expert index when addressing weights,
+// so the unfused shared pass reads the shared slots of the same stacked weights.
 
 struct ExpertRange {
     int e, begin, end;
@@ -425,28 +453,34 @@ struct ExpertRange {
 __device__ __forceinline__ bool expert_of_block(const int* offsets, const int* active, const int* n_active,
                                                 ExpertRange& r) {
     if ((int)blockIdx.y >= n_active[0]) return false;
-    r.e = active[blockIdx.y];
-    r.begin = offsets[r.e];
-    r.end = offsets[r.e + 1];
+    int e = active[blockIdx.y];
+    r.e = e;
+    r.begin = offsets[e];
+    r.end = offsets[e + 1];
     return true;
 }
 
+// Gate+up with SiLU(gate) * up fused: one intermediate row j per wave; the wave streams gate
+// row j and up row I+j once and applies them to every pair routed to the expert, GATE_UP_TOKS
+// pairs per decoded fragment. Activations are read by token (x is [tokens][H]).
+// Output h[sorted position][I] in f32.
 template <bool A4>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u8* __restrict__ s13,
-                                             const void* __restrict__ act, const u8* __restrict__ act_scale,
-                                             const int* __restrict__ offsets, const int* __restrict__ sorted_pairs,
-                                             const int* __restrict__ active, const int* __restrict__ n_active,
-                                             int slots, u16* __restrict__ h) {
+                                             int expert_base, const void* __restrict__ act,
+                                             const u8* __restrict__ act_scale, const int* __restrict__ offsets,
+                                             const int* __restrict__ sorted_pairs, const int* __restrict__ active,
+                                             const int* __restrict__ n_active, int slots, float* __restrict__ h) {
     ExpertRange r;
     if (!expert_of_block(offsets, active, n_active, r)) return;
-    const int lane = threadIdx.x % WAVE_SIZE;
-    const int j = blockIdx.x * MOE_WARPS + threadIdx.x / WAVE_SIZE;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int j = blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE;
     if (j >= MOE_INTER) return;
 
     const size_t row_bytes = MOE_HIDDEN / 2;
-    const u8* g_row = w13 + ((size_t)r.e * 2 * MOE_INTER + j) * row_bytes;
+    const size_t e = (size_t)(r.e + expert_base);
+    const u8* g_row = w13 + (e * 2 * MOE_INTER + j) * row_bytes;
     const u8* u_row = g_row + (size_t)MOE_INTER * row_bytes;
-    const u8* gs_row = s13 + ((size_t)r.e * 2 * MOE_INTER + j) * H_CHUNKS;
+    const u8* gs_row = s13 + (e * 2 * MOE_INTER + j) * H_CHUNKS;
     const u8* us_row = gs_row + (size_t)MOE_INTER * H_CHUNKS;
 
     // W4A4: all of this lane's weight chunks in flight before the first use. W4A16 spends its
@@ -457,7 +491,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
     if (A4) {
 #pragma unroll
         for (int i = 0; i < PRE; ++i) {
-            int c = lane + i * WAVE_SIZE;
+            int c = lane + i * WARP_SIZE;
             if (c < H_CHUNKS) {
                 wg[i] = ((const uint4*)g_row)[c];
                 wu[i] = ((const uint4*)u_row)[c];
@@ -470,16 +504,18 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
     for (int p0 = r.begin; p0 < r.end; p0 += GATE_UP_TOKS) {
         const int n = min(GATE_UP_TOKS, r.end - p0);
         int tok[GATE_UP_TOKS];
-#pragma unroll
-        for (int q = 0; q < GATE_UP_TOKS; ++q) tok[q] = q < n ? sorted_pairs[p0 + q] / slots : 0;
         float ag[GATE_UP_TOKS], au[GATE_UP_TOKS];
 #pragma unroll
-        for (int q = 0; q < GATE_UP_TOKS; ++q) { ag[q] = 0.0f; au[q] = 0.0f; }
+        for (int q = 0; q < GATE_UP_TOKS; ++q) {
+            tok[q] = q < n ? sorted_pairs[p0 + q] / slots : 0;
+            ag[q] = 0.0f;
+            au[q] = 0.0f;
+        }
         // W4A16 keeps the chunk loop rolled: unrolled, the compiler hoists every chunk's loads
         // and spills.
 #pragma unroll(A4 ? H_PER_LANE : 1)
         for (int i = 0; i < H_PER_LANE; ++i) {
-            int c = lane + i * WAVE_SIZE;
+            int c = lane + i * WARP_SIZE;
             if (c >= H_CHUNKS) break;
             if (A4) {
                 int gq[8], uq[8];
@@ -510,81 +546,69 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
         for (int q = 0; q < GATE_UP_TOKS; ++q) {
             float g = wave_sum(ag[q]);
             float u = wave_sum(au[q]);
-            if (lane == 0 && q < n) h[(size_t)(p0 + q) * MOE_INTER + j] = f32_to_bf16(silu_mul(g, u));
+            if (lane == 0 && q < n) h[(size_t)(p0 + q) * MOE_INTER + j] = silu_mul(g, u);
         }
     }
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 1)
-moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, const i8* __restrict__ xq,
-                 const u8* __restrict__ xs, const int* __restrict__ offsets, const int* __restrict__ sorted_pairs,
-                 const int* __restrict__ active, const int* __restrict__ n_active, int slots, u16* __restrict__ h) {
-    gate_up_body<true>(w13, s13, xq, xs, offsets, sorted_pairs, active, n_active, slots, h);
+moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,
+                 const i8* __restrict__ xq, const u8* __restrict__ xs, const int* __restrict__ offsets,
+                 const int* __restrict__ sorted_pairs, const int* __restrict__ active,
+                 const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    gate_up_body<true>(w13, s13, expert_base, xq, xs, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
-moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, const u16* __restrict__ x,
-                  const int* __restrict__ offsets, const int* __restrict__ sorted_pairs,
-                  const int* __restrict__ active, const int* __restrict__ n_active, int slots, u16* __restrict__ h) {
-    gate_up_body<false>(w13, s13, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
+moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,
+                  const u16* __restrict__ x, const int* __restrict__ offsets,
+                  const int* __restrict__ sorted_pairs, const int* __restrict__ active,
+                  const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    gate_up_body<false>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Down projection, MOE_DOWN_ROWS output rows per wave, one expert slot per blockIdx.y. For
-// W4A4 the block first quantizes up to DOWN_TOKS_A4 rows of h (MXFP4, per 32) into shared memory.
+// Down projection, MOE_DOWN_ROWS output rows per wave. Activations are read by sorted position
+// (h is [pairs][I]): quantized (hq, hs) for W4A4, f32 for W4A16.
 // Output y[sorted position][H] in f32, unweighted: the combine applies the routing weights.
-
 template <bool A4>
-__device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* __restrict__ s2,
-                                          const u16* __restrict__ h, int even,
+__device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base,
+                                          const void* __restrict__ act, const u8* __restrict__ act_scale,
                                           const int* __restrict__ offsets, const int* __restrict__ active,
                                           const int* __restrict__ n_active, float* __restrict__ y) {
     constexpr int TOKS = A4 ? DOWN_TOKS_A4 : DOWN_TOKS_A16;
-    __shared__ __attribute__((aligned(16))) i8 hq[A4 ? TOKS * MOE_INTER : 1];
-    __shared__ u8 hs[A4 ? TOKS * I_CHUNKS : 1];
     ExpertRange r;
     if (!expert_of_block(offsets, active, n_active, r)) return;
-    const int lane = threadIdx.x % WAVE_SIZE;
-    const int row0 = (blockIdx.x * MOE_WARPS + threadIdx.x / WAVE_SIZE) * MOE_DOWN_ROWS;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int row0 = (blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE) * MOE_DOWN_ROWS;
+    if (row0 >= MOE_HIDDEN) return;
     const size_t row_bytes = MOE_INTER / 2;
+    const size_t e = (size_t)(r.e + expert_base);
 
     uint4 w[MOE_DOWN_ROWS][I_PER_LANE];
     float sw[MOE_DOWN_ROWS][I_PER_LANE];
 #pragma unroll
     for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
-        int row = row0 + k;
+        int row = min(row0 + k, MOE_HIDDEN - 1);  // a clamped duplicate row is computed, not stored
 #pragma unroll
         for (int i = 0; i < I_PER_LANE; ++i) {
-            int c = lane + i * WAVE_SIZE;
-            if (row < MOE_HIDDEN && c < I_CHUNKS) {
-                w[k][i] = ((const uint4*)(w2 + ((size_t)r.e * MOE_HIDDEN + row) * row_bytes))[c];
-                sw[k][i] = e8m0_to_f32(s2[((size_t)r.e * MOE_HIDDEN + row) * I_CHUNKS + c]);
+            int c = lane + i * WARP_SIZE;
+            if (c < I_CHUNKS) {
+                w[k][i] = ((const uint4*)(w2 + (e * MOE_HIDDEN + row) * row_bytes))[c];
+                sw[k][i] = e8m0_to_f32(s2[(e * MOE_HIDDEN + row) * I_CHUNKS + c]);
             }
         }
     }
 
     for (int p0 = r.begin; p0 < r.end; p0 += TOKS) {
         const int n = min(TOKS, r.end - p0);
-        if (A4) {
-            __syncthreads();  // the previous tile's readers are done
-            for (int b = threadIdx.x; b < n * I_CHUNKS; b += blockDim.x) {
-                int q = b / I_CHUNKS, c = b % I_CHUNKS;
-                const u16* src = h + (size_t)(p0 + q) * MOE_INTER + c * MX_BLOCK;
-                float v[MX_BLOCK];
-#pragma unroll
-                for (int k = 0; k < MX_BLOCK; ++k) v[k] = bf16_to_f32(src[k]);
-                hs[b] = (u8)quantize_block32(v, hq + (size_t)b * MX_BLOCK, even);
-            }
-            __syncthreads();
-        }
         float acc[MOE_DOWN_ROWS][TOKS];
 #pragma unroll
         for (int k = 0; k < MOE_DOWN_ROWS; ++k)
 #pragma unroll
             for (int q = 0; q < TOKS; ++q) acc[k][q] = 0.0f;
-#pragma unroll(A4 ? I_PER_LANE : 1)
+#pragma unroll
         for (int i = 0; i < I_PER_LANE; ++i) {
-            int c = lane + i * WAVE_SIZE;
+            int c = lane + i * WARP_SIZE;
             if (c >= I_CHUNKS) break;
 #pragma unroll
             for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
@@ -594,16 +618,16 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
 #pragma unroll
                     for (int q = 0; q < TOKS; ++q) {
                         if (q >= n) break;
-                        const uint4* a = (const uint4*)(hq + (size_t)(q * I_CHUNKS + c) * MX_BLOCK);
-                        float sa = e8m0_to_f32(hs[q * I_CHUNKS + c]) * 0.25f;
+                        const uint4* a = (const uint4*)((const i8*)act + (size_t)(p0 + q) * MOE_INTER + c * MX_BLOCK);
+                        float sa = e8m0_to_f32(act_scale[(size_t)(p0 + q) * I_CHUNKS + c]) * 0.25f;
                         acc[k][q] = fmaf((float)dot_w4a4_chunk(wq, a[0], a[1]), sw[k][i] * sa, acc[k][q]);
                     }
                 } else {
 #pragma unroll
                     for (int q = 0; q < TOKS; ++q) {
                         if (q >= n) break;
-                        const u16* a = h + (size_t)(p0 + q) * MOE_INTER + c * MX_BLOCK;
-                        acc[k][q] = fmaf(dot_w4a16_chunk(w[k][i], a), sw[k][i], acc[k][q]);
+                        const float* a = (const float*)act + (size_t)(p0 + q) * MOE_INTER + c * MX_BLOCK;
+                        acc[k][q] = fmaf(dot_w4a32_chunk(w[k][i], a), sw[k][i], acc[k][q]);
                     }
                 }
             }
@@ -619,26 +643,27 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
-moe_down_w4a4(const u8* __restrict__ w2, const u8* __restrict__ s2, const u16* __restrict__ h, int even,
-              const int* __restrict__ offsets, const int* __restrict__ active, const int* __restrict__ n_active,
-              float* __restrict__ y) {
-    down_body<true>(w2, s2, h, even, offsets, active, n_active, y);
+moe_down_w4a4(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const i8* __restrict__ hq,
+              const u8* __restrict__ hs, const int* __restrict__ offsets, const int* __restrict__ active,
+              const int* __restrict__ n_active, float* __restrict__ y) {
+    down_body<true>(w2, s2, expert_base, hq, hs, offsets, active, n_active, y);
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
-moe_down_w4a16(const u8* __restrict__ w2, const u8* __restrict__ s2, const u16* __restrict__ h,
+moe_down_w4a16(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const float* __restrict__ h,
                const int* __restrict__ offsets, const int* __restrict__ active, const int* __restrict__ n_active,
                float* __restrict__ y) {
-    down_body<false>(w2, s2, h, 0, offsets, active, n_active, y);
+    down_body<false>(w2, s2, expert_base, h, nullptr, offsets, active, n_active, y);
 }
 
 // ---------------------------------------------------------------------------------------------
-// Combine: out[t] = sum_s w[t,s] * y[pos[t,s]] over the routed (and fused shared) slots, plus
-// the same over a second routing (the unfused shared MLP) when `n_slots_b` > 0; summed in slot
-// order, so the result does not depend on the align order. One block per token; bf16 out.
+// Combine: out[t] = scale_a * sum_s w_a[t,s] * y_a[pos_a[t,s]] + sum_s w_b[t,s] * y_b[pos_b[t,s]],
+// slots summed in order (so the result does not depend on the align order). Routing a is the
+// routed experts with any fused shared slots, scale_a the routed scaling factor; routing b is
+// the unfused shared MLP (n_slots_b = 0 when fused). One block per token; bf16 out.
 
 extern "C" __global__ void moe_combine(const float* __restrict__ y_a, const int* __restrict__ pos_a,
-                                       const float* __restrict__ w_a, int n_slots_a,
+                                       const float* __restrict__ w_a, int n_slots_a, float scale_a,
                                        const float* __restrict__ y_b, const int* __restrict__ pos_b,
                                        const float* __restrict__ w_b, int n_slots_b, u16* __restrict__ out) {
     const int t = blockIdx.x;
@@ -650,6 +675,7 @@ extern "C" __global__ void moe_combine(const float* __restrict__ y_a, const int*
             acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
             acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
         }
+        acc.x *= scale_a; acc.y *= scale_a; acc.z *= scale_a; acc.w *= scale_a;
         for (int s = 0; s < n_slots_b; ++s) {
             float w = w_b[(size_t)t * n_slots_b + s];
             float4 v = *(const float4*)(y_b + (size_t)pos_b[(size_t)t * n_slots_b + s] * MOE_HIDDEN + c);
@@ -657,8 +683,8 @@ extern "C" __global__ void moe_combine(const float* __restrict__ y_a, const int*
             acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
         }
         uint2 o;
-        o.x = (u32)f32_to_bf16(acc.x) | ((u32)f32_to_bf16(acc.y) << 16);
-        o.y = (u32)f32_to_bf16(acc.z) | ((u32)f32_to_bf16(acc.w) << 16);
+        o.x = (u32)mx_float_to_bf16(acc.x) | ((u32)mx_float_to_bf16(acc.y) << 16);
+        o.y = (u32)mx_float_to_bf16(acc.z) | ((u32)mx_float_to_bf16(acc.w) << 16);
         *(uint2*)(out + (size_t)t * MOE_HIDDEN + c) = o;
     }
 }
