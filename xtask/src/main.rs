@@ -2,6 +2,7 @@
 //!
 //! Each task lives in a module of its own, named for the task.
 
+mod check_kernels;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -17,10 +18,13 @@ struct Cli {
 enum Task {
     /// Run the whole test suite as CI does (the README's test command).
     Test(test::Args),
+    /// Compile every `*.hip` kernel for NVIDIA (NVRTC) and AMD (hipcc) without a GPU.
+    CheckKernels(check_kernels::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
+        Task::CheckKernels(args) => check_kernels::run(args),
     }
 }

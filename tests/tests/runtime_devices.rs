@@ -1,0 +1,117 @@
+//! Device selection and the CPU device, which every machine has.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use runtime_rocm::{Defines, Device, DeviceId, DeviceSpec, Error, KernelSource, enumerate};
+
+fn fresh_rng() -> ChaCha8Rng {
+    let seed: u64 = rand::rng().random();
+    eprintln!("seed {seed}");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+#[test]
+fn enumeration_ends_with_the_cpu_and_explains_missing_stacks() {
+    let found = enumerate();
+    let last = found.devices.last().expect("the CPU is always present");
+    assert_eq!(last.id(), DeviceId::Cpu);
+    assert_eq!(found.devices.iter().filter(|d| d.is_cpu()).count(), 1);
+    for device in &found.devices {
+        let info = device.info();
+        assert!(info.wave_size >= 1 && info.compute_units >= 1, "{info:?}");
+        assert!(!info.arch.is_empty(), "{info:?}");
+    }
+    // Each vendor stack either contributed a device or says why not.
+    for backend in ["rocm", "cuda"] {
+        let has_device = found.devices.iter().any(|d| match d.id() {
+            DeviceId::Rocm(_) => backend == "rocm",
+            DeviceId::Cuda(_) => backend == "cuda",
+            DeviceId::Cpu => false,
+        });
+        let explained = found
+            .unavailable
+            .iter()
+            .any(|u| u.backend == backend && !u.reason.is_empty());
+        assert!(has_device || explained, "{backend}: {found:?}");
+    }
+}
+
+#[test]
+fn device_strings_select_or_fail_with_typed_errors() {
+    assert!(Device::parse_and_open("cpu").unwrap().is_cpu());
+    assert!(Device::open(DeviceSpec::Auto).is_ok());
+    assert!(matches!(Device::parse_and_open("gpu:0"), Err(Error::Spec(e)) if e.input == "gpu:0"));
+    match Device::parse_and_open("cuda:4096") {
+        Err(Error::NotAvailable { requested, reason }) => {
+            assert_eq!(requested, "cuda:4096");
+            assert!(!reason.is_empty());
+        }
+        other => panic!("expected NotAvailable, got {other:?}"),
+    }
+    assert!(matches!(
+        Device::parse_and_open("rocm:4096"),
+        Err(Error::NotAvailable { .. })
+    ));
+}
+
+#[test]
+fn cpu_buffers_copy_set_and_check_lengths() {
+    let mut rng = fresh_rng();
+    let cpu = Device::cpu();
+    let data: Vec<f32> = (0..1000).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let source = cpu.upload(&data).unwrap();
+    assert_eq!(source.as_host_slice(), Some(&data[..]));
+    assert_eq!(source.to_vec().unwrap(), data);
+
+    let mut copy = cpu.alloc_zeroed::<f32>(data.len()).unwrap();
+    assert!(copy.to_vec().unwrap().iter().all(|&v| v == 0.0));
+    let stream = cpu.create_stream().unwrap();
+    copy.copy_from_async(&source, &stream).unwrap();
+    stream.synchronize().unwrap();
+    assert_eq!(copy.to_vec().unwrap(), data);
+
+    copy.memset(0xff).unwrap();
+    assert!(
+        copy.to_vec()
+            .unwrap()
+            .iter()
+            .all(|v| v.to_bits() == u32::MAX)
+    );
+
+    let mut short = vec![0f32; data.len() - 1];
+    assert!(matches!(
+        source.copy_to_host(&mut short),
+        Err(Error::LengthMismatch {
+            expected: 1000,
+            found: 999,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn cpu_events_measure_host_time() {
+    let cpu = Device::cpu();
+    let stream = cpu.default_stream();
+    let start = stream.record_event().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let end = stream.record_event().unwrap();
+    let ms = start.elapsed_ms(&end).unwrap();
+    assert!((15.0..5000.0).contains(&ms), "{ms} ms");
+}
+
+#[test]
+fn kernels_do_not_compile_for_the_cpu() {
+    let source = KernelSource::new("k.hip", "extern \"C\" __global__ void k() {}");
+    let err = Device::cpu().compile(&source, &Defines::new()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                device: DeviceId::Cpu,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

@@ -1,0 +1,357 @@
+//! The runtime on every GPU present: copies, the runtime's own kernels against CPU
+//! references, the disk cache, and errors. Each test prints "skipped: no GPU" where there is
+//! none (CI); they run on the device machine (see the runtime's device workflow).
+
+use half::bf16;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use runtime_rocm::{
+    Defines, Device, Error, KernelCache, KernelSource, LaunchConfig, Module, enumerate,
+    kernel_source,
+};
+
+const AXPY: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/axpy.hip");
+const REDUCE: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/reduce.hip");
+const FILL: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/fill.hip");
+
+/// Every GPU on this machine; prints the skip message when there is none.
+fn gpus(test: &str) -> Vec<Device> {
+    let gpus: Vec<Device> = enumerate()
+        .devices
+        .into_iter()
+        .filter(|d| !d.is_cpu())
+        .collect();
+    if gpus.is_empty() {
+        eprintln!("skipped: no GPU ({test})");
+    }
+    gpus
+}
+
+fn fresh_rng() -> ChaCha8Rng {
+    let seed: u64 = rand::rng().random();
+    eprintln!("seed {seed}");
+    ChaCha8Rng::seed_from_u64(seed)
+}
+
+fn random_f32(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn compile(device: &Device, source: &KernelSource<'_>, defines: &Defines) -> Module {
+    let cache = tempfile::tempdir().unwrap();
+    device
+        .compile_with_cache(source, defines, Some(&KernelCache::at(cache.path())))
+        .unwrap_or_else(|e| panic!("{}: {e}", device.id()))
+}
+
+#[test]
+fn copies_round_trip_sync_and_async() {
+    let mut rng = fresh_rng();
+    for device in gpus("copies_round_trip_sync_and_async") {
+        let stream = device.create_stream().unwrap();
+        for n in [1usize, 1000, (1 << 20) + 3] {
+            let data: Vec<u32> = (0..n).map(|_| rng.random()).collect();
+            let buffer = device.upload(&data).unwrap();
+            assert_eq!(buffer.to_vec().unwrap(), data);
+
+            let mut copy = device.alloc_uninit::<u32>(n).unwrap();
+            copy.copy_from_async(&buffer, &stream).unwrap();
+            let mut back = vec![0u32; n];
+            copy.copy_to_host_async(&mut back, &stream).unwrap();
+            stream.synchronize().unwrap();
+            assert_eq!(back, data);
+
+            let other: Vec<u32> = (0..n).map(|_| rng.random()).collect();
+            copy.copy_from_host_async(&other, &stream).unwrap();
+            copy.memset_async(0xa5, &stream).unwrap();
+            stream.synchronize().unwrap();
+            assert!(copy.to_vec().unwrap().iter().all(|&v| v == 0xa5a5_a5a5));
+        }
+        let mut small = device.alloc_zeroed::<f32>(4).unwrap();
+        assert!(matches!(
+            small.copy_from_host(&[1.0; 5]),
+            Err(Error::LengthMismatch {
+                expected: 4,
+                found: 5,
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn axpy_matches_the_cpu() {
+    let mut rng = fresh_rng();
+    for device in gpus("axpy_matches_the_cpu") {
+        let axpy = compile(&device, &AXPY, &Defines::new())
+            .function("axpy_f32")
+            .unwrap();
+        let n = 100_003;
+        let (x, y) = (random_f32(&mut rng, n), random_f32(&mut rng, n));
+        let a: f32 = rng.random_range(-2.0..2.0);
+        let x_dev = device.upload(&x).unwrap();
+        let mut y_dev = device.upload(&y).unwrap();
+        let stream = device.create_stream().unwrap();
+        stream
+            .launch(
+                &axpy,
+                LaunchConfig::linear(n, 256),
+                &[&y_dev, &x_dev, &a, &(n as u32)],
+            )
+            .unwrap();
+        stream.synchronize().unwrap();
+        let expected: Vec<f32> = x.iter().zip(&y).map(|(x, y)| a.mul_add(*x, *y)).collect();
+        let got = y_dev.to_vec().unwrap();
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                (g - e).abs() <= 1e-6 * (1.0 + e.abs()),
+                "{} element {i}: {g} vs {e}",
+                device.id()
+            );
+        }
+        // The buffer is still usable as a destination afterwards.
+        y_dev.copy_from_host(&y).unwrap();
+    }
+}
+
+#[test]
+fn wave_shuffle_sum_and_ballot_count_match_the_cpu() {
+    let mut rng = fresh_rng();
+    for device in gpus("wave_shuffle_sum_and_ballot_count_match_the_cpu") {
+        for block in [256u32, 1024] {
+            let module = compile(&device, &REDUCE, &Defines::new().set("BLOCK_SIZE", block));
+            let (sum, count) = (
+                module.function("sum_f32").unwrap(),
+                module.function("count_positive_f32").unwrap(),
+            );
+            let n = 1_000_037usize;
+            let x = random_f32(&mut rng, n);
+            let x_dev = device.upload(&x).unwrap();
+            let blocks = 120u32;
+            let mut partial = device.alloc_uninit::<f32>(blocks as usize).unwrap();
+            partial.memset(0xff).unwrap(); // NaN poison: every block must write its slot.
+            let stream = device.default_stream();
+            let config = LaunchConfig {
+                grid: [blocks, 1, 1],
+                block: [block, 1, 1],
+                shared_mem_bytes: 0,
+            };
+            stream
+                .launch(&sum, config, &[&x_dev, &(n as u32), &partial])
+                .unwrap();
+            let total: f64 = partial.to_vec().unwrap().iter().map(|&p| p as f64).sum();
+            let reference: f64 = x.iter().map(|&v| v as f64).sum();
+            let abs_sum: f64 = x.iter().map(|&v| (v as f64).abs()).sum();
+            assert!(
+                (total - reference).abs() <= 1e-6 * abs_sum,
+                "{} block {block}: {total} vs {reference}",
+                device.id()
+            );
+
+            let counter = device.alloc_zeroed::<u32>(1).unwrap();
+            stream
+                .launch(
+                    &count,
+                    LaunchConfig::linear(n, block),
+                    &[&x_dev, &(n as u32), &counter],
+                )
+                .unwrap();
+            let positives = x.iter().filter(|&&v| v > 0.0).count() as u32;
+            assert_eq!(
+                counter.to_vec().unwrap(),
+                vec![positives],
+                "{} block {block}",
+                device.id()
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_helpers_round_like_the_host() {
+    let mut rng = fresh_rng();
+    for device in gpus("bf16_helpers_round_like_the_host") {
+        let module = compile(&device, &FILL, &Defines::new());
+        let (fill, scale) = (
+            module.function("fill_bf16").unwrap(),
+            module.function("scale_bf16").unwrap(),
+        );
+        let n = 70_001usize;
+        let value: f32 = rng.random_range(-100.0..100.0);
+        let out = device.alloc_uninit::<u16>(n).unwrap();
+        let stream = device.default_stream();
+        stream
+            .launch(
+                &fill,
+                LaunchConfig::linear(n / 4, 128),
+                &[&out, &value, &(n as u32)],
+            )
+            .unwrap();
+        let expected = bf16::from_f32(value).to_bits();
+        assert!(
+            out.to_vec().unwrap().iter().all(|&b| b == expected),
+            "{}",
+            device.id()
+        );
+
+        let input: Vec<u16> = (0..n)
+            .map(|_| bf16::from_f32(rng.random_range(-1e3f32..1e3)).to_bits())
+            .collect();
+        let factor: f32 = rng.random_range(0.1..3.0);
+        let in_dev = device.upload(&input).unwrap();
+        stream
+            .launch(
+                &scale,
+                LaunchConfig::linear(n, 256),
+                &[&out, &in_dev, &factor, &(n as u32)],
+            )
+            .unwrap();
+        let expected: Vec<u16> = input
+            .iter()
+            .map(|&b| bf16::from_f32(factor * bf16::from_bits(b).to_f32()).to_bits())
+            .collect();
+        assert_eq!(out.to_vec().unwrap(), expected, "{}", device.id());
+    }
+}
+
+#[test]
+fn second_compile_hits_the_disk_cache_and_corruption_recompiles() {
+    for device in gpus("second_compile_hits_the_disk_cache_and_corruption_recompiles") {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = KernelCache::at(dir.path());
+        let defines = Defines::new().set("BLOCK_SIZE", 512);
+        let first = device
+            .compile_with_cache(&REDUCE, &defines, Some(&cache))
+            .unwrap();
+        assert!(!first.cache_hit());
+        let second = device
+            .compile_with_cache(&REDUCE, &defines, Some(&cache))
+            .unwrap();
+        assert!(second.cache_hit());
+        second.function("sum_f32").unwrap();
+        // Different defines are a different entry.
+        let other = device
+            .compile_with_cache(
+                &REDUCE,
+                &Defines::new().set("BLOCK_SIZE", 128),
+                Some(&cache),
+            )
+            .unwrap();
+        assert!(!other.cache_hit());
+
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            let mut bytes = std::fs::read(&path).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x5a;
+            std::fs::write(&path, bytes).unwrap();
+        }
+        let rebuilt = device
+            .compile_with_cache(&REDUCE, &defines, Some(&cache))
+            .unwrap();
+        assert!(!rebuilt.cache_hit(), "a corrupted entry must be recompiled");
+        assert!(
+            device
+                .compile_with_cache(&REDUCE, &defines, Some(&cache))
+                .unwrap()
+                .cache_hit()
+        );
+    }
+}
+
+#[test]
+fn failing_launches_and_compiles_report_errors() {
+    for device in gpus("failing_launches_and_compiles_report_errors") {
+        let axpy = compile(&device, &AXPY, &Defines::new())
+            .function("axpy_f32")
+            .unwrap();
+        let n = 1024usize;
+        let x = device.upload(&vec![1.0f32; n]).unwrap();
+        let y = device.upload(&vec![2.0f32; n]).unwrap();
+        let stream = device.create_stream().unwrap();
+        let too_many = LaunchConfig {
+            grid: [1, 1, 1],
+            block: [4096, 1, 1],
+            shared_mem_bytes: 0,
+        };
+        match stream.launch(&axpy, too_many, &[&y, &x, &3.0f32, &(n as u32)]) {
+            Err(Error::Driver {
+                operation, message, ..
+            }) => {
+                assert!(operation.contains("axpy_f32"), "{operation}");
+                assert!(!message.is_empty());
+            }
+            other => panic!("{}: expected a driver error, got {other:?}", device.id()),
+        }
+        let empty = LaunchConfig {
+            grid: [0, 1, 1],
+            block: [32, 1, 1],
+            shared_mem_bytes: 0,
+        };
+        assert!(matches!(
+            stream.launch(&axpy, empty, &[&y, &x, &3.0f32, &(n as u32)]),
+            Err(Error::InvalidLaunch { .. })
+        ));
+        // The device is still healthy.
+        stream
+            .launch(
+                &axpy,
+                LaunchConfig::linear(n, 256),
+                &[&y, &x, &3.0f32, &(n as u32)],
+            )
+            .unwrap();
+        stream.synchronize().unwrap();
+        assert!(y.to_vec().unwrap().iter().all(|&v| v == 5.0));
+
+        assert!(matches!(
+            compile_err(&device, "extern \"C\" __global__ void k(float* y) { y[0] = nope; }"),
+            Error::Compile { log, .. } if log.contains("nope")
+        ));
+        assert!(matches!(
+            device.compile(&AXPY, &Defines::new()).unwrap().function("no_such_kernel"),
+            Err(Error::Driver { operation, .. }) if operation.contains("no_such_kernel")
+        ));
+    }
+}
+
+fn compile_err(device: &Device, code: &str) -> Error {
+    device
+        .compile_with_cache(
+            &KernelSource::new("broken.hip", code),
+            &Defines::new(),
+            None,
+        )
+        .unwrap_err()
+}
+
+#[test]
+fn events_time_device_work_and_memory_does_not_leak() {
+    for device in gpus("events_time_device_work_and_memory_does_not_leak") {
+        let stream = device.create_stream().unwrap();
+        let src = device.alloc_zeroed::<u8>(64 << 20).unwrap();
+        let mut dst = device.alloc_uninit::<u8>(64 << 20).unwrap();
+        let start = stream.record_event().unwrap();
+        for _ in 0..10 {
+            dst.copy_from_async(&src, &stream).unwrap();
+        }
+        let end = stream.record_event().unwrap();
+        let ms = start.elapsed_ms(&end).unwrap();
+        assert!(ms > 0.0 && ms < 10_000.0, "{ms} ms");
+
+        let (free_before, total) = device.memory_info().unwrap();
+        assert!(free_before <= total);
+        for i in 0..1000usize {
+            let buffer = device
+                .alloc_uninit::<f32>(1 + (i * 7919) % (1 << 20))
+                .unwrap();
+            drop(buffer);
+        }
+        let (free_after, _) = device.memory_info().unwrap();
+        let drift = free_before.abs_diff(free_after);
+        assert!(
+            drift <= 8 << 20,
+            "{}: free memory moved by {drift} bytes",
+            device.id()
+        );
+    }
+}
