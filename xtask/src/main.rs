@@ -2,6 +2,7 @@
 //!
 //! Each task lives in a module of its own, named for the task.
 
+mod bench_cpu_decode;
 mod check_kernels;
 mod test;
 
@@ -20,11 +21,14 @@ enum Task {
     Test(test::Args),
     /// Compile every `*.hip` kernel for NVIDIA (NVRTC) and AMD (hipcc) without a GPU.
     CheckKernels(check_kernels::Args),
+    /// Decode tokens/s of the CPU forward pass on a synthetic model, and peak memory.
+    BenchCpuDecode(bench_cpu_decode::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
         Task::CheckKernels(args) => check_kernels::run(args),
+        Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
     }
 }
