@@ -35,9 +35,14 @@ typedef unsigned int u32;
 
 #define MX_BLOCK 32
 #define MOE_NEG_INF (-__uint_as_float(0x7f800000u))
-// Warps per block of the GEMV kernels; rows handled per warp in the down projection.
+// Block shapes; the launcher sets them (it sizes the grids from the same numbers).
+// Waves per block of the GEMV kernels; rows handled per wave in the down projection.
+#ifndef MOE_WARPS
 #define MOE_WARPS 8
+#endif
+#ifndef MOE_DOWN_ROWS
 #define MOE_DOWN_ROWS 2
+#endif
 // Pairs whose activations meet one decoded weight fragment: gate_up, down (W4A4), down (W4A16).
 // Larger tiles cost registers, and with them waves in flight.
 #define GATE_UP_TOKS 2
@@ -243,9 +248,15 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 // 1/rsf (rsf itself is applied once, by the combine). Routed weights are the unbiased scores,
 // divided by their sum (+1e-20) when `norm_topk_prob`.
 
+#ifndef ROUTE_THREADS
 #define ROUTE_THREADS 256
+#endif
+#ifndef ROUTE_MAX_TOPK
 #define ROUTE_MAX_TOPK 64
+#endif
+#ifndef ROUTE_MAX_GROUPS
 #define ROUTE_MAX_GROUPS 64
+#endif
 
 __device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi) {
     if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
@@ -357,7 +368,9 @@ extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, int* __restr
 //   active[n_experts]       experts with at least one pair, ascending; n_active[0] = count
 // The order inside one expert's group is unspecified; no consumer depends on it.
 
+#ifndef ALIGN_THREADS
 #define ALIGN_THREADS 1024
+#endif
 
 extern "C" __global__ void __launch_bounds__(ALIGN_THREADS)
 moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int* __restrict__ offsets,
