@@ -43,10 +43,11 @@ typedef unsigned int u32;
 #ifndef MOE_DOWN_ROWS
 #define MOE_DOWN_ROWS 2
 #endif
-// Pairs whose activations meet one decoded weight fragment: gate_up, down (W4A4), down (W4A16).
-// Larger tiles cost registers, and with them waves in flight.
-#define GATE_UP_TOKS 2
-#define DOWN_TOKS_A4 4
+// Pairs whose activations meet one decoded weight fragment (and are staged in shared memory
+// together). Larger tiles cost registers and shared memory, and with them waves in flight.
+#define GATE_UP_TOKS_A4 3
+#define GATE_UP_TOKS_A16 2
+#define DOWN_TOKS_A4 8
 #define DOWN_TOKS_A16 2
 #define MOE_THREADS (MOE_WARPS * WARP_SIZE)
 // 16-byte weight chunks (32 elements) per lane along one row.
@@ -473,98 +474,110 @@ __device__ __forceinline__ bool expert_of_block(const int* offsets, const int* a
     return true;
 }
 
-// Gate+up with SiLU(gate) * up fused: one intermediate row j per wave; the wave streams gate
-// row j and up row I+j once and applies them to every pair routed to the expert, GATE_UP_TOKS
-// pairs per decoded fragment. Activations are read by token (x is [tokens][H]).
-// Output h[sorted position][I] in f32.
+// Gate+up with SiLU(gate) * up fused. A block covers MOE_WARPS/2 intermediate rows j: its first
+// half of waves streams the gate rows, the second half the matching up rows (each lane keeps
+// its 16-byte chunks of one row in registers, all in flight before use). Pairs routed to the
+// expert are taken TOKS at a time: their activation rows (x is [tokens][H]) are staged in
+// shared memory once per block, every wave dots its row with them, and the SiLU(gate) * up
+// epilogue meets the two halves through shared memory. Output h[sorted position][I] in f32.
 template <bool A4>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u8* __restrict__ s13,
                                              int expert_base, const void* __restrict__ act,
                                              const u8* __restrict__ act_scale, const int* __restrict__ offsets,
                                              const int* __restrict__ sorted_pairs, const int* __restrict__ active,
                                              const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    constexpr int TOKS = A4 ? GATE_UP_TOKS_A4 : GATE_UP_TOKS_A16;
+    constexpr int ROWS = MOE_WARPS / 2;
+    constexpr int ROW_VECS = (A4 ? MOE_HIDDEN : 2 * MOE_HIDDEN) / 16;  // 16-byte vectors per token
+    __shared__ uint4 stage[TOKS * ROW_VECS];
+    __shared__ u8 stage_scale[A4 ? TOKS * H_CHUNKS : 1];
+    __shared__ float partial[MOE_WARPS][TOKS];
     ExpertRange r;
     if (!expert_of_block(offsets, active, n_active, r)) return;
-    const int lane = threadIdx.x % WARP_SIZE;
-    const int j = blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE;
-    if (j >= MOE_INTER) return;
+    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    const int j = blockIdx.x * ROWS + wave % ROWS;
+    const bool valid = j < MOE_INTER;  // waves past the last row still meet every barrier
+    const size_t row = ((size_t)(r.e + expert_base) * 2 + wave / ROWS) * MOE_INTER + (valid ? j : 0);
+    const u8* w_row = w13 + row * (MOE_HIDDEN / 2);
+    const u8* s_row = s13 + row * H_CHUNKS;
 
-    const size_t row_bytes = MOE_HIDDEN / 2;
-    const size_t e = (size_t)(r.e + expert_base);
-    const u8* g_row = w13 + (e * 2 * MOE_INTER + j) * row_bytes;
-    const u8* u_row = g_row + (size_t)MOE_INTER * row_bytes;
-    const u8* gs_row = s13 + (e * 2 * MOE_INTER + j) * H_CHUNKS;
-    const u8* us_row = gs_row + (size_t)MOE_INTER * H_CHUNKS;
-
-    // W4A4: all of this lane's weight chunks in flight before the first use. W4A16 spends its
-    // registers on the float decode instead and loads each chunk where it is used.
+    // W4A4 keeps the whole row in registers; W4A16 spends them on the float decode instead
+    // and loads each chunk where it is used.
     constexpr int PRE = A4 ? H_PER_LANE : 1;
-    uint4 wg[PRE], wu[PRE];
-    float sg[PRE], su[PRE];
-    if (A4) {
+    uint4 w[PRE];
+    float sw[PRE];
+    if (A4 && valid) {
 #pragma unroll
         for (int i = 0; i < PRE; ++i) {
             int c = lane + i * WARP_SIZE;
             if (c < H_CHUNKS) {
-                wg[i] = ((const uint4*)g_row)[c];
-                wu[i] = ((const uint4*)u_row)[c];
-                sg[i] = e8m0_to_f32(gs_row[c]);
-                su[i] = e8m0_to_f32(us_row[c]);
+                w[i] = ((const uint4*)w_row)[c];
+                sw[i] = e8m0_to_f32(s_row[c]);
             }
         }
     }
 
-    for (int p0 = r.begin; p0 < r.end; p0 += GATE_UP_TOKS) {
-        const int n = min(GATE_UP_TOKS, r.end - p0);
-        int tok[GATE_UP_TOKS];
-        float ag[GATE_UP_TOKS], au[GATE_UP_TOKS];
-#pragma unroll
-        for (int q = 0; q < GATE_UP_TOKS; ++q) {
-            tok[q] = q < n ? sorted_pairs[p0 + q] / slots : 0;
-            ag[q] = 0.0f;
-            au[q] = 0.0f;
+    for (int p0 = r.begin; p0 < r.end; p0 += TOKS) {
+        const int n = min(TOKS, r.end - p0);
+        __syncthreads();  // the previous tile's stage and partial sums are consumed
+        for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) {
+            int q = v / ROW_VECS;
+            size_t t = (size_t)(sorted_pairs[p0 + q] / slots);
+            stage[v] = ((const uint4*)act)[t * ROW_VECS + v % ROW_VECS];
         }
-        // W4A16 keeps the chunk loop rolled: unrolled, the compiler hoists every chunk's loads
-        // and spills.
+        if (A4) {
+            for (int v = threadIdx.x; v < n * H_CHUNKS; v += blockDim.x) {
+                size_t t = (size_t)(sorted_pairs[p0 + v / H_CHUNKS] / slots);
+                stage_scale[v] = act_scale[t * H_CHUNKS + v % H_CHUNKS];
+            }
+        }
+        __syncthreads();
+        float acc[TOKS];
+#pragma unroll
+        for (int q = 0; q < TOKS; ++q) acc[q] = 0.0f;
+        if (valid) {
+            // W4A16 keeps the chunk loop rolled: unrolled, the compiler hoists every chunk's
+            // loads and spills.
 #pragma unroll(A4 ? H_PER_LANE : 1)
-        for (int i = 0; i < H_PER_LANE; ++i) {
-            int c = lane + i * WARP_SIZE;
-            if (c >= H_CHUNKS) break;
-            if (A4) {
-                int gq[8], uq[8];
-                decode_chunk_i8(wg[i], gq);
-                decode_chunk_i8(wu[i], uq);
+            for (int i = 0; i < H_PER_LANE; ++i) {
+                int c = lane + i * WARP_SIZE;
+                if (c >= H_CHUNKS) break;
+                if (A4) {
+                    int wq[8];
+                    decode_chunk_i8(w[i], wq);
 #pragma unroll
-                for (int q = 0; q < GATE_UP_TOKS; ++q) {
-                    if (q >= n) break;
-                    const uint4* a = (const uint4*)((const i8*)act + (size_t)tok[q] * MOE_HIDDEN + c * MX_BLOCK);
-                    uint4 a0 = a[0], a1 = a[1];
-                    float sa = e8m0_to_f32(act_scale[(size_t)tok[q] * H_CHUNKS + c]) * 0.25f;
-                    ag[q] = fmaf((float)dot_w4a4_chunk(gq, a0, a1), sg[i] * sa, ag[q]);
-                    au[q] = fmaf((float)dot_w4a4_chunk(uq, a0, a1), su[i] * sa, au[q]);
-                }
-            } else {
-                uint4 g4 = ((const uint4*)g_row)[c], u4 = ((const uint4*)u_row)[c];
-                float gsc = e8m0_to_f32(gs_row[c]), usc = e8m0_to_f32(us_row[c]);
+                    for (int q = 0; q < TOKS; ++q) {
+                        if (q >= n) break;
+                        const uint4* a = (const uint4*)((const i8*)stage + q * MOE_HIDDEN + c * MX_BLOCK);
+                        float sa = e8m0_to_f32(stage_scale[q * H_CHUNKS + c]) * 0.25f;
+                        acc[q] = fmaf((float)dot_w4a4_chunk(wq, a[0], a[1]), sw[i] * sa, acc[q]);
+                    }
+                } else {
+                    uint4 w4 = ((const uint4*)w_row)[c];
+                    float sc = e8m0_to_f32(s_row[c]);
 #pragma unroll
-                for (int q = 0; q < GATE_UP_TOKS; ++q) {
-                    if (q >= n) break;
-                    const u16* a = (const u16*)act + (size_t)tok[q] * MOE_HIDDEN + c * MX_BLOCK;
-                    ag[q] = fmaf(dot_w4a16_chunk(g4, a), gsc, ag[q]);
-                    au[q] = fmaf(dot_w4a16_chunk(u4, a), usc, au[q]);
+                    for (int q = 0; q < TOKS; ++q) {
+                        if (q >= n) break;
+                        const u16* a = (const u16*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
+                        acc[q] = fmaf(dot_w4a16_chunk(w4, a), sc, acc[q]);
+                    }
                 }
             }
         }
 #pragma unroll
-        for (int q = 0; q < GATE_UP_TOKS; ++q) {
-            float g = wave_sum(ag[q]);
-            float u = wave_sum(au[q]);
-            if (lane == 0 && q < n) h[(size_t)(p0 + q) * MOE_INTER + j] = silu_mul(g, u);
+        for (int q = 0; q < TOKS; ++q) {
+            float sum = wave_sum(acc[q]);
+            if (lane == 0) partial[wave][q] = sum;
+        }
+        __syncthreads();
+        for (int v = threadIdx.x; v < n * ROWS; v += blockDim.x) {
+            int jj = v % ROWS, q = v / ROWS, jr = blockIdx.x * ROWS + jj;
+            if (jr < MOE_INTER) h[(size_t)(p0 + q) * MOE_INTER + jr] = silu_mul(partial[jj][q], partial[ROWS + jj][q]);
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(MOE_THREADS, 1)
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,
                  const i8* __restrict__ xq, const u8* __restrict__ xs, const int* __restrict__ offsets,
                  const int* __restrict__ sorted_pairs, const int* __restrict__ active,
@@ -580,8 +593,9 @@ moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, int ex
     gate_up_body<false>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
-// Down projection, MOE_DOWN_ROWS output rows per wave. Activations are read by sorted position
-// (h is [pairs][I]): quantized (hq, hs) for W4A4, f32 for W4A16.
+// Down projection, MOE_DOWN_ROWS output rows per wave (in registers). The pairs of the expert
+// are contiguous in sorted order, TOKS of their activation rows (quantized hq, hs for W4A4,
+// f32 h for W4A16; [pairs][I]) staged in shared memory per tile.
 // Output y[sorted position][H] in f32, unweighted: the combine applies the routing weights.
 template <bool A4>
 __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base,
@@ -589,31 +603,44 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
                                           const int* __restrict__ offsets, const int* __restrict__ active,
                                           const int* __restrict__ n_active, float* __restrict__ y) {
     constexpr int TOKS = A4 ? DOWN_TOKS_A4 : DOWN_TOKS_A16;
+    constexpr int ROW_VECS = (A4 ? MOE_INTER : 4 * MOE_INTER) / 16;
+    __shared__ uint4 stage[TOKS * ROW_VECS];
+    __shared__ u8 stage_scale[A4 ? TOKS * I_CHUNKS : 1];
     ExpertRange r;
     if (!expert_of_block(offsets, active, n_active, r)) return;
     const int lane = threadIdx.x % WARP_SIZE;
     const int row0 = (blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE) * MOE_DOWN_ROWS;
-    if (row0 >= MOE_HIDDEN) return;
+    const bool valid = row0 < MOE_HIDDEN;  // waves past the last row still meet every barrier
     const size_t row_bytes = MOE_INTER / 2;
     const size_t e = (size_t)(r.e + expert_base);
 
     uint4 w[MOE_DOWN_ROWS][I_PER_LANE];
     float sw[MOE_DOWN_ROWS][I_PER_LANE];
+    if (valid) {
 #pragma unroll
-    for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
-        int row = min(row0 + k, MOE_HIDDEN - 1);  // a clamped duplicate row is computed, not stored
+        for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
+            int row = min(row0 + k, MOE_HIDDEN - 1);  // a clamped duplicate row is computed, not stored
 #pragma unroll
-        for (int i = 0; i < I_PER_LANE; ++i) {
-            int c = lane + i * WARP_SIZE;
-            if (c < I_CHUNKS) {
-                w[k][i] = ((const uint4*)(w2 + (e * MOE_HIDDEN + row) * row_bytes))[c];
-                sw[k][i] = e8m0_to_f32(s2[(e * MOE_HIDDEN + row) * I_CHUNKS + c]);
+            for (int i = 0; i < I_PER_LANE; ++i) {
+                int c = lane + i * WARP_SIZE;
+                if (c < I_CHUNKS) {
+                    w[k][i] = ((const uint4*)(w2 + (e * MOE_HIDDEN + row) * row_bytes))[c];
+                    sw[k][i] = e8m0_to_f32(s2[(e * MOE_HIDDEN + row) * I_CHUNKS + c]);
+                }
             }
         }
     }
 
     for (int p0 = r.begin; p0 < r.end; p0 += TOKS) {
         const int n = min(TOKS, r.end - p0);
+        __syncthreads();  // the previous tile is consumed
+        const uint4* src = (const uint4*)act + (size_t)p0 * ROW_VECS;
+        for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) stage[v] = src[v];
+        if (A4)
+            for (int v = threadIdx.x; v < n * I_CHUNKS; v += blockDim.x)
+                stage_scale[v] = act_scale[(size_t)p0 * I_CHUNKS + v];
+        __syncthreads();
+        if (!valid) continue;
         float acc[MOE_DOWN_ROWS][TOKS];
 #pragma unroll
         for (int k = 0; k < MOE_DOWN_ROWS; ++k)
@@ -631,15 +658,15 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
 #pragma unroll
                     for (int q = 0; q < TOKS; ++q) {
                         if (q >= n) break;
-                        const uint4* a = (const uint4*)((const i8*)act + (size_t)(p0 + q) * MOE_INTER + c * MX_BLOCK);
-                        float sa = e8m0_to_f32(act_scale[(size_t)(p0 + q) * I_CHUNKS + c]) * 0.25f;
+                        const uint4* a = (const uint4*)((const i8*)stage + q * MOE_INTER + c * MX_BLOCK);
+                        float sa = e8m0_to_f32(stage_scale[q * I_CHUNKS + c]) * 0.25f;
                         acc[k][q] = fmaf((float)dot_w4a4_chunk(wq, a[0], a[1]), sw[k][i] * sa, acc[k][q]);
                     }
                 } else {
 #pragma unroll
                     for (int q = 0; q < TOKS; ++q) {
                         if (q >= n) break;
-                        const float* a = (const float*)act + (size_t)(p0 + q) * MOE_INTER + c * MX_BLOCK;
+                        const float* a = (const float*)stage + q * MOE_INTER + c * MX_BLOCK;
                         acc[k][q] = fmaf(dot_w4a32_chunk(w[k][i], a), sw[k][i], acc[k][q]);
                     }
                 }
@@ -649,12 +676,11 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
         for (int k = 0; k < MOE_DOWN_ROWS; ++k)
 #pragma unroll
             for (int q = 0; q < TOKS; ++q) {
-                float s = wave_sum(acc[k][q]);
-                if (lane == 0 && q < n && row0 + k < MOE_HIDDEN) y[(size_t)(p0 + q) * MOE_HIDDEN + row0 + k] = s;
+                float sum = wave_sum(acc[k][q]);
+                if (lane == 0 && q < n && row0 + k < MOE_HIDDEN) y[(size_t)(p0 + q) * MOE_HIDDEN + row0 + k] = sum;
             }
     }
 }
-
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_down_w4a4(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const i8* __restrict__ hq,
               const u8* __restrict__ hs, const int* __restrict__ offsets, const int* __restrict__ active,

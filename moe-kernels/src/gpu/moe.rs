@@ -19,8 +19,10 @@ use crate::reference::{ActivationQuant, RoutingParams, ScaleRule};
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe.hip");
 
-/// Waves per block of the expert GEMV kernels (`MOE_WARPS`).
+/// Waves per block of the expert GEMV kernels (`MOE_WARPS`); gate_up splits them in two
+/// halves (gate rows, up rows), so it must be even.
 const WARPS: u32 = 8;
+const _: () = assert!(WARPS % 2 == 0);
 /// Output rows per wave of the down projection (`MOE_DOWN_ROWS`).
 const DOWN_ROWS: u32 = 2;
 /// Threads of the routing kernel (`ROUTE_THREADS`, its launch bound).
@@ -773,7 +775,7 @@ impl MoeKernels {
         let threads = self.gemv_threads();
         let gate_up = LaunchConfig {
             grid: [
-                to_u32("inter", self.inter.div_ceil(WARPS as usize))?,
+                to_u32("inter", self.inter.div_ceil(WARPS as usize / 2))?,
                 expert_blocks,
                 1,
             ],
