@@ -43,6 +43,7 @@ struct Args {
     act: ActivationQuant,
     anchor: Option<String>,
     budget_ms: f64,
+    breakdown: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -54,6 +55,7 @@ fn parse_args() -> Result<Args> {
         act: ActivationQuant::Mxfp4(ScaleRule::Even),
         anchor: Some("moe-kernels/bench/anchor_grouped_mm.py".into()),
         budget_ms: 4000.0,
+        breakdown: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -83,6 +85,7 @@ fn parse_args() -> Result<Args> {
                     }
                 }
             }
+            "--breakdown" => args.breakdown = true,
             "--anchor" => {
                 let v = value()?;
                 args.anchor = (v != "none").then_some(v);
@@ -246,6 +249,7 @@ fn run() -> Result<()> {
     );
 
     let mut results = Vec::new();
+    let mut breakdowns: Vec<(usize, Vec<(&'static str, f64)>)> = Vec::new();
     for &batch in &args.batches {
         let mut ws = MoeWorkspace::new(&device, SHAPE, TOP_K, batch)?;
         let mut x: DeviceBuffer<bf16> = device.alloc_uninit(batch * SHAPE.hidden)?;
@@ -295,6 +299,27 @@ fn run() -> Result<()> {
             for (m, mode) in MODES.into_iter().enumerate() {
                 samples[m].push(step(WARMUP + i, mode, &mut ws)?);
             }
+        }
+        if args.breakdown {
+            ws.record_stages();
+            let runs = iters.min(10);
+            for i in 0..runs {
+                step(i, SharedExpertMode::Fused, &mut ws)?;
+            }
+            let times = ws.stage_times()?;
+            let per_run = times.len() / runs;
+            let stages = (0..per_run)
+                .map(|k| {
+                    let mut v: Vec<f64> = times
+                        .iter()
+                        .skip(k)
+                        .step_by(per_run)
+                        .map(|t| t.1 * 1e3)
+                        .collect();
+                    (times[k].0, median(&mut v))
+                })
+                .collect();
+            breakdowns.push((batch, stages));
         }
         for (m, mode) in MODES.into_iter().enumerate() {
             let mut times: Vec<f64> = samples[m].iter().map(|s| s.0).collect();
@@ -369,6 +394,22 @@ fn run() -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
             fusion
         );
+    }
+    if let Some((_, first)) = breakdowns.first() {
+        println!();
+        println!("Per-stage device time of the fused layer, µs (median; events between stages):");
+        println!();
+        let names: Vec<&str> = first.iter().map(|s| s.0).collect();
+        println!("| B | {} | sum |", names.join(" | "));
+        println!("|---:|{}---:|", "---:|".repeat(names.len()));
+        for (batch, stages) in &breakdowns {
+            let cells: Vec<String> = stages.iter().map(|s| format!("{:.1}", s.1)).collect();
+            println!(
+                "| {batch} | {} | {:.1} |",
+                cells.join(" | "),
+                stages.iter().map(|s| s.1).sum::<f64>()
+            );
+        }
     }
     Ok(())
 }

@@ -11,7 +11,8 @@
 
 use half::bf16;
 use runtime_rocm::{
-    Defines, Device, DeviceBuffer, Function, KernelSource, LaunchConfig, Stream, kernel_source,
+    Defines, Device, DeviceBuffer, Event, Function, KernelSource, LaunchConfig, Stream,
+    kernel_source,
 };
 
 use super::error::{GpuError, check_len, check_param};
@@ -220,6 +221,17 @@ pub struct MoeWorkspace {
     h_quant: QuantizedActivations,
     y: DeviceBuffer<f32>,
     y_shared: DeviceBuffer<f32>,
+    marks: Marks,
+}
+
+/// Events recorded after each stage while a breakdown is being taken.
+type Marks = Option<Vec<(&'static str, Event)>>;
+
+fn mark(stream: &Stream, marks: &mut Marks, stage: &'static str) -> Result<(), GpuError> {
+    if let Some(marks) = marks {
+        marks.push((stage, stream.record_event()?));
+    }
+    Ok(())
 }
 
 impl MoeWorkspace {
@@ -248,6 +260,7 @@ impl MoeWorkspace {
             h_quant: QuantizedActivations::alloc(device, pairs * shape.inter)?,
             y: device.alloc_uninit(pairs * shape.hidden)?,
             y_shared: device.alloc_uninit(shared_pairs * shape.hidden)?,
+            marks: None,
         })
     }
 
@@ -266,6 +279,28 @@ impl MoeWorkspace {
 }
 
 impl MoeWorkspace {
+    /// Records an event after every stage of the following [`MoeKernels::forward`] calls, for
+    /// [`MoeWorkspace::stage_times`]. The events cost a little time per stage.
+    pub fn record_stages(&mut self) {
+        self.marks = Some(Vec::new());
+    }
+
+    /// Device time in milliseconds of each stage (route, align, quantize, gate_up, down,
+    /// combine, …) of every forward since [`MoeWorkspace::record_stages`], in order, and stops
+    /// recording. Waits for the device.
+    pub fn stage_times(&mut self) -> Result<Vec<(&'static str, f64)>, GpuError> {
+        let marks = self.marks.take().unwrap_or_default();
+        let mut times = Vec::new();
+        for pair in marks.windows(2) {
+            let ((_, before), (stage, after)) = (&pair[0], &pair[1]);
+            if *stage != "start" {
+                after.synchronize()?;
+                times.push((*stage, f64::from(before.elapsed_ms(after)?)));
+            }
+        }
+        Ok(times)
+    }
+
     /// Expert slots the last [`MoeKernels::forward`] with this workspace read weights of
     /// (routed experts with at least one token, plus the shared slots), once its stream has
     /// finished: what a benchmark counts as the bytes touched. Waits for the device.
@@ -602,6 +637,7 @@ impl MoeKernels {
 
         let slots = params.top_k + params.shared_slots;
         let experts = shape.n_routed + params.shared_slots;
+        mark(stream, &mut ws.marks, "start")?;
         self.route(
             stream,
             logits,
@@ -611,6 +647,7 @@ impl MoeKernels {
             params,
             &mut ws.routed,
         )?;
+        mark(stream, &mut ws.marks, "route")?;
         self.align(
             stream,
             &ws.routed.ids,
@@ -618,6 +655,7 @@ impl MoeKernels {
             experts,
             &mut ws.routed_groups,
         )?;
+        mark(stream, &mut ws.marks, "align")?;
         if let ActivationQuant::Mxfp4(rule) = act {
             self.launch_quantize(
                 stream,
@@ -628,6 +666,7 @@ impl MoeKernels {
                 rule,
                 &mut ws.x_quant,
             )?;
+            mark(stream, &mut ws.marks, "quantize x")?;
         }
         let pass = Pass {
             base: 0,
@@ -646,6 +685,7 @@ impl MoeKernels {
             &ws.h,
             &mut ws.h_quant,
             &ws.y,
+            &mut ws.marks,
         )?;
 
         let shared_slots = match mode {
@@ -685,6 +725,7 @@ impl MoeKernels {
                     &ws.h,
                     &mut ws.h_quant,
                     &ws.y_shared,
+                    &mut ws.marks,
                 )?;
                 shape.n_shared
             }
@@ -715,6 +756,7 @@ impl MoeKernels {
                 out,
             ],
         )?;
+        mark(stream, &mut ws.marks, "combine")?;
         Ok(())
     }
 
@@ -768,6 +810,7 @@ impl MoeKernels {
         h: &DeviceBuffer<f32>,
         h_quant: &mut QuantizedActivations,
         y: &DeviceBuffer<f32>,
+        marks: &mut Marks,
     ) -> Result<(), GpuError> {
         let pairs = pass.n_tokens * pass.slots;
         // Upper bound of the active experts; blocks past the real count exit at once.
@@ -811,6 +854,7 @@ impl MoeKernels {
                         h,
                     ],
                 )?;
+                mark(stream, marks, "gate_up")?;
                 self.launch_quantize(
                     stream,
                     &self.quantize_f32,
@@ -820,6 +864,7 @@ impl MoeKernels {
                     rule,
                     h_quant,
                 )?;
+                mark(stream, marks, "quantize h")?;
                 stream.launch(
                     &self.down_w4a4,
                     down,
@@ -835,6 +880,7 @@ impl MoeKernels {
                         y,
                     ],
                 )?;
+                mark(stream, marks, "down")?;
             }
             ActivationQuant::None => {
                 stream.launch(
@@ -853,6 +899,7 @@ impl MoeKernels {
                         h,
                     ],
                 )?;
+                mark(stream, marks, "gate_up")?;
                 stream.launch(
                     &self.down_w4a16,
                     down,
@@ -867,6 +914,7 @@ impl MoeKernels {
                         y,
                     ],
                 )?;
+                mark(stream, marks, "down")?;
             }
         }
         Ok(())
