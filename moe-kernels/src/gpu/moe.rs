@@ -739,7 +739,11 @@ impl MoeKernels {
         stream.launch(
             &self.combine,
             LaunchConfig {
-                grid: [to_u32("n_tokens", n_tokens)?, 1, 1],
+                grid: [
+                    to_u32("n_tokens", n_tokens)?,
+                    to_u32("hidden", self.hidden.div_ceil(4 * ELEMENT_THREADS as usize))?,
+                    1,
+                ],
                 block: [ELEMENT_THREADS, 1, 1],
                 shared_mem_bytes: 0,
             },
