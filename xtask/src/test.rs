@@ -5,7 +5,8 @@
 //!    Debian's hipcc), so every `*.hip` file is compiled for NVIDIA and AMD — a missing compiler
 //!    fails the run instead of skipping;
 //! 2. a Python venv with the official `openai` client for the end-to-end server test;
-//! 3. `cargo xtask check-kernels`, then `cargo test --workspace`.
+//! 3. `cargo test --workspace` (whose `runtime_kernel_check` test compiles every kernel, as
+//!    `cargo xtask check-kernels` does).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -28,7 +29,7 @@ pub struct Args {
     cargo_args: Vec<String>,
 }
 
-/// Prepares the test environment, checks every kernel and runs `cargo test --workspace`.
+/// Prepares the test environment and runs `cargo test --workspace`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let root = workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -38,13 +39,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         env.push(("MXSERVE_REQUIRE_KERNEL_COMPILERS".into(), "1".into()));
         let python = openai_venv(&root)?;
         env.push(("MXSERVE_E2E_PYTHON".into(), python.display().to_string()));
-        run_step(
-            Command::new(&cargo)
-                .current_dir(&root)
-                .args(["run", "--quiet", "--package", "xtask", "--", "check-kernels"])
-                .envs(env.iter().map(|(k, v)| (k, v))),
-            "cargo xtask check-kernels",
-        )?;
     }
     run_step(
         Command::new(&cargo)
