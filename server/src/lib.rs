@@ -1,2 +1,15 @@
 //! The `mxserve` server: OpenAI-compatible HTTP API, tokenizer and chat template, scheduler
 //! with continuous batching, metrics.
+
+pub mod backend;
+pub mod chat_template;
+pub mod detokenizer;
+pub mod engine;
+pub mod metrics;
+pub mod openai;
+pub mod sampling;
+pub mod sequence;
+pub mod stop;
+pub mod tokenizer;
+pub mod error;
+pub mod validate;
