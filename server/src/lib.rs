@@ -13,3 +13,5 @@ pub mod stop;
 pub mod tokenizer;
 pub mod error;
 pub mod validate;
+pub mod generate;
+pub mod routes;
