@@ -1,2 +1,18 @@
 //! DeepSeek-V3-family models: configs, the shared-expert fusion policy, the strict safetensors
 //! loader, the forward pass and the KV cache.
+//!
+//! The CPU forward pass ([`Model::forward`]) is built from `moe_kernels::reference` ops and is
+//! the oracle for the GPU path.
+
+mod attention;
+pub mod config;
+mod feed_forward;
+pub mod kv_cache;
+pub mod model;
+pub mod weights;
+
+pub use config::{CheckpointConfig, ConfigError, Layout, ModelConfig, parse_config};
+pub use kv_cache::{KvCache, SeqId};
+pub use model::{ForwardError, ForwardOptions, Model, ModelError, SequenceChunk};
+pub use moe_kernels::reference::ActivationMode;
+pub use weights::ModelWeights;
