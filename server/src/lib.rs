@@ -15,3 +15,5 @@ pub mod error;
 pub mod validate;
 pub mod generate;
 pub mod routes;
+pub mod model_backend;
+pub mod server;
