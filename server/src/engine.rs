@@ -414,3 +414,292 @@ impl<B: Backend> Engine<B> {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+    use crate::detokenizer::tests::byte_tokenizer;
+    use crate::sampling::SamplingParams;
+    use crate::sequence::{FinishReason, SequenceEvent};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+    const EOS: u32 = 256;
+    const VOCAB: usize = 257;
+
+    /// The fake model: the next token is a function of the whole history (so a chunking or
+    /// cache mistake changes the output); after a `'x'` comes EOS.
+    fn next_token(history: &[u32]) -> u32 {
+        if history.last() == Some(&u32::from(b'x')) {
+            return EOS;
+        }
+        let h = history
+            .iter()
+            .fold(1469598103934665603u64, |h, &t| (h ^ u64::from(t)).wrapping_mul(1099511628211));
+        (h % 256) as u32
+    }
+
+    #[derive(Default)]
+    struct Record {
+        max_used: usize,
+        max_sequences: usize,
+        released: Vec<SequenceId>,
+        steps: usize,
+    }
+
+    /// A backend that keeps each sequence's tokens as its "KV cache".
+    struct FakeModel {
+        seqs: HashMap<SequenceId, Vec<u32>>,
+        capacity: usize,
+        record: Arc<Mutex<Record>>,
+        step_delay: Duration,
+    }
+
+    impl Backend for FakeModel {
+        fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+            std::thread::sleep(self.step_delay);
+            let mut out = Vec::new();
+            for c in chunks {
+                assert!(!c.tokens.is_empty(), "empty chunk");
+                let seq = self.seqs.entry(c.seq).or_default();
+                seq.extend_from_slice(c.tokens);
+                let mut logits = vec![0.0; VOCAB];
+                logits[next_token(seq) as usize] = 1.0;
+                out.push(logits);
+            }
+            let used = self.kv_used_tokens();
+            if used > self.capacity {
+                return Err(BackendError(format!("cache overflow: {used} > {}", self.capacity)));
+            }
+            let mut r = self.record.lock().unwrap();
+            r.max_used = r.max_used.max(used);
+            r.max_sequences = r.max_sequences.max(self.seqs.len());
+            r.steps += 1;
+            Ok(out)
+        }
+        fn release(&mut self, seq: SequenceId) {
+            self.seqs.remove(&seq);
+            self.record.lock().unwrap().released.push(seq);
+        }
+        fn kv_capacity_tokens(&self) -> usize {
+            self.capacity
+        }
+        fn kv_used_tokens(&self) -> usize {
+            self.seqs.values().map(Vec::len).sum()
+        }
+        fn context_length(&self) -> usize {
+            4096
+        }
+    }
+
+    fn start(capacity: usize, limits: EngineLimits, step_delay: Duration) -> (EngineHandle, Arc<Mutex<Record>>) {
+        let record = Arc::new(Mutex::new(Record::default()));
+        let backend = FakeModel {
+            seqs: HashMap::new(),
+            capacity,
+            record: record.clone(),
+            step_delay,
+        };
+        let (handle, _thread) = spawn(
+            backend,
+            Arc::new(byte_tokenizer()),
+            vec![EOS],
+            limits,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        (handle, record)
+    }
+
+    fn request(prompt: Vec<u32>, max_tokens: usize) -> (SequenceRequest, UnboundedReceiver<(usize, SequenceEvent)>) {
+        let (tx, rx) = unbounded_channel();
+        let r = SequenceRequest {
+            prompt,
+            max_tokens,
+            sampling: SamplingParams {
+                temperature: 0.0,
+                top_k: 0,
+                top_p: 1.0,
+                seed: 0,
+            },
+            stop: Vec::new(),
+            choice: 0,
+            events: tx,
+            arrived: Instant::now(),
+        };
+        (r, rx)
+    }
+
+    /// Collects a sequence's text and end.
+    fn finish(mut rx: UnboundedReceiver<(usize, SequenceEvent)>) -> (String, SequenceEvent) {
+        let mut text = String::new();
+        loop {
+            match rx.blocking_recv().expect("engine ended the channel without a final event") {
+                (_, SequenceEvent::Text(t)) => text.push_str(&t),
+                (_, end) => return (text, end),
+            }
+        }
+    }
+
+    /// What greedy decoding of the fake model gives for one sequence alone.
+    fn reference(prompt: &[u32], max_tokens: usize) -> (String, FinishReason, usize) {
+        let mut tokens = prompt.to_vec();
+        for _ in 0..max_tokens {
+            let t = next_token(&tokens);
+            tokens.push(t);
+            if t == EOS {
+                let text = byte_tokenizer().decode(&tokens[prompt.len()..], true).unwrap();
+                return (text, FinishReason::Stop, tokens.len() - prompt.len());
+            }
+        }
+        let text = byte_tokenizer().decode(&tokens[prompt.len()..], true).unwrap();
+        (text, FinishReason::Length, max_tokens)
+    }
+
+    #[test]
+    fn batched_chunked_generation_equals_each_sequence_alone() {
+        let limits = EngineLimits {
+            max_batch_tokens: 16,
+            max_running: 8,
+            max_waiting: 100,
+        };
+        let capacity = 400;
+        let (engine, record) = start(capacity, limits, Duration::ZERO);
+        let mut rng = ChaCha8Rng::seed_from_u64(99);
+        let mut pending = Vec::new();
+        for _ in 0..40 {
+            let prompt: Vec<u32> = (0..rng.random_range(1..60)).map(|_| rng.random_range(0..256)).collect();
+            let max_tokens = rng.random_range(1..25);
+            let (r, rx) = request(prompt.clone(), max_tokens);
+            engine.submit(vec![r]).unwrap();
+            pending.push((prompt, max_tokens, rx));
+        }
+        let mut stops = 0;
+        for (prompt, max_tokens, rx) in pending {
+            let (text, end) = finish(rx);
+            let (want_text, want_reason, want_tokens) = reference(&prompt, max_tokens);
+            stops += usize::from(want_reason == FinishReason::Stop);
+            assert_eq!(text, want_text);
+            assert_eq!(
+                end,
+                SequenceEvent::Finished {
+                    reason: want_reason,
+                    prompt_tokens: prompt.len(),
+                    completion_tokens: want_tokens,
+                }
+            );
+        }
+        let r = record.lock().unwrap();
+        assert!(r.max_used <= capacity);
+        assert!(r.max_sequences <= limits.max_running);
+        assert!(r.max_sequences > 1, "sequences were never batched together");
+        assert_eq!(r.released.len(), 40, "every sequence is freed");
+        eprintln!("{stops} of 40 ended on EOS");
+    }
+
+    #[test]
+    fn admission_waits_for_kv_room() {
+        let limits = EngineLimits {
+            max_batch_tokens: 64,
+            max_running: 8,
+            max_waiting: 10,
+        };
+        // Each sequence reserves 10 + 50 = 60 of 100 tokens: only one fits at a time.
+        let (engine, record) = start(100, limits, Duration::ZERO);
+        let rxs: Vec<_> = (0..3)
+            .map(|i| {
+                let (r, rx) = request(vec![i; 10], 50);
+                engine.submit(vec![r]).unwrap();
+                rx
+            })
+            .collect();
+        for rx in rxs {
+            assert!(matches!(finish(rx).1, SequenceEvent::Finished { .. }));
+        }
+        assert_eq!(record.lock().unwrap().max_sequences, 1);
+    }
+
+    #[test]
+    fn refusals_queue_full_too_large_and_shutdown() {
+        let limits = EngineLimits {
+            max_batch_tokens: 8,
+            max_running: 1,
+            max_waiting: 2,
+        };
+        let (engine, _) = start(100, limits, Duration::from_millis(5));
+        let three: Vec<_> = (0..3).map(|_| request(vec![1], 5).0).collect();
+        assert_eq!(
+            engine.submit(three),
+            Err(SubmitError::QueueFull { waiting: 0, limit: 2 })
+        );
+        assert_eq!(
+            engine.submit(vec![request(vec![1; 60], 41).0]),
+            Err(SubmitError::TooLarge {
+                needed: 101,
+                capacity: 100
+            })
+        );
+        let (r, rx) = request(vec![1, 2], 5);
+        engine.submit(vec![r]).unwrap();
+        engine.stop_accepting();
+        assert_eq!(engine.submit(vec![request(vec![1], 1).0]), Err(SubmitError::ShuttingDown));
+        // The one already accepted still finishes.
+        assert!(matches!(finish(rx).1, SequenceEvent::Finished { .. }));
+    }
+
+    #[test]
+    fn a_dropped_receiver_frees_its_sequence() {
+        let limits = EngineLimits {
+            max_batch_tokens: 8,
+            max_running: 4,
+            max_waiting: 4,
+        };
+        let (engine, record) = start(100_000, limits, Duration::from_millis(2));
+        let (r, mut rx) = request(vec![5, 6], 50_000);
+        engine.submit(vec![r]).unwrap();
+        assert!(rx.blocking_recv().is_some());
+        drop(rx);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while record.lock().unwrap().released.is_empty() {
+            assert!(Instant::now() < deadline, "sequence was not freed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn cancel_all_fails_running_and_waiting() {
+        let limits = EngineLimits {
+            max_batch_tokens: 8,
+            max_running: 1,
+            max_waiting: 4,
+        };
+        let (engine, _) = start(100_000, limits, Duration::from_millis(2));
+        let (a, rx_a) = request(vec![1], 50_000);
+        let (b, rx_b) = request(vec![2], 50_000);
+        engine.submit(vec![a, b]).unwrap();
+        engine.stop_accepting();
+        engine.cancel_all();
+        assert!(matches!(finish(rx_a).1, SequenceEvent::Failed(_)));
+        assert!(matches!(finish(rx_b).1, SequenceEvent::Failed(_)));
+    }
+
+    #[test]
+    fn health_runs_a_forward_pass_once() {
+        let limits = EngineLimits {
+            max_batch_tokens: 8,
+            max_running: 1,
+            max_waiting: 1,
+        };
+        let (engine, record) = start(100, limits, Duration::ZERO);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(engine.health()).unwrap();
+        assert_eq!(record.lock().unwrap().steps, 1);
+        rt.block_on(engine.health()).unwrap();
+        assert_eq!(record.lock().unwrap().steps, 1, "later checks are cheap");
+    }
+}

@@ -17,3 +17,4 @@ pub mod generate;
 pub mod routes;
 pub mod model_backend;
 pub mod server;
+pub mod client;
