@@ -18,3 +18,4 @@ pub mod routes;
 pub mod model_backend;
 pub mod server;
 pub mod client;
+pub mod launch;
