@@ -53,9 +53,17 @@ pub struct StreamReply {
     pub stray: String,
 }
 
-/// Sends `method path` with an optional body and reads the whole response.
-pub async fn request(addr: SocketAddr, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, ClientError> {
-    let response = send(addr, method, path, body).await?;
+/// GETs `path` and reads the whole response.
+pub async fn get(addr: SocketAddr, path: &str) -> Result<Reply, ClientError> {
+    whole(send(addr, Method::GET, path, None).await?).await
+}
+
+/// POSTs `body` (JSON, or deliberately not) to `path` and reads the whole response.
+pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Result<Reply, ClientError> {
+    whole(send(addr, Method::POST, path, Some(body.into())).await?).await
+}
+
+async fn whole(response: hyper::Response<hyper::body::Incoming>) -> Result<Reply, ClientError> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await.map_err(err("reading the body"))?.to_bytes();
     Ok(Reply {
