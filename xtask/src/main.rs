@@ -2,6 +2,8 @@
 //!
 //! Each task lives in a module of its own, named for the task.
 
+mod bench_serve;
+mod serve;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -17,10 +19,16 @@ struct Cli {
 enum Task {
     /// Run the whole test suite as CI does (the README's test command).
     Test(test::Args),
+    /// Build and run `mxserve serve` (with no arguments: the built-in model on 127.0.0.1:8000).
+    Serve(serve::Args),
+    /// HTTP load benchmark on the built-in model at concurrency 1, 8 and 64.
+    BenchServe(bench_serve::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
+        Task::Serve(args) => serve::run(args),
+        Task::BenchServe(args) => bench_serve::run(args),
     }
 }
