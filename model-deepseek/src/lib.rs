@@ -7,8 +7,11 @@
 mod attention;
 pub mod config;
 mod feed_forward;
+pub mod fusion;
 pub mod kv_cache;
+pub mod loader;
 pub mod model;
+pub mod tiny;
 pub mod weights;
 
 pub use config::{CheckpointConfig, ConfigError, Layout, ModelConfig, parse_config};

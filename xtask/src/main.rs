@@ -5,6 +5,7 @@
 mod bench_serve;
 mod serve;
 mod test;
+mod tiny_model;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +24,8 @@ enum Task {
     Serve(serve::Args),
     /// HTTP load benchmark on the built-in model at concurrency 1, 8 and 64.
     BenchServe(bench_serve::Args),
+    /// Write a tiny synthetic checkpoint (real expert counts, tiny dims, MXFP4).
+    TinyModel(tiny_model::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test(args) => test::run(args),
         Task::Serve(args) => serve::run(args),
         Task::BenchServe(args) => bench_serve::run(args),
+        Task::TinyModel(args) => tiny_model::run(args),
     }
 }

@@ -1,10 +1,49 @@
-//! `mxserve inspect`.
+//! `mxserve inspect`: check a checkpoint before serving it.
+
+use std::path::PathBuf;
+
+use model_deepseek::fusion::FusionMode;
+use model_deepseek::loader::{self, LoadOptions};
 
 /// Options of `mxserve inspect`.
-#[derive(clap::Args)]
-pub struct Args {}
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Checkpoint directory (config.json + safetensors).
+    pub dir: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Shared-expert fusion mode to decide under: auto, on or off.
+    #[arg(long, default_value = "auto")]
+    pub fusion: FusionMode,
+}
 
-/// Runs `mxserve inspect`; returns the process exit code.
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("mxserve inspect is being built in this session")
+/// Runs `mxserve inspect`; returns the process exit code: 0 when the checkpoint can be served,
+/// 1 when it cannot (every problem is listed, or the error that stopped the check is printed).
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let options = LoadOptions {
+        fusion: args.fusion,
+        ..LoadOptions::default()
+    };
+    let report = match loader::inspect(&args.dir, &options) {
+        Ok(report) => report,
+        Err(e) => {
+            if args.json {
+                let error = serde_json::json!({ "servable": false, "error": e.to_string() });
+                println!("{}", serde_json::to_string_pretty(&error)?);
+            } else {
+                eprintln!("error: {e}");
+                eprintln!("the checkpoint cannot be served");
+            }
+            return Ok(1);
+        }
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&report)?;
+        value["servable"] = report.servable().into();
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(if report.servable() { 0 } else { 1 })
 }
