@@ -12,6 +12,7 @@ pub mod kv_cache;
 pub mod loader;
 pub mod model;
 pub mod tiny;
+pub mod synthetic;
 pub mod weights;
 
 pub use config::{CheckpointConfig, ConfigError, Layout, ModelConfig, parse_config};

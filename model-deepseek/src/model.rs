@@ -34,7 +34,8 @@ pub enum ModelError {
     Weights(#[from] WeightsError),
 }
 
-/// Why a forward call was refused. A refused call changes nothing in the cache.
+/// Why a forward call failed. Every error but [`ForwardError::NonFiniteLogits`] is found
+/// before any work and leaves the cache unchanged.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ForwardError {
     /// A chunk has no tokens.
@@ -80,6 +81,13 @@ pub enum ForwardError {
         needed: usize,
         /// Free tokens in the cache.
         free: usize,
+    },
+    /// The logits hold NaN or infinity (weights or activations overflowed). The tokens were
+    /// appended to the cache, which stays consistent; free the sequence.
+    #[error("{seq}: non-finite logits")]
+    NonFiniteLogits {
+        /// The sequence.
+        seq: SeqId,
     },
     /// The cache was made for a model of other dimensions.
     #[error(
@@ -274,7 +282,11 @@ impl Model {
                 LogitRows::LastOfEachChunk => (start + n - 1, 1),
                 LogitRows::All => (start, n),
             };
-            out.push(self.logits(&x[first * h..(first + count) * h], count));
+            let logits = self.logits(&x[first * h..(first + count) * h], count);
+            if !logits.data.iter().all(|v| v.is_finite()) {
+                return Err(ForwardError::NonFiniteLogits { seq: chunk.seq });
+            }
+            out.push(logits);
         }
         Ok(out)
     }

@@ -29,6 +29,51 @@ pub struct MoeWeights {
     pub fused_shared_slots: usize,
 }
 
+impl MoeWeights {
+    /// Move the separate shared MLP into the expert list as slots `n_routed..`, one per
+    /// `moe_intermediate` (the routed experts' width) of its intermediate dimension: the MLP is
+    /// separable along that dimension, so slot outputs sum to the shared expert's output.
+    /// Returns `self` unchanged when already fused or when there is no shared expert.
+    pub fn into_fused(self) -> Result<MoeWeights, WeightsError> {
+        let Some(shared) = self.shared else {
+            return Ok(self);
+        };
+        let width = match self.experts.first() {
+            Some(e) => e.intermediate_size(),
+            None => return Err(WeightsError::Structure("MoE block has no experts".into())),
+        };
+        let total = shared.intermediate_size();
+        if width == 0 || !total.is_multiple_of(width) {
+            return Err(WeightsError::Structure(format!(
+                "shared expert intermediate {total} is not a multiple of the experts' {width}"
+            )));
+        }
+        let slots = total / width;
+        let mut experts = self.experts;
+        for j in 0..slots {
+            let range = j * width..(j + 1) * width;
+            let down_proj = shared.down_proj.slice_in(range.clone()).ok_or_else(|| {
+                WeightsError::Structure(format!(
+                    "shared_experts.down_proj ({}): slot {j} columns {range:?} do not fall on MXFP4 blocks",
+                    shared.down_proj.format_name()
+                ))
+            })?;
+            experts.push(MlpWeights {
+                gate_proj: shared.gate_proj.slice_out(range.clone()),
+                up_proj: shared.up_proj.slice_out(range),
+                down_proj,
+            });
+        }
+        Ok(MoeWeights {
+            router: self.router,
+            correction_bias: self.correction_bias,
+            experts,
+            shared: None,
+            fused_shared_slots: slots,
+        })
+    }
+}
+
 /// The query projection: LoRA-factored (DeepSeek-V3) or a single matrix.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueryWeights {
@@ -120,6 +165,40 @@ pub enum WeightsError {
 }
 
 impl ModelWeights {
+    /// Bytes the weights occupy in memory (f32 values, packed MXFP4 codes and scales).
+    pub fn size_bytes(&self) -> usize {
+        let linear = |l: &Linear| match l {
+            Linear::Dense(m) => m.data.len() * 4,
+            Linear::Mxfp4 { weight, .. } => weight.packed().len() + weight.scales().len(),
+        };
+        let mlp = |m: &MlpWeights| linear(&m.gate_proj) + linear(&m.up_proj) + linear(&m.down_proj);
+        let mut total = (self.embed_tokens.data.len() + self.norm.len()) * 4;
+        total += self.lm_head.as_ref().map_or(0, linear);
+        for layer in &self.layers {
+            let a = &layer.attention;
+            total += (layer.input_layernorm.len() + layer.post_attention_layernorm.len()) * 4;
+            total += match &a.query {
+                QueryWeights::Lora {
+                    q_a_proj,
+                    q_a_layernorm,
+                    q_b_proj,
+                } => linear(q_a_proj) + q_a_layernorm.len() * 4 + linear(q_b_proj),
+                QueryWeights::Direct { q_proj } => linear(q_proj),
+            };
+            total += linear(&a.kv_a_proj_with_mqa) + a.kv_a_layernorm.len() * 4;
+            total += linear(&a.kv_b_proj) + linear(&a.o_proj);
+            total += match &layer.feed_forward {
+                FeedForward::Dense(m) => mlp(m),
+                FeedForward::Moe(moe) => {
+                    (moe.router.data.len() + moe.correction_bias.len()) * 4
+                        + moe.experts.iter().map(mlp).sum::<usize>()
+                        + moe.shared.as_ref().map_or(0, mlp)
+                }
+            };
+        }
+        total
+    }
+
     /// Check every shape and the layer structure against `config`.
     pub fn validate(&self, config: &ModelConfig) -> Result<(), WeightsError> {
         let c = config;

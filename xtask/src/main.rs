@@ -4,6 +4,7 @@
 
 mod bench_serve;
 mod serve;
+mod bench_cpu_decode;
 mod test;
 mod tiny_model;
 
@@ -26,6 +27,8 @@ enum Task {
     BenchServe(bench_serve::Args),
     /// Write a tiny synthetic checkpoint (real expert counts, tiny dims, MXFP4).
     TinyModel(tiny_model::Args),
+    /// Decode tokens/s of the CPU forward pass on a synthetic model, and peak memory.
+    BenchCpuDecode(bench_cpu_decode::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Task::Serve(args) => serve::run(args),
         Task::BenchServe(args) => bench_serve::run(args),
         Task::TinyModel(args) => tiny_model::run(args),
+        Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
     }
 }

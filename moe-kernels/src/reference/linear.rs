@@ -2,6 +2,7 @@
 
 use super::mxfp4::{ActivationQuant, Mxfp4Matrix, mxfp4_linear};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Below this many multiply-adds a matmul runs on the calling thread: rayon's fork/join costs
 /// more than it saves on the tiny model's smallest projections.
@@ -29,6 +30,30 @@ impl Matrix {
     /// Row `r`.
     pub fn row(&self, r: usize) -> &[f32] {
         &self.data[r * self.cols..(r + 1) * self.cols]
+    }
+
+    /// Rows `range`.
+    pub fn slice_rows(&self, range: Range<usize>) -> Self {
+        Self {
+            rows: range.len(),
+            cols: self.cols,
+            data: self.data[range.start * self.cols..range.end * self.cols].to_vec(),
+        }
+    }
+
+    /// Columns `range` of every row.
+    pub fn slice_cols(&self, range: Range<usize>) -> Self {
+        let data = self
+            .data
+            .chunks_exact(self.cols)
+            .flat_map(|row| &row[range.clone()])
+            .copied()
+            .collect();
+        Self {
+            rows: self.rows,
+            cols: range.len(),
+            data,
+        }
     }
 }
 
@@ -72,6 +97,35 @@ impl Linear {
                 ..
             } => "MXFP4 weight-only",
             Linear::Mxfp4 { .. } => "MXFP4 W4A4",
+        }
+    }
+
+    /// Output features `range` (weight rows), same format.
+    pub fn slice_out(&self, range: Range<usize>) -> Self {
+        match self {
+            Linear::Dense(m) => Linear::Dense(m.slice_rows(range)),
+            Linear::Mxfp4 {
+                weight,
+                activations,
+            } => Linear::Mxfp4 {
+                weight: weight.slice_rows(range),
+                activations: *activations,
+            },
+        }
+    }
+
+    /// Input features `range` (weight columns), same format; `None` for an MXFP4 weight when
+    /// the range does not fall on 32-element block boundaries.
+    pub fn slice_in(&self, range: Range<usize>) -> Option<Self> {
+        match self {
+            Linear::Dense(m) => Some(Linear::Dense(m.slice_cols(range))),
+            Linear::Mxfp4 {
+                weight,
+                activations,
+            } => Some(Linear::Mxfp4 {
+                weight: weight.slice_cols(range)?,
+                activations: *activations,
+            }),
         }
     }
 

@@ -24,7 +24,9 @@ pub use attention::{MlaCache, MlaDims, mla_attention};
 pub use linear::{ActivationMode, Linear, Matrix, linear, matmul};
 pub use mlp::{MlpWeights, mlp, silu_mul};
 pub use moe::moe_forward;
-pub use mxfp4::{ActivationQuant, Mxfp4Error, Mxfp4Matrix, fake_quantize_rows, mxfp4_linear};
+pub use mxfp4::{
+    ActivationQuant, Mxfp4Error, Mxfp4Matrix, ScaleRule, fake_quantize_rows, mxfp4_linear,
+};
 pub use norm::rmsnorm;
 pub use rope::{Rope, YarnParams};
 pub use routing::{ExpertRoute, RoutingParams, route_noaux_tc};

@@ -5,67 +5,8 @@ use super::linear::{Matrix, dot};
 use rayon::prelude::*;
 use thiserror::Error;
 
-// Transitional: replaced by quant-quark's codec when that branch lands.
-mod codec {
-    /// How the shared block exponent is chosen from the block's absolute maximum.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-    pub enum ScaleRule {
-        /// OCP MX v1.0: `floor(log2(amax)) - 2`.
-        Ocp,
-        /// Quark `scale_calculation_mode: "even"`: amax's mantissa rounded to one bit first.
-        Even,
-    }
-
-    /// E2M1 code → value.
-    pub const E2M1: [f32; 16] = [
-        0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
-    ];
-
-    /// E8M0 → `2^(s-127)`; `None` for the NaN code 255.
-    pub fn e8m0_to_f32(s: u8) -> Option<f32> {
-        match s {
-            255 => None,
-            0 => Some(f32::from_bits(0x0040_0000)),
-            s => Some(f32::from_bits((s as u32) << 23)),
-        }
-    }
-
-    /// Quantize one block of up to 32 values to MXFP4 and decode it back, in place.
-    pub fn fake_quantize_block(block: &mut [f32], rule: ScaleRule) {
-        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
-        if amax == 0.0 || !amax.is_finite() {
-            return;
-        }
-        let amax = match rule {
-            ScaleRule::Ocp => amax,
-            ScaleRule::Even => {
-                let bits = amax.to_bits();
-                // Round the mantissa to one bit: add half of bit 21's weight, truncate below.
-                f32::from_bits((bits + (1 << 21)) & !((1 << 22) - 1))
-            }
-        };
-        let exp = (amax.log2().floor() as i32 - 2).clamp(-127, 127);
-        let scale = 2f32.powi(exp);
-        for v in block.iter_mut() {
-            let q = (*v / scale).abs().min(6.0);
-            let grid = [0.0f32, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
-            let mut best = 0usize;
-            for (i, g) in grid.iter().enumerate() {
-                let d = (q - g).abs();
-                let bd = (q - grid[best]).abs();
-                if d < bd || (d == bd && i % 2 == 0) {
-                    best = i;
-                }
-            }
-            *v = grid[best].copysign(*v) * scale;
-        }
-    }
-}
-
-pub use codec::ScaleRule;
-
-/// Elements per MXFP4 block (one E8M0 scale).
-pub const BLOCK: usize = 32;
+pub use quant_quark::ScaleRule;
+use quant_quark::mxfp4::{self as codec, BLOCK};
 
 /// How a layer's input activations are quantized at run time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -177,21 +118,50 @@ impl Mxfp4Matrix {
 
     /// Decode row `r` into `out` (`cols` values); exact, every MXFP4 value is an f32.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        assert_eq!(out.len(), self.cols);
         let packed = &self.packed[r * self.cols / 2..(r + 1) * self.cols / 2];
         let scales = &self.scales[r * self.cols / BLOCK..(r + 1) * self.cols / BLOCK];
-        for ((block_out, block_in), &s) in out
-            .chunks_exact_mut(BLOCK)
-            .zip(packed.chunks_exact(BLOCK / 2))
-            .zip(scales)
-        {
-            // NaN scales were rejected in `new`.
-            let scale = codec::e8m0_to_f32(s).unwrap_or(f32::NAN);
-            for (pair, &byte) in block_out.chunks_exact_mut(2).zip(block_in) {
-                pair[0] = codec::E2M1[(byte & 0x0f) as usize] * scale;
-                pair[1] = codec::E2M1[(byte >> 4) as usize] * scale;
-            }
+        codec::dequantize_f32(packed, scales, out)
+            .expect("lengths and scales were checked in Mxfp4Matrix::new");
+    }
+
+    /// Rows `range` (e.g. one shared-expert slot of `gate_proj`).
+    pub fn slice_rows(&self, range: std::ops::Range<usize>) -> Self {
+        assert!(
+            range.end <= self.rows,
+            "slice_rows: range past the last row"
+        );
+        let (pb, sb) = (self.cols / 2, self.cols / BLOCK);
+        Self {
+            rows: range.len(),
+            cols: self.cols,
+            packed: self.packed[range.start * pb..range.end * pb].to_vec(),
+            scales: self.scales[range.start * sb..range.end * sb].to_vec(),
         }
+    }
+
+    /// Columns `range` of every row (e.g. one shared-expert slot of `down_proj`); `None`
+    /// unless both ends fall on a 32-element block boundary and the range is not empty.
+    pub fn slice_cols(&self, range: std::ops::Range<usize>) -> Option<Self> {
+        let aligned = range.start.is_multiple_of(BLOCK) && range.end.is_multiple_of(BLOCK);
+        if !aligned || range.is_empty() || range.end > self.cols {
+            return None;
+        }
+        let (pb, sb) = (self.cols / 2, self.cols / BLOCK);
+        let mut packed = Vec::with_capacity(self.rows * range.len() / 2);
+        let mut scales = Vec::with_capacity(self.rows * range.len() / BLOCK);
+        for r in 0..self.rows {
+            packed
+                .extend_from_slice(&self.packed[r * pb + range.start / 2..r * pb + range.end / 2]);
+            scales.extend_from_slice(
+                &self.scales[r * sb + range.start / BLOCK..r * sb + range.end / BLOCK],
+            );
+        }
+        Some(Self {
+            rows: self.rows,
+            cols: range.len(),
+            packed,
+            scales,
+        })
     }
 
     /// The whole weight as an f32 matrix.
@@ -210,16 +180,24 @@ impl Mxfp4Matrix {
 
 /// Fake-quantize `x` (rows of `cols` values, `cols` a multiple of 32) to MXFP4 per 32 with
 /// `rule` and decode it back: what a W4A4 layer's matmul sees of its input.
+///
+/// A block holding a NaN or infinity has no MXFP4 encoding; it becomes all NaN, so the
+/// failure shows in the output (the forward pass reports non-finite logits) instead of
+/// being clipped away.
 pub fn fake_quantize_rows(x: &[f32], cols: usize, rule: ScaleRule) -> Vec<f32> {
-    assert_eq!(
-        cols % BLOCK,
-        0,
+    assert!(
+        cols > 0 && cols.is_multiple_of(BLOCK),
         "fake_quantize_rows: cols not a multiple of 32"
     );
-    assert_eq!(x.len() % cols.max(1), 0, "fake_quantize_rows: ragged rows");
+    assert!(
+        x.len().is_multiple_of(cols),
+        "fake_quantize_rows: ragged rows"
+    );
     let mut q = x.to_vec();
     for block in q.chunks_exact_mut(BLOCK) {
-        codec::fake_quantize_block(block, rule);
+        if codec::fake_quantize(block, rule).is_err() {
+            block.fill(f32::NAN);
+        }
     }
     q
 }
