@@ -56,7 +56,10 @@ async fn one_request(addr: SocketAddr, i: usize, max_tokens: usize) -> anyhow::R
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
             tokens = usage["completion_tokens"].as_u64().context("usage")? as usize;
         }
-        if chunk["choices"][0]["text"].as_str().is_some_and(|t| !t.is_empty()) {
+        if chunk["choices"][0]["text"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+        {
             arrivals.push(event.at);
         }
     }
@@ -78,7 +81,8 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let dir = model_deepseek::tiny::ensure_builtin_model().context("creating the built-in model")?;
+    let dir =
+        model_deepseek::tiny::ensure_builtin_model().context("creating the built-in model")?;
     let max_running = args.concurrency.iter().copied().max().unwrap_or(1);
     let options = LaunchOptions {
         model_dir: dir,
@@ -93,7 +97,9 @@ fn main() -> anyhow::Result<()> {
         max_body_bytes: 1 << 20,
     };
     let launched = launch(&options, &mut |_| {})?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;

@@ -36,14 +36,21 @@ const TEMPLATE_NAME: &str = "chat";
 
 impl ChatTemplate {
     /// Compiles `source`; `bos_token`/`eos_token` are the strings the template may insert.
-    pub fn new(source: String, bos_token: String, eos_token: String) -> Result<Self, ChatTemplateError> {
+    pub fn new(
+        source: String,
+        bos_token: String,
+        eos_token: String,
+    ) -> Result<Self, ChatTemplateError> {
         let mut env = Environment::new();
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         // Hugging Face templates signal bad input with `raise_exception(msg)`.
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_template_owned(TEMPLATE_NAME, source)
             .map_err(ChatTemplateError::Syntax)?;
         Ok(Self {
@@ -95,7 +102,11 @@ mod tests {
         let source = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}<U>{{ m['content'].strip() }}{% else %}<A>{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}<A>{% endif %}";
         let t = ChatTemplate::new(source.into(), "<s>".into(), "</s>".into()).unwrap();
         let out = t
-            .render(&[msg("user", "  hi  "), msg("assistant", "yo"), msg("user", "x")])
+            .render(&[
+                msg("user", "  hi  "),
+                msg("assistant", "yo"),
+                msg("user", "x"),
+            ])
             .unwrap();
         assert_eq!(out, "<s><U>hi<A>yo</s><U>x<A>");
     }
@@ -105,7 +116,10 @@ mod tests {
         let source = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('first message must be user') }}{% endif %}ok";
         let t = ChatTemplate::new(source.into(), String::new(), String::new()).unwrap();
         let err = t.render(&[msg("assistant", "a")]).unwrap_err();
-        assert!(err.to_string().contains("first message must be user"), "{err}");
+        assert!(
+            err.to_string().contains("first message must be user"),
+            "{err}"
+        );
         assert_eq!(t.render(&[msg("user", "a")]).unwrap(), "ok");
     }
 

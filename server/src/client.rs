@@ -59,13 +59,21 @@ pub async fn get(addr: SocketAddr, path: &str) -> Result<Reply, ClientError> {
 }
 
 /// POSTs `body` (JSON, or deliberately not) to `path` and reads the whole response.
-pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Result<Reply, ClientError> {
+pub async fn post(
+    addr: SocketAddr,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> Result<Reply, ClientError> {
     whole(send(addr, Method::POST, path, Some(body.into())).await?).await
 }
 
 async fn whole(response: hyper::Response<hyper::body::Incoming>) -> Result<Reply, ClientError> {
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.map_err(err("reading the body"))?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .map_err(err("reading the body"))?
+        .to_bytes();
     Ok(Reply {
         status: parts.status,
         headers: parts.headers,
@@ -74,9 +82,19 @@ async fn whole(response: hyper::Response<hyper::body::Incoming>) -> Result<Reply
 }
 
 /// POSTs a JSON body and reads the server-sent events of the answer as they arrive.
-pub async fn stream(addr: SocketAddr, path: &str, json: &serde_json::Value) -> Result<StreamReply, ClientError> {
+pub async fn stream(
+    addr: SocketAddr,
+    path: &str,
+    json: &serde_json::Value,
+) -> Result<StreamReply, ClientError> {
     let sent = Instant::now();
-    let response = send(addr, Method::POST, path, Some(Bytes::from(json.to_string()))).await?;
+    let response = send(
+        addr,
+        Method::POST,
+        path,
+        Some(Bytes::from(json.to_string())),
+    )
+    .await?;
     let status = response.status();
     let mut body = response.into_body();
     let mut buffer = String::new();
@@ -85,7 +103,9 @@ pub async fn stream(addr: SocketAddr, path: &str, json: &serde_json::Value) -> R
     let mut stray = String::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(err("reading the stream"))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         raw.extend_from_slice(&data);
         // Only whole UTF-8 is appended; a character split across frames waits.
         let valid = match std::str::from_utf8(&raw) {
@@ -135,5 +155,8 @@ async fn send(
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body.unwrap_or_default()))
         .map_err(|e| ClientError(format!("building the request: {e}")))?;
-    sender.send_request(request).await.map_err(err("sending the request"))
+    sender
+        .send_request(request)
+        .await
+        .map_err(err("sending the request"))
 }

@@ -62,7 +62,8 @@ pub(crate) mod tests {
         let mut chars = Vec::new();
         let mut extra = 0u32;
         for b in 0u32..256 {
-            let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+            let printable =
+                (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
             if printable {
                 chars.push(char::from_u32(b).unwrap());
             } else {
@@ -106,7 +107,10 @@ pub(crate) mod tests {
             let mut out = String::new();
             for &id in &ids {
                 let delta = d.push(&tok, id).unwrap();
-                assert!(!delta.contains('\u{FFFD}'), "delta {delta:?} split a character");
+                assert!(
+                    !delta.contains('\u{FFFD}'),
+                    "delta {delta:?} split a character"
+                );
                 out.push_str(&delta);
             }
             out.push_str(&d.flush(&tok).unwrap());

@@ -81,7 +81,9 @@ struct Shared {
 impl EngineHandle {
     /// Queues sequences (all of one request, admitted to the queue together or not at all).
     pub fn submit(&self, requests: Vec<SequenceRequest>) -> Result<(), SubmitError> {
-        if !self.shared.accepting.load(Ordering::SeqCst) || !self.shared.alive.load(Ordering::SeqCst) {
+        if !self.shared.accepting.load(Ordering::SeqCst)
+            || !self.shared.alive.load(Ordering::SeqCst)
+        {
             return Err(SubmitError::ShuttingDown);
         }
         if let Some(needed) = requests
@@ -260,7 +262,9 @@ impl<B: Backend> Engine<B> {
             Message::Shutdown => self.shutting_down = true,
             Message::CancelAll => {
                 let waiting = std::mem::take(&mut self.waiting);
-                self.shared.waiting.fetch_sub(waiting.len(), Ordering::SeqCst);
+                self.shared
+                    .waiting
+                    .fetch_sub(waiting.len(), Ordering::SeqCst);
                 for seq in waiting.iter().chain(&self.running) {
                     seq.fail("the server shut down before this completion finished".into());
                 }
@@ -275,7 +279,10 @@ impl<B: Backend> Engine<B> {
     fn health_check(&mut self) -> Result<(), String> {
         let id = SequenceId(self.next_id);
         self.next_id += 1;
-        let result = self.backend.step(&[StepChunk { seq: id, tokens: &[0] }]);
+        let result = self.backend.step(&[StepChunk {
+            seq: id,
+            tokens: &[0],
+        }]);
         self.backend.release(id);
         match result {
             Ok(logits) if logits.len() == 1 && logits[0].iter().all(|v| v.is_finite()) => Ok(()),
@@ -293,7 +300,9 @@ impl<B: Backend> Engine<B> {
     fn drop_cancelled(&mut self) {
         let before = self.waiting.len();
         self.waiting.retain(|s| !s.is_cancelled());
-        self.shared.waiting.fetch_sub(before - self.waiting.len(), Ordering::SeqCst);
+        self.shared
+            .waiting
+            .fetch_sub(before - self.waiting.len(), Ordering::SeqCst);
         let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
             .into_iter()
             .partition(Sequence::is_cancelled);
@@ -309,7 +318,9 @@ impl<B: Backend> Engine<B> {
     fn admit(&mut self) {
         let capacity = self.backend.kv_capacity_tokens();
         while let Some(front) = self.waiting.front() {
-            if self.running.len() >= self.limits.max_running || self.reserved + front.reserved_tokens() > capacity {
+            if self.running.len() >= self.limits.max_running
+                || self.reserved + front.reserved_tokens() > capacity
+            {
                 break;
             }
             let seq = self.waiting.pop_front().expect("front exists");
@@ -350,7 +361,14 @@ impl<B: Backend> Engine<B> {
         let logits = match result {
             Ok(logits) if logits.len() == plan.len() => logits,
             Ok(logits) => {
-                self.fail_planned(&plan, format!("the backend returned {} logit rows for {} chunks", logits.len(), plan.len()));
+                self.fail_planned(
+                    &plan,
+                    format!(
+                        "the backend returned {} logit rows for {} chunks",
+                        logits.len(),
+                        plan.len()
+                    ),
+                );
                 return;
             }
             Err(e) => {
@@ -438,9 +456,9 @@ mod tests {
         if history.last() == Some(&u32::from(b'x')) {
             return EOS;
         }
-        let h = history
-            .iter()
-            .fold(1469598103934665603u64, |h, &t| (h ^ u64::from(t)).wrapping_mul(1099511628211));
+        let h = history.iter().fold(1469598103934665603u64, |h, &t| {
+            (h ^ u64::from(t)).wrapping_mul(1099511628211)
+        });
         (h % 256) as u32
     }
 
@@ -474,7 +492,10 @@ mod tests {
             }
             let used = self.kv_used_tokens();
             if used > self.capacity {
-                return Err(BackendError(format!("cache overflow: {used} > {}", self.capacity)));
+                return Err(BackendError(format!(
+                    "cache overflow: {used} > {}",
+                    self.capacity
+                )));
             }
             let mut r = self.record.lock().unwrap();
             r.max_used = r.max_used.max(used);
@@ -497,7 +518,11 @@ mod tests {
         }
     }
 
-    fn start(capacity: usize, limits: EngineLimits, step_delay: Duration) -> (EngineHandle, Arc<Mutex<Record>>) {
+    fn start(
+        capacity: usize,
+        limits: EngineLimits,
+        step_delay: Duration,
+    ) -> (EngineHandle, Arc<Mutex<Record>>) {
         let record = Arc::new(Mutex::new(Record::default()));
         let backend = FakeModel {
             seqs: HashMap::new(),
@@ -516,7 +541,10 @@ mod tests {
         (handle, record)
     }
 
-    fn request(prompt: Vec<u32>, max_tokens: usize) -> (SequenceRequest, UnboundedReceiver<(usize, SequenceEvent)>) {
+    fn request(
+        prompt: Vec<u32>,
+        max_tokens: usize,
+    ) -> (SequenceRequest, UnboundedReceiver<(usize, SequenceEvent)>) {
         let (tx, rx) = unbounded_channel();
         let r = SequenceRequest {
             prompt,
@@ -539,7 +567,10 @@ mod tests {
     fn finish(mut rx: UnboundedReceiver<(usize, SequenceEvent)>) -> (String, SequenceEvent) {
         let mut text = String::new();
         loop {
-            match rx.blocking_recv().expect("engine ended the channel without a final event") {
+            match rx
+                .blocking_recv()
+                .expect("engine ended the channel without a final event")
+            {
                 (_, SequenceEvent::Text(t)) => text.push_str(&t),
                 (_, end) => return (text, end),
             }
@@ -553,11 +584,15 @@ mod tests {
             let t = next_token(&tokens);
             tokens.push(t);
             if t == EOS {
-                let text = byte_tokenizer().decode(&tokens[prompt.len()..], true).unwrap();
+                let text = byte_tokenizer()
+                    .decode(&tokens[prompt.len()..], true)
+                    .unwrap();
                 return (text, FinishReason::Stop, tokens.len() - prompt.len());
             }
         }
-        let text = byte_tokenizer().decode(&tokens[prompt.len()..], true).unwrap();
+        let text = byte_tokenizer()
+            .decode(&tokens[prompt.len()..], true)
+            .unwrap();
         (text, FinishReason::Length, max_tokens)
     }
 
@@ -573,7 +608,9 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(99);
         let mut pending = Vec::new();
         for _ in 0..40 {
-            let prompt: Vec<u32> = (0..rng.random_range(1..60)).map(|_| rng.random_range(0..256)).collect();
+            let prompt: Vec<u32> = (0..rng.random_range(1..60))
+                .map(|_| rng.random_range(0..256))
+                .collect();
             let max_tokens = rng.random_range(1..25);
             let (r, rx) = request(prompt.clone(), max_tokens);
             engine.submit(vec![r]).unwrap();
@@ -635,7 +672,10 @@ mod tests {
         let three: Vec<_> = (0..3).map(|_| request(vec![1], 5).0).collect();
         assert_eq!(
             engine.submit(three),
-            Err(SubmitError::QueueFull { waiting: 0, limit: 2 })
+            Err(SubmitError::QueueFull {
+                waiting: 0,
+                limit: 2
+            })
         );
         assert_eq!(
             engine.submit(vec![request(vec![1; 60], 41).0]),
@@ -647,7 +687,10 @@ mod tests {
         let (r, rx) = request(vec![1, 2], 5);
         engine.submit(vec![r]).unwrap();
         engine.stop_accepting();
-        assert_eq!(engine.submit(vec![request(vec![1], 1).0]), Err(SubmitError::ShuttingDown));
+        assert_eq!(
+            engine.submit(vec![request(vec![1], 1).0]),
+            Err(SubmitError::ShuttingDown)
+        );
         // The one already accepted still finishes.
         assert!(matches!(finish(rx).1, SequenceEvent::Finished { .. }));
     }
@@ -696,7 +739,9 @@ mod tests {
             max_waiting: 1,
         };
         let (engine, record) = start(100, limits, Duration::ZERO);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(engine.health()).unwrap();
         assert_eq!(record.lock().unwrap().steps, 1);
         rt.block_on(engine.health()).unwrap();

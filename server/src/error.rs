@@ -41,7 +41,9 @@ impl ApiError {
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
-            message: format!("the model `{requested}` does not exist; this server serves `{served}`"),
+            message: format!(
+                "the model `{requested}` does not exist; this server serves `{served}`"
+            ),
             retry_after: None,
         }
     }

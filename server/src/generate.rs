@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 use crate::engine::SubmitError;
 use crate::error::ApiError;
 use crate::openai::{
-    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta, Completion,
-    CompletionChoice, Usage,
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta,
+    Completion, CompletionChoice, Usage,
 };
 use crate::routes::{AppState, ResponseBody, json_response};
 use crate::sampling::SamplingParams;
@@ -57,7 +57,11 @@ impl Api {
 }
 
 /// Handles `POST /v1/chat/completions`.
-pub async fn chat(state: &Arc<AppState>, body: &[u8], started: Instant) -> Result<Response<ResponseBody>, ApiError> {
+pub async fn chat(
+    state: &Arc<AppState>,
+    body: &[u8],
+    started: Instant,
+) -> Result<Response<ResponseBody>, ApiError> {
     let (messages, spec) = validate::chat(validate::parse_json(body)?, &state.model.id)?;
     let codec = state.codec.clone();
     let prompt = tokio::task::spawn_blocking(move || codec.encode_chat(&messages))
@@ -106,12 +110,18 @@ async fn generate(
     for (p, prompt) in prompts.iter().enumerate() {
         let param = api.prompt_param();
         if prompt.is_empty() {
-            return Err(ApiError::invalid(Some(param), format!("`{param}` encodes to no tokens")));
+            return Err(ApiError::invalid(
+                Some(param),
+                format!("`{param}` encodes to no tokens"),
+            ));
         }
         if prompt.len() >= context {
             return Err(ApiError::invalid(
                 Some(param),
-                format!("`{param}` is {} tokens; the model's context is {context} tokens", prompt.len()),
+                format!(
+                    "`{param}` is {} tokens; the model's context is {context} tokens",
+                    prompt.len()
+                ),
             ));
         }
         let room = context - prompt.len();
@@ -193,12 +203,25 @@ impl Reply {
         while finish.iter().any(Option::is_none) {
             match events.recv().await {
                 Some((i, SequenceEvent::Text(t))) => texts[i].push_str(&t),
-                Some((i, SequenceEvent::Finished { reason, completion_tokens: n, .. })) => {
+                Some((
+                    i,
+                    SequenceEvent::Finished {
+                        reason,
+                        completion_tokens: n,
+                        ..
+                    },
+                )) => {
                     finish[i] = Some(reason);
                     completion_tokens += n;
                 }
-                Some((_, SequenceEvent::Failed(message))) => return Err(ApiError::internal(message)),
-                None => return Err(ApiError::internal("the engine stopped before the completion finished")),
+                Some((_, SequenceEvent::Failed(message))) => {
+                    return Err(ApiError::internal(message));
+                }
+                None => {
+                    return Err(ApiError::internal(
+                        "the engine stopped before the completion finished",
+                    ));
+                }
             }
         }
         let usage = self.usage(completion_tokens);
@@ -280,7 +303,11 @@ impl Reply {
                         role: Some("assistant"),
                         content: Some(String::new()),
                     };
-                    if frames.send(self.chat_chunk(index, delta, None, include_usage)).await.is_err() {
+                    if frames
+                        .send(self.chat_chunk(index, delta, None, include_usage))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -295,18 +322,30 @@ impl Reply {
                     }
                 };
                 let frame = match event {
-                    Some((i, SequenceEvent::Text(text))) => self.text_chunk(i, text, None, include_usage),
-                    Some((i, SequenceEvent::Finished { reason, completion_tokens: n, .. })) => {
+                    Some((i, SequenceEvent::Text(text))) => {
+                        self.text_chunk(i, text, None, include_usage)
+                    }
+                    Some((
+                        i,
+                        SequenceEvent::Finished {
+                            reason,
+                            completion_tokens: n,
+                            ..
+                        },
+                    )) => {
                         finished[i] = true;
                         completion_tokens += n;
                         self.text_chunk(i, String::new(), Some(reason), include_usage)
                     }
                     Some((_, SequenceEvent::Failed(message))) => {
-                        let _ = frames.send(event_frame(&ApiError::internal(message).body())).await;
+                        let _ = frames
+                            .send(event_frame(&ApiError::internal(message).body()))
+                            .await;
                         break;
                     }
                     None => {
-                        let error = ApiError::internal("the engine stopped before the completion finished");
+                        let error =
+                            ApiError::internal("the engine stopped before the completion finished");
                         let _ = frames.send(event_frame(&error.body())).await;
                         break;
                     }
@@ -355,7 +394,13 @@ impl Reply {
     }
 
     /// A chunk with new text (or, with `finish`, a choice's last chunk).
-    fn text_chunk(&self, index: usize, text: String, finish: Option<FinishReason>, include_usage: bool) -> Bytes {
+    fn text_chunk(
+        &self,
+        index: usize,
+        text: String,
+        finish: Option<FinishReason>,
+        include_usage: bool,
+    ) -> Bytes {
         match self.api {
             Api::Chat => {
                 let delta = ChatDelta {
@@ -380,7 +425,13 @@ impl Reply {
         }
     }
 
-    fn chat_chunk(&self, index: usize, delta: ChatDelta, finish: Option<FinishReason>, include_usage: bool) -> Bytes {
+    fn chat_chunk(
+        &self,
+        index: usize,
+        delta: ChatDelta,
+        finish: Option<FinishReason>,
+        include_usage: bool,
+    ) -> Bytes {
         event_frame(&ChatCompletionChunk {
             id: self.id.clone(),
             object: "chat.completion.chunk",

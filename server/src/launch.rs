@@ -66,20 +66,27 @@ pub struct Launched {
 
 /// Loads the model in `options.model_dir` and starts its engine; `progress` is called as
 /// layers load.
-pub fn launch(options: &LaunchOptions, progress: &mut dyn FnMut(Progress)) -> Result<Launched, LaunchError> {
+pub fn launch(
+    options: &LaunchOptions,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Launched, LaunchError> {
     let dir = &options.model_dir;
     let limits = options.limits;
     if limits.max_batch_tokens == 0 || limits.max_running == 0 {
-        return Err(LaunchError::Limits("max batch tokens and max running sequences must be at least 1".into()));
+        return Err(LaunchError::Limits(
+            "max batch tokens and max running sequences must be at least 1".into(),
+        ));
     }
     let codec = Arc::new(TextCodec::load(dir)?);
     let load_options = LoadOptions {
         fusion: options.fusion,
         activations: Activations::Quantized,
     };
-    let loaded = loader::load_with_progress(dir, &load_options, progress).map_err(|source| LaunchError::Load {
-        dir: dir.clone(),
-        source,
+    let loaded = loader::load_with_progress(dir, &load_options, progress).map_err(|source| {
+        LaunchError::Load {
+            dir: dir.clone(),
+            source,
+        }
     })?;
     let fusion = loaded
         .report
@@ -98,7 +105,9 @@ pub fn launch(options: &LaunchOptions, progress: &mut dyn FnMut(Progress)) -> Re
         .kv_capacity_tokens
         .unwrap_or(limits.max_running * context_length);
     if kv_capacity == 0 {
-        return Err(LaunchError::Limits("the KV-cache capacity must be at least 1 token".into()));
+        return Err(LaunchError::Limits(
+            "the KV-cache capacity must be at least 1 token".into(),
+        ));
     }
     tracing::info!(
         kv_capacity_tokens = kv_capacity,
@@ -116,7 +125,10 @@ pub fn launch(options: &LaunchOptions, progress: &mut dyn FnMut(Progress)) -> Re
         metrics.clone(),
     )?;
     let model = ModelCard {
-        id: options.model_id.clone().unwrap_or_else(|| default_model_id(dir)),
+        id: options
+            .model_id
+            .clone()
+            .unwrap_or_else(|| default_model_id(dir)),
         object: "model",
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -139,6 +151,8 @@ pub fn launch(options: &LaunchOptions, progress: &mut dyn FnMut(Progress)) -> Re
 
 /// The directory's last component, which is what `--model DIR` users will expect to type.
 fn default_model_id(dir: &Path) -> String {
-    dir.file_name()
-        .map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+    dir.file_name().map_or_else(
+        || dir.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
 }

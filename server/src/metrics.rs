@@ -33,14 +33,20 @@ impl Histogram {
             }
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos
-            .fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(
+            d.as_nanos().min(u128::from(u64::MAX)) as u64,
+            Ordering::Relaxed,
+        );
     }
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bound, count) in BUCKETS.iter().zip(&self.counts) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {}", count.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{bound}\"}} {}",
+                count.load(Ordering::Relaxed)
+            );
         }
         let count = self.count.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
@@ -82,21 +88,33 @@ impl Metrics {
     }
 
     /// Sets the gauges the engine owns, after each step.
-    pub fn set_engine_state(&self, running: usize, waiting: usize, kv_used: usize, kv_capacity: usize) {
+    pub fn set_engine_state(
+        &self,
+        running: usize,
+        waiting: usize,
+        kv_used: usize,
+        kv_capacity: usize,
+    ) {
         self.running.store(running as u64, Ordering::Relaxed);
         self.waiting.store(waiting as u64, Ordering::Relaxed);
         self.kv_used.store(kv_used as u64, Ordering::Relaxed);
-        self.kv_capacity.store(kv_capacity as u64, Ordering::Relaxed);
+        self.kv_capacity
+            .store(kv_capacity as u64, Ordering::Relaxed);
     }
 
     /// Counts tokens processed by one engine step.
     pub fn count_tokens(&self, prompt: usize, generated: usize) {
-        self.prompt_tokens.fetch_add(prompt as u64, Ordering::Relaxed);
-        self.generated_tokens.fetch_add(generated as u64, Ordering::Relaxed);
+        self.prompt_tokens
+            .fetch_add(prompt as u64, Ordering::Relaxed);
+        self.generated_tokens
+            .fetch_add(generated as u64, Ordering::Relaxed);
         let now = Instant::now();
         let mut recent = self.recent_tokens.lock().unwrap_or_else(|e| e.into_inner());
         recent.push_back((now, generated as u64));
-        while recent.front().is_some_and(|(t, _)| now.duration_since(*t) > THROUGHPUT_WINDOW) {
+        while recent
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > THROUGHPUT_WINDOW)
+        {
             recent.pop_front();
         }
     }
@@ -117,8 +135,16 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         out.push_str("# HELP mxserve_requests_total HTTP requests answered, by endpoint and status code.\n# TYPE mxserve_requests_total counter\n");
-        for ((endpoint, status), n) in self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = writeln!(out, "mxserve_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}");
+        for ((endpoint, status), n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "mxserve_requests_total{{endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
+            );
         }
         self.time_to_first_token.render(
             &mut out,
@@ -141,21 +167,56 @@ impl Metrics {
             "Time from a generation request's arrival to its end.",
         );
         let gauges: [(&str, &str, f64); 5] = [
-            ("mxserve_running_sequences", "Sequences in the running batch.", self.running.load(Ordering::Relaxed) as f64),
-            ("mxserve_waiting_sequences", "Sequences waiting for admission.", self.waiting.load(Ordering::Relaxed) as f64),
-            ("mxserve_kv_cache_used_tokens", "Tokens held in the KV cache.", self.kv_used.load(Ordering::Relaxed) as f64),
-            ("mxserve_kv_cache_capacity_tokens", "Tokens the KV cache can hold.", self.kv_capacity.load(Ordering::Relaxed) as f64),
-            ("mxserve_generation_tokens_per_second", "Generated tokens per second over the last 5 s.", self.tokens_per_second()),
+            (
+                "mxserve_running_sequences",
+                "Sequences in the running batch.",
+                self.running.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mxserve_waiting_sequences",
+                "Sequences waiting for admission.",
+                self.waiting.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mxserve_kv_cache_used_tokens",
+                "Tokens held in the KV cache.",
+                self.kv_used.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mxserve_kv_cache_capacity_tokens",
+                "Tokens the KV cache can hold.",
+                self.kv_capacity.load(Ordering::Relaxed) as f64,
+            ),
+            (
+                "mxserve_generation_tokens_per_second",
+                "Generated tokens per second over the last 5 s.",
+                self.tokens_per_second(),
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         let counters = [
-            ("mxserve_prompt_tokens_total", "Prompt tokens prefilled.", &self.prompt_tokens),
-            ("mxserve_generated_tokens_total", "Tokens generated.", &self.generated_tokens),
+            (
+                "mxserve_prompt_tokens_total",
+                "Prompt tokens prefilled.",
+                &self.prompt_tokens,
+            ),
+            (
+                "mxserve_generated_tokens_total",
+                "Tokens generated.",
+                &self.generated_tokens,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         out
     }
@@ -176,7 +237,10 @@ mod tests {
         h.render(&mut out, "x", "help");
         for (bound, _) in BUCKETS.iter().zip(0..) {
             let want = samples.iter().filter(|&&s| s <= *bound).count();
-            assert!(out.contains(&format!("x_bucket{{le=\"{bound}\"}} {want}\n")), "{bound}: {out}");
+            assert!(
+                out.contains(&format!("x_bucket{{le=\"{bound}\"}} {want}\n")),
+                "{bound}: {out}"
+            );
         }
         assert!(out.contains("x_bucket{le=\"+Inf\"} 5\n"));
         let sum: f64 = samples.iter().sum();

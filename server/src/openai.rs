@@ -7,7 +7,7 @@ use crate::sequence::FinishReason;
 
 /// `stop`: one string or a list of strings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum Stop {
     /// A single stop string.
     One(String),
@@ -132,7 +132,7 @@ pub struct ChatMessage {
 
 /// Message content: a string or a list of parts.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of text parts")]
 pub enum MessageContent {
     /// Plain text.
     Text(String),
@@ -151,10 +151,9 @@ pub struct ContentPart {
     pub text: String,
 }
 
-
 /// `prompt`: a string or a list of strings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a string or a list of strings")]
 pub enum Prompt {
     /// One prompt.
     One(String),

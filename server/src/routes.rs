@@ -47,7 +47,10 @@ pub const ROUTES: &[(Method, &str)] = &[
 ];
 
 /// Answers one HTTP request. Never fails: every error becomes an error response.
-pub async fn handle<B>(state: Arc<AppState>, request: Request<B>) -> Result<Response<ResponseBody>, Infallible>
+pub async fn handle<B>(
+    state: Arc<AppState>,
+    request: Request<B>,
+) -> Result<Response<ResponseBody>, Infallible>
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -57,7 +60,9 @@ where
     let path = request.uri().path().to_string();
     let Some(&(_, endpoint)) = ROUTES.iter().find(|(m, p)| *m == method && *p == path) else {
         let error = match ROUTES.iter().find(|(_, p)| *p == path) {
-            Some((allowed, _)) => ApiError::method_not_allowed(method.as_str(), &path, allowed.as_str()),
+            Some((allowed, _)) => {
+                ApiError::method_not_allowed(method.as_str(), &path, allowed.as_str())
+            }
             None => ApiError::not_found(method.as_str(), &path),
         };
         state.metrics.count_request("other", error.status.as_u16());
@@ -75,14 +80,20 @@ where
         )),
         generation => match read_body(request.into_body(), state.max_body_bytes).await {
             Err(e) => Err(e),
-            Ok(body) if generation == "/v1/chat/completions" => generate::chat(&state, &body, started).await,
+            Ok(body) if generation == "/v1/chat/completions" => {
+                generate::chat(&state, &body, started).await
+            }
             Ok(body) => generate::completions(&state, &body, started).await,
         },
     };
     let response = result.unwrap_or_else(|e| error_response(&e));
     // Streams count themselves when they end; everything else is done here.
-    if response.headers().get(CONTENT_TYPE) != Some(&HeaderValue::from_static(generate::EVENT_STREAM)) {
-        state.metrics.count_request(endpoint, response.status().as_u16());
+    if response.headers().get(CONTENT_TYPE)
+        != Some(&HeaderValue::from_static(generate::EVENT_STREAM))
+    {
+        state
+            .metrics
+            .count_request(endpoint, response.status().as_u16());
     }
     Ok(response)
 }
@@ -98,14 +109,25 @@ where
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(ApiError::too_large(limit)),
-        Err(e) => Err(ApiError::invalid(None, format!("reading the request body failed: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(ApiError::too_large(limit))
+        }
+        Err(e) => Err(ApiError::invalid(
+            None,
+            format!("reading the request body failed: {e}"),
+        )),
     }
 }
 
 async fn health(state: &AppState) -> Result<Response<ResponseBody>, ApiError> {
     state.engine.health().await.map_err(ApiError::unavailable)?;
-    Ok(json_response(StatusCode::OK, &serde_json::json!({"status": "ok"})))
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({"status": "ok"}),
+    ))
 }
 
 /// A JSON response.
@@ -121,9 +143,10 @@ pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Re
 
 fn text_response(text: String) -> Response<ResponseBody> {
     let mut response = Response::new(full(text));
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     response
 }
 
@@ -131,7 +154,9 @@ fn text_response(text: String) -> Response<ResponseBody> {
 pub fn error_response(error: &ApiError) -> Response<ResponseBody> {
     let mut response = json_response(error.status, &error.body());
     if let Some(seconds) = error.retry_after {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds));
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

@@ -233,6 +233,9 @@ mod tests {
         for _ in 0..200 {
             assert_ne!(s.sample(&logits).token, 2);
         }
-        assert_ne!(Sampler::new(params(0.0, 0, 1.0, 0)).sample(&logits).token, 2);
+        assert_ne!(
+            Sampler::new(params(0.0, 0, 1.0, 0)).sample(&logits).token,
+            2
+        );
     }
 }

@@ -129,7 +129,10 @@ impl Sequence {
 
     /// Sends a failure; the sequence must then be dropped.
     pub fn fail(&self, message: String) {
-        let _ = self.request.events.send((self.request.choice, SequenceEvent::Failed(message)));
+        let _ = self
+            .request
+            .events
+            .send((self.request.choice, SequenceEvent::Failed(message)));
     }
 
     /// Samples the next token from `logits`, sends any completed text, and returns whether
@@ -185,12 +188,19 @@ impl Sequence {
             outcome.emit.push_str(&self.stop.finish());
         }
         self.send_text(outcome.emit);
-        self.send_finished(if outcome.stopped { FinishReason::Stop } else { reason })
+        self.send_finished(if outcome.stopped {
+            FinishReason::Stop
+        } else {
+            reason
+        })
     }
 
     fn send_text(&self, text: String) {
         if !text.is_empty() {
-            let _ = self.request.events.send((self.request.choice, SequenceEvent::Text(text)));
+            let _ = self
+                .request
+                .events
+                .send((self.request.choice, SequenceEvent::Text(text)));
         }
     }
 

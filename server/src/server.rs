@@ -42,7 +42,9 @@ pub async fn serve(
         };
         let state = state.clone();
         let service = service_fn(move |request| handle(state.clone(), request));
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

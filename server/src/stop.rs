@@ -30,10 +30,18 @@ impl StopMatcher {
     /// Adds newly generated text.
     pub fn push(&mut self, text: &str) -> StopOutcome {
         self.pending.push_str(text);
-        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.pending.find(s.as_str()))
+            .min()
+        {
             let emit = self.pending[..at].to_string();
             self.pending.clear();
-            return StopOutcome { emit, stopped: true };
+            return StopOutcome {
+                emit,
+                stopped: true,
+            };
         }
         // Keep the longest suffix that is a proper prefix of some stop string.
         let keep = self
@@ -47,7 +55,10 @@ impl StopMatcher {
             .unwrap_or(self.pending.len());
         let emit = self.pending[..keep].to_string();
         self.pending.drain(..keep);
-        StopOutcome { emit, stopped: false }
+        StopOutcome {
+            emit,
+            stopped: false,
+        }
     }
 
     /// Releases held-back text when the completion ends for another reason.

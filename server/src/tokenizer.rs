@@ -73,26 +73,33 @@ impl TextCodec {
     /// Loads `tokenizer.json` and `tokenizer_config.json` from the model directory `dir`.
     pub fn load(dir: &Path) -> Result<Self, TokenizerLoadError> {
         let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| TokenizerLoadError::Tokenizer {
-            path: tokenizer_path.clone(),
-            message: e.to_string(),
-        })?;
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| TokenizerLoadError::Tokenizer {
+                path: tokenizer_path.clone(),
+                message: e.to_string(),
+            })?;
         let config_path = dir.join("tokenizer_config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|source| TokenizerLoadError::Read {
-            path: config_path.clone(),
-            source,
-        })?;
-        let config: Value = serde_json::from_str(&text).map_err(|e| TokenizerLoadError::Config {
-            path: config_path.clone(),
-            field: "(file)".into(),
-            message: e.to_string(),
-        })?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|source| TokenizerLoadError::Read {
+                path: config_path.clone(),
+                source,
+            })?;
+        let config: Value =
+            serde_json::from_str(&text).map_err(|e| TokenizerLoadError::Config {
+                path: config_path.clone(),
+                field: "(file)".into(),
+                message: e.to_string(),
+            })?;
         Self::from_parts(tokenizer, &config, &config_path)
     }
 
     /// Builds a codec from a tokenizer and the parsed `tokenizer_config.json` (read from
     /// `config_path`, named in errors).
-    pub fn from_parts(tokenizer: Tokenizer, config: &Value, config_path: &Path) -> Result<Self, TokenizerLoadError> {
+    pub fn from_parts(
+        tokenizer: Tokenizer,
+        config: &Value,
+        config_path: &Path,
+    ) -> Result<Self, TokenizerLoadError> {
         let config_error = |field: &str, message: String| TokenizerLoadError::Config {
             path: config_path.to_path_buf(),
             field: field.into(),
@@ -102,9 +109,12 @@ impl TextCodec {
         let eos = special_token(config, "eos_token").map_err(|m| config_error("eos_token", m))?;
         let mut eos_token_ids = Vec::new();
         if let Some(eos) = &eos {
-            let id = tokenizer
-                .token_to_id(eos)
-                .ok_or_else(|| config_error("eos_token", format!("{eos:?} is not in the tokenizer's vocabulary")))?;
+            let id = tokenizer.token_to_id(eos).ok_or_else(|| {
+                config_error(
+                    "eos_token",
+                    format!("{eos:?} is not in the tokenizer's vocabulary"),
+                )
+            })?;
             eos_token_ids.push(id);
         }
         let chat_template = match config.get("chat_template") {
@@ -116,13 +126,29 @@ impl TextCodec {
                     .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
                     .and_then(|t| t.get("template"))
                     .and_then(Value::as_str)
-                    .ok_or_else(|| config_error("chat_template", "a list without a template named \"default\"".into()))?
+                    .ok_or_else(|| {
+                        config_error(
+                            "chat_template",
+                            "a list without a template named \"default\"".into(),
+                        )
+                    })?
                     .to_string(),
             ),
-            Some(other) => return Err(config_error("chat_template", format!("expected a string or a list, found {other}"))),
+            Some(other) => {
+                return Err(config_error(
+                    "chat_template",
+                    format!("expected a string or a list, found {other}"),
+                ));
+            }
         };
         let chat_template = chat_template
-            .map(|source| ChatTemplate::new(source, bos.clone().unwrap_or_default(), eos.clone().unwrap_or_default()))
+            .map(|source| {
+                ChatTemplate::new(
+                    source,
+                    bos.clone().unwrap_or_default(),
+                    eos.clone().unwrap_or_default(),
+                )
+            })
             .transpose()
             .map_err(|source| TokenizerLoadError::Template {
                 path: config_path.to_path_buf(),
@@ -154,7 +180,10 @@ impl TextCodec {
     /// Renders chat messages with the chat template and tokenizes the result; the template
     /// places the special tokens itself, so the tokenizer adds none.
     pub fn encode_chat(&self, messages: &[TemplateMessage]) -> Result<Vec<u32>, EncodeError> {
-        let template = self.chat_template.as_ref().ok_or(EncodeError::NoChatTemplate)?;
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or(EncodeError::NoChatTemplate)?;
         let text = template.render(messages)?;
         self.encode(&text, false)
     }
@@ -187,7 +216,11 @@ mod tests {
     use crate::detokenizer::tests::byte_tokenizer;
 
     fn codec(config: Value) -> Result<TextCodec, TokenizerLoadError> {
-        TextCodec::from_parts(byte_tokenizer(), &config, Path::new("tokenizer_config.json"))
+        TextCodec::from_parts(
+            byte_tokenizer(),
+            &config,
+            Path::new("tokenizer_config.json"),
+        )
     }
 
     #[test]
@@ -209,12 +242,16 @@ mod tests {
             role: "user".into(),
             content: "hi".into(),
         };
-        assert!(matches!(c.encode_chat(&[m]), Err(EncodeError::NoChatTemplate)));
+        assert!(matches!(
+            c.encode_chat(&[m]),
+            Err(EncodeError::NoChatTemplate)
+        ));
     }
 
     #[test]
     fn chat_encodes_the_rendered_template() {
-        let c = codec(serde_json::json!({"chat_template": "[{{ messages[0]['content'] }}]"})).unwrap();
+        let c =
+            codec(serde_json::json!({"chat_template": "[{{ messages[0]['content'] }}]"})).unwrap();
         let m = TemplateMessage {
             role: "user".into(),
             content: "hé".into(),

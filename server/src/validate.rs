@@ -5,7 +5,9 @@ use serde::de::DeserializeOwned;
 
 use crate::chat_template::TemplateMessage;
 use crate::error::ApiError;
-use crate::openai::{ChatCompletionRequest, CompletionRequest, MessageContent, Prompt, SamplingFields, Stop};
+use crate::openai::{
+    ChatCompletionRequest, CompletionRequest, MessageContent, Prompt, SamplingFields, Stop,
+};
 
 /// Most stop strings per request (OpenAI's limit).
 const MAX_STOP_STRINGS: usize = 4;
@@ -41,12 +43,21 @@ pub struct GenerationSpec {
 /// name the parameter.
 pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        ApiError::invalid(None, format!("the request body is not valid UTF-8 (at byte {})", e.valid_up_to()))
+        ApiError::invalid(
+            None,
+            format!(
+                "the request body is not valid UTF-8 (at byte {})",
+                e.valid_up_to()
+            ),
+        )
     })?;
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| ApiError::invalid(None, format!("the request body is not valid JSON: {e}")))?;
     if !value.is_object() {
-        return Err(ApiError::invalid(None, "the request body must be a JSON object"));
+        return Err(ApiError::invalid(
+            None,
+            "the request body must be a JSON object",
+        ));
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
@@ -66,18 +77,30 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Validates a chat request against the served model id.
-pub fn chat(request: ChatCompletionRequest, served_model: &str) -> Result<(Vec<TemplateMessage>, GenerationSpec), ApiError> {
+pub fn chat(
+    request: ChatCompletionRequest,
+    served_model: &str,
+) -> Result<(Vec<TemplateMessage>, GenerationSpec), ApiError> {
     check_model(&request.model, served_model)?;
     if request.messages.is_empty() {
-        return Err(ApiError::invalid(Some("messages"), "`messages` must hold at least one message"));
+        return Err(ApiError::invalid(
+            Some("messages"),
+            "`messages` must hold at least one message",
+        ));
     }
     let sampling = request.sampling();
     let mut messages = Vec::with_capacity(request.messages.len());
     for (i, m) in request.messages.into_iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "developer" | "user" | "assistant") {
+        if !matches!(
+            m.role.as_str(),
+            "system" | "developer" | "user" | "assistant"
+        ) {
             return Err(ApiError::invalid(
                 Some(&format!("messages[{i}].role")),
-                format!("unknown role `{}`; expected system, developer, user or assistant", m.role),
+                format!(
+                    "unknown role `{}`; expected system, developer, user or assistant",
+                    m.role
+                ),
             ));
         }
         let content = match m.content {
@@ -88,7 +111,10 @@ pub fn chat(request: ChatCompletionRequest, served_model: &str) -> Result<(Vec<T
                     if part.kind != "text" {
                         return Err(ApiError::invalid(
                             Some(&format!("messages[{i}].content[{j}].type")),
-                            format!("content parts of type `{}` are not supported; only `text`", part.kind),
+                            format!(
+                                "content parts of type `{}` are not supported; only `text`",
+                                part.kind
+                            ),
                         ));
                     }
                     text.push_str(&part.text);
@@ -96,7 +122,10 @@ pub fn chat(request: ChatCompletionRequest, served_model: &str) -> Result<(Vec<T
                 text
             }
         };
-        messages.push(TemplateMessage { role: m.role, content });
+        messages.push(TemplateMessage {
+            role: m.role,
+            content,
+        });
     }
     let max_tokens = match (request.max_completion_tokens, request.max_tokens) {
         (Some(n), _) => Some(positive(n, "max_completion_tokens")?),
@@ -108,7 +137,10 @@ pub fn chat(request: ChatCompletionRequest, served_model: &str) -> Result<(Vec<T
 }
 
 /// Validates a completion request against the served model id.
-pub fn completion(request: CompletionRequest, served_model: &str) -> Result<(Vec<String>, GenerationSpec), ApiError> {
+pub fn completion(
+    request: CompletionRequest,
+    served_model: &str,
+) -> Result<(Vec<String>, GenerationSpec), ApiError> {
     check_model(&request.model, served_model)?;
     let sampling = request.sampling();
     let prompts = match request.prompt {
@@ -116,9 +148,15 @@ pub fn completion(request: CompletionRequest, served_model: &str) -> Result<(Vec
         Prompt::Many(ps) => ps,
     };
     if prompts.is_empty() {
-        return Err(ApiError::invalid(Some("prompt"), "`prompt` must not be an empty list"));
+        return Err(ApiError::invalid(
+            Some("prompt"),
+            "`prompt` must not be an empty list",
+        ));
     }
-    let max_tokens = request.max_tokens.map(|n| positive(n, "max_tokens")).transpose()?;
+    let max_tokens = request
+        .max_tokens
+        .map(|n| positive(n, "max_tokens"))
+        .transpose()?;
     let spec = spec(&sampling, max_tokens)?;
     Ok((prompts, spec))
 }
@@ -133,7 +171,10 @@ fn check_model(requested: &str, served: &str) -> Result<(), ApiError> {
 
 fn positive(n: u32, param: &str) -> Result<usize, ApiError> {
     if n == 0 {
-        return Err(ApiError::invalid(Some(param), format!("`{param}` must be at least 1")));
+        return Err(ApiError::invalid(
+            Some(param),
+            format!("`{param}` must be at least 1"),
+        ));
     }
     Ok(n as usize)
 }
@@ -148,7 +189,10 @@ fn spec(f: &SamplingFields, max_tokens: Option<usize>) -> Result<GenerationSpec,
     }
     let top_p = f.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
-        return Err(ApiError::invalid(Some("top_p"), format!("`top_p` must be in (0, 1], got {top_p}")));
+        return Err(ApiError::invalid(
+            Some("top_p"),
+            format!("`top_p` must be in (0, 1], got {top_p}"),
+        ));
     }
     let top_k = match f.top_k.unwrap_or(0) {
         -1 | 0 => 0,
@@ -162,7 +206,10 @@ fn spec(f: &SamplingFields, max_tokens: Option<usize>) -> Result<GenerationSpec,
     };
     let n = f.n.unwrap_or(1);
     if !(1..=MAX_N).contains(&n) {
-        return Err(ApiError::invalid(Some("n"), format!("`n` must be between 1 and {MAX_N}, got {n}")));
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!("`n` must be between 1 and {MAX_N}, got {n}"),
+        ));
     }
     let stop = match &f.stop {
         None => Vec::new(),
@@ -172,21 +219,33 @@ fn spec(f: &SamplingFields, max_tokens: Option<usize>) -> Result<GenerationSpec,
     if stop.len() > MAX_STOP_STRINGS {
         return Err(ApiError::invalid(
             Some("stop"),
-            format!("at most {MAX_STOP_STRINGS} stop strings are allowed, got {}", stop.len()),
+            format!(
+                "at most {MAX_STOP_STRINGS} stop strings are allowed, got {}",
+                stop.len()
+            ),
         ));
     }
     if stop.iter().any(String::is_empty) {
-        return Err(ApiError::invalid(Some("stop"), "stop strings must not be empty"));
+        return Err(ApiError::invalid(
+            Some("stop"),
+            "stop strings must not be empty",
+        ));
     }
     match &f.logprobs {
         None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => {}
         Some(_) => {
-            return Err(ApiError::invalid(Some("logprobs"), "`logprobs` is not supported by this server yet"));
+            return Err(ApiError::invalid(
+                Some("logprobs"),
+                "`logprobs` is not supported by this server yet",
+            ));
         }
     }
     let stream = f.stream.unwrap_or(false);
     if f.stream_options.is_some() && !stream {
-        return Err(ApiError::invalid(Some("stream_options"), "`stream_options` is only allowed when `stream` is true"));
+        return Err(ApiError::invalid(
+            Some("stream_options"),
+            "`stream_options` is only allowed when `stream` is true",
+        ));
     }
     Ok(GenerationSpec {
         max_tokens,
@@ -222,21 +281,81 @@ mod tests {
             (r#"{"messages":[]}"#, 400, Some("model")),
             (r#"{"model":"m"}"#, 400, Some("messages")),
             (r#"{"model":"m","messages":[]}"#, 400, Some("messages")),
-            (r#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#, 404, Some("model")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#, 400, Some("temperature")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":-0.5}"#, 400, Some("temperature")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":0}"#, 400, Some("top_p")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":1.5}"#, 400, Some("top_p")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#, 400, Some("max_tokens")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-3}"#, 400, Some("max_tokens")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":0}"#, 400, Some("n")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_k":-2}"#, 400, Some("top_k")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a","b","c","d","e"]}"#, 400, Some("stop")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"bogus":1}"#, 400, Some("bogus")),
-            (r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#, 400, Some("messages[0].role")),
-            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, 400, Some("messages[0].content")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}"#, 400, Some("stream_options")),
-            (r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logprobs":true}"#, 400, Some("logprobs")),
+            (
+                r#"{"model":"x","messages":[{"role":"user","content":"hi"}]}"#,
+                404,
+                Some("model"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":"hot"}"#,
+                400,
+                Some("temperature"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":-0.5}"#,
+                400,
+                Some("temperature"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":0}"#,
+                400,
+                Some("top_p"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_p":1.5}"#,
+                400,
+                Some("top_p"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":0}"#,
+                400,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-3}"#,
+                400,
+                Some("max_tokens"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"n":0}"#,
+                400,
+                Some("n"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_k":-2}"#,
+                400,
+                Some("top_k"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":["a","b","c","d","e"]}"#,
+                400,
+                Some("stop"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"bogus":1}"#,
+                400,
+                Some("bogus"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"wizard","content":"hi"}]}"#,
+                400,
+                Some("messages[0].role"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                400,
+                Some("messages[0].content"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}"#,
+                400,
+                Some("stream_options"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logprobs":true}"#,
+                400,
+                Some("logprobs"),
+            ),
         ];
         for &(body, status, param) in cases {
             let e = chat_error(body);

@@ -14,7 +14,12 @@ async fn exchange(addr: std::net::SocketAddr, path: &str, body: Option<Vec<u8>>)
         None => client::get(addr, path).await,
     }
     .unwrap();
-    let header = |name: &str| reply.headers.get(name).map(|v| v.to_str().unwrap().to_string());
+    let header = |name: &str| {
+        reply
+            .headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    };
     let body = serde_json::from_slice::<Value>(&reply.body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&reply.body).into_owned()));
     json!({
@@ -60,18 +65,34 @@ async fn successful_responses() {
     snapshot!("models", exchange(addr, "/v1/models", None).await);
     snapshot!("health", exchange(addr, "/health", None).await);
     let chat = json!({"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}], "max_tokens": 8, "temperature": 0});
-    snapshot!("chat", exchange(addr, "/v1/chat/completions", post(chat.clone())).await);
+    snapshot!(
+        "chat",
+        exchange(addr, "/v1/chat/completions", post(chat.clone())).await
+    );
     let mut chat_stream = chat.clone();
     chat_stream["stream"] = json!(true);
     chat_stream["stream_options"] = json!({"include_usage": true});
-    snapshot!("chat_stream", events(addr, "/v1/chat/completions", chat_stream).await);
+    snapshot!(
+        "chat_stream",
+        events(addr, "/v1/chat/completions", chat_stream).await
+    );
     let sampled = json!({"model": MODEL, "messages": [{"role": "user", "content": "Tell me"}], "max_tokens": 6, "temperature": 1.0, "top_p": 0.9, "top_k": 50, "seed": 7, "n": 2});
-    snapshot!("chat_sampled_n2", exchange(addr, "/v1/chat/completions", post(sampled)).await);
-    let completion = json!({"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0});
-    snapshot!("completion", exchange(addr, "/v1/completions", post(completion.clone())).await);
+    snapshot!(
+        "chat_sampled_n2",
+        exchange(addr, "/v1/chat/completions", post(sampled)).await
+    );
+    let completion =
+        json!({"model": MODEL, "prompt": "The quick brown fox", "max_tokens": 8, "temperature": 0});
+    snapshot!(
+        "completion",
+        exchange(addr, "/v1/completions", post(completion.clone())).await
+    );
     let mut completion_stream = completion.clone();
     completion_stream["stream"] = json!(true);
-    snapshot!("completion_stream", events(addr, "/v1/completions", completion_stream).await);
+    snapshot!(
+        "completion_stream",
+        events(addr, "/v1/completions", completion_stream).await
+    );
     let metrics = client::get(addr, "/metrics").await.unwrap();
     let text = String::from_utf8(metrics.body.to_vec()).unwrap();
     // Values depend on timing; the metric families and the request counts do not.
@@ -96,20 +117,76 @@ async fn error_responses() {
     };
     let context = server.state.model.context_length;
     let cases: Vec<(&str, &str, Option<Vec<u8>>)> = vec![
-        ("error_malformed_json", "/v1/chat/completions", Some(b"{\"model\": ".to_vec())),
-        ("error_invalid_utf8", "/v1/chat/completions", Some(b"{\"model\": \"\xff\xfe\"}".to_vec())),
-        ("error_wrong_type", "/v1/chat/completions", chat(json!({"max_tokens": "many"}))),
-        ("error_missing_messages", "/v1/chat/completions", post(json!({"model": MODEL}))),
-        ("error_unknown_field", "/v1/chat/completions", chat(json!({"frobnicate": true}))),
-        ("error_unknown_model", "/v1/chat/completions", post(json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}))),
-        ("error_empty_messages", "/v1/chat/completions", post(json!({"model": MODEL, "messages": []}))),
-        ("error_max_tokens_past_context", "/v1/chat/completions", chat(json!({"max_tokens": context}))),
-        ("error_negative_temperature", "/v1/chat/completions", chat(json!({"temperature": -1}))),
-        ("error_top_p_zero", "/v1/chat/completions", chat(json!({"top_p": 0}))),
-        ("error_top_p_above_one", "/v1/completions", post(json!({"model": MODEL, "prompt": "x", "top_p": 1.01}))),
-        ("error_n_zero", "/v1/completions", post(json!({"model": MODEL, "prompt": "x", "n": 0}))),
-        ("error_prompt_wrong_type", "/v1/completions", post(json!({"model": MODEL, "prompt": 42}))),
-        ("error_oversized_body", "/v1/completions", post(json!({"model": MODEL, "prompt": "x".repeat(5000)}))),
+        (
+            "error_malformed_json",
+            "/v1/chat/completions",
+            Some(b"{\"model\": ".to_vec()),
+        ),
+        (
+            "error_invalid_utf8",
+            "/v1/chat/completions",
+            Some(b"{\"model\": \"\xff\xfe\"}".to_vec()),
+        ),
+        (
+            "error_wrong_type",
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": "many"})),
+        ),
+        (
+            "error_missing_messages",
+            "/v1/chat/completions",
+            post(json!({"model": MODEL})),
+        ),
+        (
+            "error_unknown_field",
+            "/v1/chat/completions",
+            chat(json!({"frobnicate": true})),
+        ),
+        (
+            "error_unknown_model",
+            "/v1/chat/completions",
+            post(json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]})),
+        ),
+        (
+            "error_empty_messages",
+            "/v1/chat/completions",
+            post(json!({"model": MODEL, "messages": []})),
+        ),
+        (
+            "error_max_tokens_past_context",
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": context})),
+        ),
+        (
+            "error_negative_temperature",
+            "/v1/chat/completions",
+            chat(json!({"temperature": -1})),
+        ),
+        (
+            "error_top_p_zero",
+            "/v1/chat/completions",
+            chat(json!({"top_p": 0})),
+        ),
+        (
+            "error_top_p_above_one",
+            "/v1/completions",
+            post(json!({"model": MODEL, "prompt": "x", "top_p": 1.01})),
+        ),
+        (
+            "error_n_zero",
+            "/v1/completions",
+            post(json!({"model": MODEL, "prompt": "x", "n": 0})),
+        ),
+        (
+            "error_prompt_wrong_type",
+            "/v1/completions",
+            post(json!({"model": MODEL, "prompt": 42})),
+        ),
+        (
+            "error_oversized_body",
+            "/v1/completions",
+            post(json!({"model": MODEL, "prompt": "x".repeat(5000)})),
+        ),
         ("error_unknown_route", "/v2/nothing", None),
         ("error_wrong_method", "/v1/chat/completions", None),
     ];
@@ -117,7 +194,12 @@ async fn error_responses() {
         snapshot!(name, exchange(addr, path, body).await);
     }
     // The server still answers normally after all of that.
-    let ok = exchange(addr, "/v1/completions", post(json!({"model": MODEL, "prompt": "x", "max_tokens": 2}))).await;
+    let ok = exchange(
+        addr,
+        "/v1/completions",
+        post(json!({"model": MODEL, "prompt": "x", "max_tokens": 2})),
+    )
+    .await;
     assert_eq!(ok["status"], 200);
     server.shutdown().await;
 }
@@ -128,6 +210,9 @@ async fn a_full_queue_answers_429_with_retry_after() {
     limits.max_waiting = 0;
     let server = start(limits, 1 << 20).await;
     let body = post(json!({"model": MODEL, "prompt": "x", "max_tokens": 2}));
-    snapshot!("error_queue_full", exchange(server.addr, "/v1/completions", body).await);
+    snapshot!(
+        "error_queue_full",
+        exchange(server.addr, "/v1/completions", body).await
+    );
     server.shutdown().await;
 }

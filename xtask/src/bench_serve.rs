@@ -17,7 +17,15 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["run", "--release", "-p", "server", "--example", "bench_serve", "--"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "server",
+            "--example",
+            "bench_serve",
+            "--",
+        ])
         .args(&args.bench_args)
         .status()
         .context("starting cargo run")?;

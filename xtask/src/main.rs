@@ -2,9 +2,9 @@
 //!
 //! Each task lives in a module of its own, named for the task.
 
+mod bench_cpu_decode;
 mod bench_serve;
 mod serve;
-mod bench_cpu_decode;
 mod test;
 mod tiny_model;
 

@@ -20,7 +20,16 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
-        .args(["run", "--release", "-p", "server", "--bin", "mxserve", "--", "serve"])
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "server",
+            "--bin",
+            "mxserve",
+            "--",
+            "serve",
+        ])
         .args(&args.serve_args)
         .status()
         .context("starting cargo run")?;

@@ -116,10 +116,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Some(dir) => (dir.clone(), args.model_id.clone()),
         None => {
             let spinner = spinner("preparing the built-in model (generated once, then cached)");
-            let dir = model_deepseek::tiny::ensure_builtin_model().context("creating the built-in model")?;
+            let dir = model_deepseek::tiny::ensure_builtin_model()
+                .context("creating the built-in model")?;
             spinner.finish_and_clear();
             tracing::info!(dir = %dir.display(), "built-in model");
-            (dir, Some(args.model_id.clone().unwrap_or_else(|| BUILTIN_MODEL_ID.into())))
+            (
+                dir,
+                Some(
+                    args.model_id
+                        .clone()
+                        .unwrap_or_else(|| BUILTIN_MODEL_ID.into()),
+                ),
+            )
         }
     };
     let options = LaunchOptions {
@@ -148,7 +156,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     bar.finish_and_clear();
     let state = launched.state;
     for layer in &state.model.shared_expert_fusion {
-        tracing::info!(layer = layer.layer, fused = layer.fused, "shared-expert fusion: {}", layer.reason);
+        tracing::info!(
+            layer = layer.layer,
+            fused = layer.fused,
+            "shared-expert fusion: {}",
+            layer.reason
+        );
     }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -164,15 +177,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                     .and_then(|mut a| a.next())
                     .ok_or(())
             })
-            .map_err(|()| anyhow::anyhow!("--host {}: not an address or resolvable name", args.host))?;
+            .map_err(|()| {
+                anyhow::anyhow!("--host {}: not an address or resolvable name", args.host)
+            })?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
         let addr = listener.local_addr()?;
         print_banner(addr, &state.model.id);
-        server::server::serve(listener, state, shutdown_signal(), Duration::from_secs(args.shutdown_timeout))
-            .await
-            .context("serving")
+        server::server::serve(
+            listener,
+            state,
+            shutdown_signal(),
+            Duration::from_secs(args.shutdown_timeout),
+        )
+        .await
+        .context("serving")
     })?;
     // The engine thread ends once the last sequence is done.
     launched
@@ -203,7 +223,9 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(term) => term,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the server");

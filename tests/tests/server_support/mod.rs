@@ -1,4 +1,7 @@
 //! Starting a real server on the built-in tiny model for the server tests.
+//!
+//! Each test binary uses a different part of this module.
+#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,8 +28,11 @@ pub struct TestServer {
 /// The built-in model's checkpoint, generated once per target directory.
 pub fn model_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("mxserve-builtin");
-    model_deepseek::tiny::builtin::ensure_tiny_checkpoint(&dir, &model_deepseek::tiny::builtin::builtin_spec())
-        .expect("writing the built-in model");
+    model_deepseek::tiny::builtin::ensure_tiny_checkpoint(
+        &dir,
+        &model_deepseek::tiny::builtin::builtin_spec(),
+    )
+    .expect("writing the built-in model");
     dir
 }
 
@@ -39,8 +45,18 @@ pub fn limits() -> EngineLimits {
     }
 }
 
-/// Loads the built-in model and serves it on a free port.
+/// Loads the built-in model and serves it on a free port; shutdown gives running requests
+/// 60 s.
 pub async fn start(limits: EngineLimits, max_body_bytes: usize) -> TestServer {
+    start_with_deadline(limits, max_body_bytes, Duration::from_secs(60)).await
+}
+
+/// As [`start`], with the given shutdown deadline.
+pub async fn start_with_deadline(
+    limits: EngineLimits,
+    max_body_bytes: usize,
+    deadline: Duration,
+) -> TestServer {
     let options = LaunchOptions {
         model_dir: model_dir(),
         model_id: Some(MODEL.into()),
@@ -63,7 +79,7 @@ pub async fn start(limits: EngineLimits, max_body_bytes: usize) -> TestServer {
         async {
             let _ = stopped.await;
         },
-        Duration::from_secs(5),
+        deadline,
     ));
     TestServer {
         addr,
