@@ -39,6 +39,9 @@ pub trait Backend: Send + 'static {
 
     /// The longest sequence (prompt + completion) the model supports.
     fn context_length(&self) -> usize;
+
+    /// Token ids must be below this.
+    fn vocab_size(&self) -> usize;
 }
 
 impl fmt::Debug for dyn Backend {

@@ -46,6 +46,15 @@ pub enum SubmitError {
         /// Cache capacity.
         capacity: usize,
     },
+    /// A prompt token is outside the model's vocabulary (the tokenizer knows more tokens
+    /// than the model); refused here so it cannot fail a whole batch.
+    #[error("prompt token {token} is outside the model's vocabulary of {vocab_size}")]
+    TokenOutOfVocab {
+        /// The token id.
+        token: u32,
+        /// The model's vocabulary size.
+        vocab_size: usize,
+    },
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
@@ -66,6 +75,7 @@ pub struct EngineHandle {
     max_waiting: usize,
     kv_capacity: usize,
     context_length: usize,
+    vocab_size: usize,
 }
 
 #[derive(Debug, Default)]
@@ -94,6 +104,16 @@ impl EngineHandle {
             return Err(SubmitError::TooLarge {
                 needed,
                 capacity: self.kv_capacity,
+            });
+        }
+        if let Some(&token) = requests
+            .iter()
+            .flat_map(|r| &r.prompt)
+            .find(|&&t| t as usize >= self.vocab_size)
+        {
+            return Err(SubmitError::TokenOutOfVocab {
+                token,
+                vocab_size: self.vocab_size,
             });
         }
         let n = requests.len();
@@ -176,6 +196,7 @@ pub fn spawn<B: Backend>(
         max_waiting: limits.max_waiting,
         kv_capacity: backend.kv_capacity_tokens(),
         context_length: backend.context_length(),
+        vocab_size: backend.vocab_size(),
     };
     let mut engine = Engine {
         backend,
@@ -516,6 +537,9 @@ mod tests {
         fn context_length(&self) -> usize {
             4096
         }
+        fn vocab_size(&self) -> usize {
+            VOCAB
+        }
     }
 
     fn start(
@@ -675,6 +699,13 @@ mod tests {
             Err(SubmitError::QueueFull {
                 waiting: 0,
                 limit: 2
+            })
+        );
+        assert_eq!(
+            engine.submit(vec![request(vec![1, VOCAB as u32], 1).0]),
+            Err(SubmitError::TokenOutOfVocab {
+                token: VOCAB as u32,
+                vocab_size: VOCAB
             })
         );
         assert_eq!(

@@ -162,6 +162,9 @@ async fn generate(
     state.engine.submit(requests).map_err(|e| match e {
         SubmitError::QueueFull { .. } => ApiError::busy(e.to_string()),
         SubmitError::TooLarge { .. } => ApiError::invalid(Some("max_tokens"), e.to_string()),
+        SubmitError::TokenOutOfVocab { .. } => {
+            ApiError::invalid(Some(api.prompt_param()), e.to_string())
+        }
         SubmitError::ShuttingDown => ApiError::unavailable(e.to_string()),
     })?;
     let reply = Reply {

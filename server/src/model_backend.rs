@@ -54,4 +54,8 @@ impl Backend for ModelBackend {
     fn context_length(&self) -> usize {
         self.model.config().max_position_embeddings
     }
+
+    fn vocab_size(&self) -> usize {
+        self.model.config().vocab_size
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Body;
-use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 
@@ -59,14 +59,19 @@ where
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let Some(&(_, endpoint)) = ROUTES.iter().find(|(m, p)| *m == method && *p == path) else {
-        let error = match ROUTES.iter().find(|(_, p)| *p == path) {
-            Some((allowed, _)) => {
-                ApiError::method_not_allowed(method.as_str(), &path, allowed.as_str())
-            }
+        let allowed = ROUTES.iter().find(|(_, p)| *p == path).map(|(m, _)| m);
+        let error = match allowed {
+            Some(allowed) => ApiError::method_not_allowed(method.as_str(), &path, allowed.as_str()),
             None => ApiError::not_found(method.as_str(), &path),
         };
         state.metrics.count_request("other", error.status.as_u16());
-        return Ok(error_response(&error));
+        let mut response = error_response(&error);
+        if let Some(allowed) = allowed {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allowed.as_str()));
+        }
+        return Ok(response);
     };
     let result = match endpoint {
         "/health" => health(&state).await,
