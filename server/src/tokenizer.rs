@@ -67,6 +67,9 @@ pub struct TextCodec {
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
     eos_token_ids: Vec<u32>,
+    /// Prepended to completion prompts when `add_bos_token` is true and the tokenizer's own
+    /// post-processor did not add it.
+    prompt_bos: Option<u32>,
 }
 
 impl TextCodec {
@@ -117,6 +120,31 @@ impl TextCodec {
             })?;
             eos_token_ids.push(id);
         }
+        let add_bos = match config.get("add_bos_token") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(config_error(
+                    "add_bos_token",
+                    format!("expected true or false, found {other}"),
+                ));
+            }
+        };
+        let prompt_bos = match (&bos, add_bos) {
+            (Some(bos), true) => Some(tokenizer.token_to_id(bos).ok_or_else(|| {
+                config_error(
+                    "bos_token",
+                    format!("{bos:?} is not in the tokenizer's vocabulary"),
+                )
+            })?),
+            (None, true) => {
+                return Err(config_error(
+                    "add_bos_token",
+                    "true, but there is no `bos_token`".into(),
+                ));
+            }
+            (_, false) => None,
+        };
         let chat_template = match config.get("chat_template") {
             None | Some(Value::Null) => None,
             Some(Value::String(source)) => Some(source.clone()),
@@ -158,6 +186,7 @@ impl TextCodec {
             tokenizer,
             chat_template,
             eos_token_ids,
+            prompt_bos,
         })
     }
 
@@ -172,9 +201,15 @@ impl TextCodec {
     }
 
     /// Tokenizes a plain completion prompt, adding the special tokens the tokenizer's
-    /// post-processor adds (e.g. BOS).
+    /// post-processor adds, and BOS when `add_bos_token` asks for it.
     pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>, EncodeError> {
-        self.encode(prompt, true)
+        let mut ids = self.encode(prompt, true)?;
+        if let Some(bos) = self.prompt_bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
     }
 
     /// Renders chat messages with the chat template and tokenizes the result; the template
@@ -233,6 +268,21 @@ mod tests {
     fn unknown_eos_token_is_an_error_naming_the_field() {
         let err = codec(serde_json::json!({"eos_token": "<nope>"})).unwrap_err();
         assert!(err.to_string().contains("`eos_token`"), "{err}");
+    }
+
+    #[test]
+    fn add_bos_token_prefixes_completion_prompts_once() {
+        let plain = codec(serde_json::json!({})).unwrap();
+        let with_bos =
+            codec(serde_json::json!({"bos_token": "<eos>", "add_bos_token": true})).unwrap();
+        let text = "hé!";
+        let ids = plain.encode_prompt(text).unwrap();
+        assert_eq!(ids.len(), text.len());
+        let mut want = vec![256];
+        want.extend(&ids);
+        assert_eq!(with_bos.encode_prompt(text).unwrap(), want);
+        let err = codec(serde_json::json!({"add_bos_token": true})).unwrap_err();
+        assert!(err.to_string().contains("`add_bos_token`"), "{err}");
     }
 
     #[test]
