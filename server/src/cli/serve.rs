@@ -71,6 +71,17 @@ pub enum DeviceArg {
     Cuda(usize),
 }
 
+impl std::fmt::Display for DeviceArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Rocm(n) => write!(f, "rocm:{n}"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl FromStr for DeviceArg {
     type Err = String;
 
@@ -101,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match args.device {
         DeviceArg::Auto => tracing::info!(
@@ -108,7 +120,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         ),
         DeviceArg::Cpu => tracing::info!("device: CPU"),
         DeviceArg::Rocm(_) | DeviceArg::Cuda(_) => bail!(
-            "--device {:?}: the GPU model path is not available in the server yet; use --device cpu (or auto)",
+            "--device {}: the GPU model path is not available in the server yet; use --device cpu (or auto)",
             args.device
         ),
     }
