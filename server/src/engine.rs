@@ -580,6 +580,7 @@ mod tests {
                 seed: 0,
             },
             stop: Vec::new(),
+            logprobs: None,
             choice: 0,
             events: tx,
             arrived: Instant::now(),

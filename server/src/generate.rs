@@ -16,14 +16,16 @@ use tokio::sync::mpsc;
 
 use crate::engine::SubmitError;
 use crate::error::ApiError;
+use crate::logprobs::TokenLogprob;
 use crate::openai::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletion, ChatCompletionChunk, ChatDelta,
-    Completion, CompletionChoice, Usage,
+    ChatLogprobs, ChatTokenLogprob, Completion, CompletionChoice, CompletionLogprobs, Usage,
 };
 use crate::routes::{AppState, ResponseBody, json_response};
 use crate::sampling::SamplingParams;
 use crate::sequence::{FinishReason, SequenceEvent, SequenceRequest};
 use crate::tokenizer::EncodeError;
+use crate::tokenizer::TextCodec;
 use crate::validate::{self, DEFAULT_COMPLETION_MAX_TOKENS, GenerationSpec};
 
 /// The content type of streamed responses.
@@ -151,6 +153,7 @@ async fn generate(
                     seed: base_seed.wrapping_add(choice as u64),
                 },
                 stop: spec.stop.clone(),
+                logprobs: spec.logprobs,
                 choice,
                 events: events_tx.clone(),
                 arrived: started,
@@ -174,6 +177,7 @@ async fn generate(
         model: state.model.id.clone(),
         prompt_tokens: prompts.iter().map(Vec::len).sum::<usize>(),
         choices,
+        codec: state.codec.clone(),
     };
     if spec.stream {
         Ok(reply.stream(state.clone(), events_rx, spec.include_usage, started))
@@ -192,6 +196,7 @@ struct Reply {
     model: String,
     prompt_tokens: usize,
     choices: usize,
+    codec: Arc<TextCodec>,
 }
 
 impl Reply {
@@ -202,9 +207,15 @@ impl Reply {
     ) -> Result<Response<ResponseBody>, ApiError> {
         let mut texts = vec![String::new(); self.choices];
         let mut finish: Vec<Option<FinishReason>> = vec![None; self.choices];
+        let mut logprobs: Vec<Vec<TokenLogprob>> = vec![Vec::new(); self.choices];
+        let mut requested_logprobs = false;
         let mut completion_tokens = 0;
         while finish.iter().any(Option::is_none) {
             match events.recv().await {
+                Some((i, SequenceEvent::Token(t))) => {
+                    requested_logprobs = true;
+                    logprobs[i].push(t);
+                }
                 Some((i, SequenceEvent::Text(t))) => texts[i].push_str(&t),
                 Some((
                     i,
@@ -233,21 +244,22 @@ impl Reply {
             Api::Chat => json_response(
                 StatusCode::OK,
                 &ChatCompletion {
-                    id: self.id,
+                    id: self.id.clone(),
                     object: "chat.completion",
                     created: self.created,
-                    model: self.model,
+                    model: self.model.clone(),
                     choices: texts
                         .into_iter()
                         .zip(finish)
+                        .zip(&logprobs)
                         .enumerate()
-                        .map(|(index, (content, finish_reason))| ChatChoice {
+                        .map(|(index, ((content, finish_reason), lp))| ChatChoice {
                             index,
                             message: AssistantMessage {
                                 role: "assistant",
                                 content,
                             },
-                            logprobs: None,
+                            logprobs: requested_logprobs.then(|| self.chat_logprobs(lp)),
                             finish_reason,
                         })
                         .collect(),
@@ -257,18 +269,20 @@ impl Reply {
             Api::Completions => json_response(
                 StatusCode::OK,
                 &Completion {
-                    id: self.id,
+                    id: self.id.clone(),
                     object: "text_completion",
                     created: self.created,
-                    model: self.model,
+                    model: self.model.clone(),
                     choices: texts
                         .into_iter()
                         .zip(finish)
+                        .zip(&logprobs)
                         .enumerate()
-                        .map(|(index, (text, finish_reason))| CompletionChoice {
+                        .map(|(index, ((text, finish_reason), lp))| CompletionChoice {
                             text,
                             index,
-                            logprobs: None,
+                            logprobs: requested_logprobs
+                                .then(|| self.completion_logprobs(lp, &mut 0)),
                             finish_reason: Some(finish_reason),
                         })
                         .collect(),
@@ -299,6 +313,7 @@ impl Reply {
         let endpoint = self.api.endpoint();
         tokio::spawn(async move {
             let mut finished = vec![false; self.choices];
+            let mut pending = vec![Pending::default(); self.choices];
             let mut completion_tokens = 0;
             if self.api == Api::Chat {
                 for index in 0..self.choices {
@@ -307,7 +322,7 @@ impl Reply {
                         content: Some(String::new()),
                     };
                     if frames
-                        .send(self.chat_chunk(index, delta, None, include_usage))
+                        .send(self.chat_chunk(index, delta, None, None, include_usage))
                         .await
                         .is_err()
                     {
@@ -325,8 +340,12 @@ impl Reply {
                     }
                 };
                 let frame = match event {
+                    Some((i, SequenceEvent::Token(t))) => {
+                        pending[i].tokens.push(t);
+                        continue;
+                    }
                     Some((i, SequenceEvent::Text(text))) => {
-                        self.text_chunk(i, text, None, include_usage)
+                        self.text_chunk(i, text, None, &mut pending[i], include_usage)
                     }
                     Some((
                         i,
@@ -338,7 +357,13 @@ impl Reply {
                     )) => {
                         finished[i] = true;
                         completion_tokens += n;
-                        self.text_chunk(i, String::new(), Some(reason), include_usage)
+                        self.text_chunk(
+                            i,
+                            String::new(),
+                            Some(reason),
+                            &mut pending[i],
+                            include_usage,
+                        )
                     }
                     Some((_, SequenceEvent::Failed(message))) => {
                         let _ = frames
@@ -402,15 +427,18 @@ impl Reply {
         index: usize,
         text: String,
         finish: Option<FinishReason>,
+        pending: &mut Pending,
         include_usage: bool,
     ) -> Bytes {
+        let tokens = std::mem::take(&mut pending.tokens);
         match self.api {
             Api::Chat => {
                 let delta = ChatDelta {
                     role: None,
                     content: (!text.is_empty() || finish.is_none()).then_some(text),
                 };
-                self.chat_chunk(index, delta, finish, include_usage)
+                let logprobs = (!tokens.is_empty()).then(|| self.chat_logprobs(&tokens));
+                self.chat_chunk(index, delta, finish, logprobs, include_usage)
             }
             Api::Completions => event_frame(&Completion {
                 id: self.id.clone(),
@@ -420,7 +448,8 @@ impl Reply {
                 choices: vec![CompletionChoice {
                     text,
                     index,
-                    logprobs: None,
+                    logprobs: (!tokens.is_empty())
+                        .then(|| self.completion_logprobs(&tokens, &mut pending.text_offset)),
                     finish_reason: finish,
                 }],
                 usage: include_usage.then_some(None),
@@ -428,11 +457,71 @@ impl Reply {
         }
     }
 
+    /// A token's text; split characters show as U+FFFD.
+    fn token_text(&self, token: u32) -> String {
+        self.codec
+            .tokenizer()
+            .decode(&[token], false)
+            .unwrap_or_else(|_| "\u{FFFD}".into())
+    }
+
+    fn chat_entry(&self, token: u32, logprob: f32) -> ChatTokenLogprob {
+        let text = self.token_text(token);
+        ChatTokenLogprob {
+            bytes: (!text.contains('\u{FFFD}')).then(|| text.as_bytes().to_vec()),
+            token: text,
+            logprob,
+            top_logprobs: None,
+        }
+    }
+
+    fn chat_logprobs(&self, tokens: &[TokenLogprob]) -> ChatLogprobs {
+        ChatLogprobs {
+            content: tokens
+                .iter()
+                .map(|t| ChatTokenLogprob {
+                    top_logprobs: Some(
+                        t.top
+                            .iter()
+                            .map(|&(id, lp)| self.chat_entry(id, lp))
+                            .collect(),
+                    ),
+                    ..self.chat_entry(t.token, t.logprob)
+                })
+                .collect(),
+        }
+    }
+
+    /// Legacy logprobs; `offset` is the character offset of the first token in the text and
+    /// is advanced past the last.
+    fn completion_logprobs(
+        &self,
+        tokens: &[TokenLogprob],
+        offset: &mut usize,
+    ) -> CompletionLogprobs {
+        let mut out = CompletionLogprobs::default();
+        for t in tokens {
+            let text = self.token_text(t.token);
+            out.text_offset.push(*offset);
+            *offset += text.chars().count();
+            out.tokens.push(text);
+            out.token_logprobs.push(t.logprob);
+            out.top_logprobs.push(
+                t.top
+                    .iter()
+                    .map(|&(id, lp)| (self.token_text(id), json_f32(lp)))
+                    .collect(),
+            );
+        }
+        out
+    }
+
     fn chat_chunk(
         &self,
         index: usize,
         delta: ChatDelta,
         finish: Option<FinishReason>,
+        logprobs: Option<ChatLogprobs>,
         include_usage: bool,
     ) -> Bytes {
         event_frame(&ChatCompletionChunk {
@@ -443,12 +532,30 @@ impl Reply {
             choices: vec![ChatChunkChoice {
                 index,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason: finish,
             }],
             usage: include_usage.then_some(None),
         })
     }
+}
+
+/// Log-probabilities of a streamed choice not yet sent, and where its text has got to.
+#[derive(Debug, Clone, Default)]
+struct Pending {
+    tokens: Vec<TokenLogprob>,
+    text_offset: usize,
+}
+
+/// `value` as a JSON number printed as the f32 it is (not its widened f64 digits), like
+/// the other log-probabilities.
+fn json_f32(value: f32) -> serde_json::Value {
+    value
+        .to_string()
+        .parse::<f64>()
+        .ok()
+        .and_then(serde_json::Number::from_f64)
+        .map_or(serde_json::Value::Null, serde_json::Value::Number)
 }
 
 /// One server-sent event carrying `value` as JSON.

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod launch;
+pub mod logprobs;
 pub mod metrics;
 pub mod model_backend;
 pub mod openai;

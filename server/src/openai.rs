@@ -51,7 +51,8 @@ macro_rules! generation_request {
             pub stream: Option<bool>,
             /// Streaming options.
             pub stream_options: Option<StreamOptions>,
-            /// Log-probabilities of the chosen tokens (not supported yet: absent, null or false).
+            /// Log-probabilities: `true`/`false` for chat, a count of alternatives (0 to 5) for
+            /// completions.
             pub logprobs: Option<serde_json::Value>,
             /// An end-user id; accepted and ignored.
             pub user: Option<String>,
@@ -103,6 +104,8 @@ generation_request! {
         pub max_tokens: Option<u32>,
         /// Most tokens to generate.
         pub max_completion_tokens: Option<u32>,
+        /// Alternatives listed per token with `logprobs: true` (0 to 20).
+        pub top_logprobs: Option<u32>,
     }
 }
 
@@ -196,8 +199,8 @@ pub struct ChatChoice {
     pub index: usize,
     /// The assistant's message.
     pub message: AssistantMessage,
-    /// Always null (log-probabilities are not supported yet).
-    pub logprobs: Option<()>,
+    /// Log-probabilities, when requested.
+    pub logprobs: Option<ChatLogprobs>,
     /// Why it ended.
     pub finish_reason: FinishReason,
 }
@@ -236,8 +239,8 @@ pub struct ChatChunkChoice {
     pub index: usize,
     /// What is new.
     pub delta: ChatDelta,
-    /// Always null.
-    pub logprobs: Option<()>,
+    /// Log-probabilities of the tokens in this chunk, when requested.
+    pub logprobs: Option<ChatLogprobs>,
     /// Set in the choice's last chunk.
     pub finish_reason: Option<FinishReason>,
 }
@@ -278,10 +281,44 @@ pub struct CompletionChoice {
     pub text: String,
     /// Its index (`prompt index × n + choice`).
     pub index: usize,
-    /// Always null.
-    pub logprobs: Option<()>,
+    /// Log-probabilities, when requested.
+    pub logprobs: Option<CompletionLogprobs>,
     /// Why it ended (streamed: only in the choice's last chunk).
     pub finish_reason: Option<FinishReason>,
+}
+
+/// Chat log-probabilities.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatLogprobs {
+    /// One entry per generated token.
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+/// One token's log-probability, with alternatives.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatTokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its natural-log probability.
+    pub logprob: f32,
+    /// Its UTF-8 bytes; null when the token is part of a character split across tokens.
+    pub bytes: Option<Vec<u8>>,
+    /// The most likely tokens at this position (without their own alternatives).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<ChatTokenLogprob>>,
+}
+
+/// Legacy completion log-probabilities.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CompletionLogprobs {
+    /// Each token's text.
+    pub tokens: Vec<String>,
+    /// Each token's log-probability.
+    pub token_logprobs: Vec<f32>,
+    /// Per token, the most likely alternatives by text.
+    pub top_logprobs: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Each token's character offset in the completion text.
+    pub text_offset: Vec<usize>,
 }
 
 /// `GET /v1/models`.

@@ -24,15 +24,6 @@ pub struct Sampler {
     rng: ChaCha8Rng,
 }
 
-/// The token picked and its log-probability under the distribution it was drawn from.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sampled {
-    /// The token id.
-    pub token: u32,
-    /// Natural log of its probability after temperature (0-temperature: of the plain softmax).
-    pub logprob: f32,
-}
-
 impl Sampler {
     /// A sampler whose draws depend only on `params` (including the seed).
     pub fn new(params: SamplingParams) -> Self {
@@ -43,13 +34,9 @@ impl Sampler {
     }
 
     /// Picks the next token from `logits`. NaN logits are never picked.
-    pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.params.temperature == 0.0 {
-            let token = argmax(logits);
-            return Sampled {
-                token: token as u32,
-                logprob: log_softmax_at(logits, token, 1.0),
-            };
+            return argmax(logits) as u32;
         }
         let inv_t = 1.0 / self.params.temperature;
         // Candidates sorted by logit, most likely first; NaN sorts last and is dropped.
@@ -85,11 +72,7 @@ impl Sampler {
             }
             draw -= w;
         }
-        let token = order[pick];
-        Sampled {
-            token: token as u32,
-            logprob: log_softmax_at(logits, token, inv_t),
-        }
+        order[pick] as u32
     }
 }
 
@@ -104,21 +87,6 @@ fn argmax(logits: &[f32]) -> usize {
         }
     }
     best
-}
-
-/// `log softmax(logits * scale)[index]`, computed in f64.
-fn log_softmax_at(logits: &[f32], index: usize, scale: f32) -> f32 {
-    let max = logits
-        .iter()
-        .copied()
-        .filter(|v| !v.is_nan())
-        .fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = logits
-        .iter()
-        .filter(|v| !v.is_nan())
-        .map(|&v| f64::from((v - max) * scale).exp())
-        .sum();
-    (f64::from((logits[index] - max) * scale) - sum.ln()) as f32
 }
 
 #[cfg(test)]
@@ -151,7 +119,7 @@ mod tests {
     }
 
     #[test]
-    fn greedy_picks_the_argmax_and_its_logprob() {
+    fn greedy_picks_the_argmax() {
         for seed in 0..20 {
             let logits = random_logits(seed, 97);
             let want = logits
@@ -161,9 +129,7 @@ mod tests {
                 .unwrap()
                 .0;
             let got = Sampler::new(params(0.0, 0, 1.0, seed)).sample(&logits);
-            assert_eq!(got.token as usize, want);
-            let p = softmax(&logits, 1.0)[want];
-            assert!((f64::from(got.logprob) - p.ln()).abs() < 1e-5);
+            assert_eq!(got as usize, want);
         }
     }
 
@@ -172,7 +138,7 @@ mod tests {
         let logits = random_logits(7, 50);
         let draw = |seed| {
             let mut s = Sampler::new(params(1.0, 0, 1.0, seed));
-            (0..64).map(|_| s.sample(&logits).token).collect::<Vec<_>>()
+            (0..64).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
@@ -187,7 +153,7 @@ mod tests {
         // top-k 5: only the 5 most likely.
         let mut s = Sampler::new(params(0.7, 5, 1.0, 1));
         for _ in 0..500 {
-            let t = s.sample(&logits).token as usize;
+            let t = s.sample(&logits) as usize;
             assert!(order[..5].contains(&t), "token {t} outside top-5");
         }
         // top-p: the smallest prefix reaching 0.5.
@@ -199,7 +165,7 @@ mod tests {
         }
         let mut s = Sampler::new(params(0.7, 0, 0.5, 2));
         for _ in 0..500 {
-            let t = s.sample(&logits).token as usize;
+            let t = s.sample(&logits) as usize;
             assert!(order[..n].contains(&t), "token {t} outside top-p set");
         }
     }
@@ -213,7 +179,7 @@ mod tests {
         let mut counts = [0usize; 6];
         let mut s = Sampler::new(params(1.5, 0, 1.0, 9));
         for _ in 0..draws {
-            counts[s.sample(&logits).token as usize] += 1;
+            counts[s.sample(&logits) as usize] += 1;
         }
         for (i, &c) in counts.iter().enumerate() {
             let expect = probs[i] * draws as f64;
@@ -231,11 +197,8 @@ mod tests {
         logits[2] = f32::NAN;
         let mut s = Sampler::new(params(1.0, 0, 1.0, 0));
         for _ in 0..200 {
-            assert_ne!(s.sample(&logits).token, 2);
+            assert_ne!(s.sample(&logits), 2);
         }
-        assert_ne!(
-            Sampler::new(params(0.0, 0, 1.0, 0)).sample(&logits).token,
-            2
-        );
+        assert_ne!(Sampler::new(params(0.0, 0, 1.0, 0)).sample(&logits), 2);
     }
 }

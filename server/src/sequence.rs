@@ -8,7 +8,8 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::SequenceId;
 use crate::detokenizer::Detokenizer;
-use crate::sampling::{Sampled, Sampler, SamplingParams};
+use crate::logprobs::{TokenLogprob, token_logprobs};
+use crate::sampling::{Sampler, SamplingParams};
 use crate::stop::StopMatcher;
 
 /// Why a completion ended, as OpenAI's `finish_reason` names it.
@@ -24,6 +25,8 @@ pub enum FinishReason {
 /// What the engine sends back for a sequence.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SequenceEvent {
+    /// Log-probabilities of a generated token (only when requested); sent before its text.
+    Token(TokenLogprob),
     /// New text (whole characters only; empty text is never sent).
     Text(String),
     /// The sequence ended; no more events follow.
@@ -50,6 +53,8 @@ pub struct SequenceRequest {
     pub sampling: SamplingParams,
     /// Stop strings.
     pub stop: Vec<String>,
+    /// Report log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
     /// Which choice of its request this sequence is; events are tagged with it.
     pub choice: usize,
     /// Where events go (shared by the request's choices); when the receiver is dropped the
@@ -144,7 +149,11 @@ impl Sequence {
         eos: &[u32],
         timing: &mut TokenTiming,
     ) -> bool {
-        let Sampled { token, .. } = self.sampler.sample(logits);
+        let token = self.sampler.sample(logits);
+        if let Some(top_n) = self.request.logprobs {
+            let event = SequenceEvent::Token(token_logprobs(logits, token, top_n));
+            let _ = self.request.events.send((self.request.choice, event));
+        }
         let now = Instant::now();
         match self.last_token_at {
             None => timing.time_to_first_token = Some(now.duration_since(self.request.arrived)),

@@ -11,6 +11,10 @@ use crate::openai::{
 
 /// Most stop strings per request (OpenAI's limit).
 const MAX_STOP_STRINGS: usize = 4;
+/// Most alternatives per token for chat's `top_logprobs` (OpenAI's limit).
+const MAX_TOP_LOGPROBS: u32 = 20;
+/// Most alternatives per token for completions' `logprobs` (OpenAI's limit).
+const MAX_COMPLETION_LOGPROBS: u64 = 5;
 /// Most completions per prompt.
 pub const MAX_N: u32 = 16;
 /// `max_tokens` of `/v1/completions` when the request does not say (OpenAI's default).
@@ -37,6 +41,8 @@ pub struct GenerationSpec {
     pub stream: bool,
     /// A final usage chunk in the stream.
     pub include_usage: bool,
+    /// Log-probabilities with this many alternatives per token.
+    pub logprobs: Option<usize>,
 }
 
 /// Parses a JSON body into `T`; malformed JSON, wrong types and missing fields are 400s that
@@ -132,7 +138,32 @@ pub fn chat(
         (None, Some(n)) => Some(positive(n, "max_tokens")?),
         (None, None) => None,
     };
-    let spec = spec(&sampling, max_tokens)?;
+    let mut spec = spec(&sampling, max_tokens)?;
+    spec.logprobs = match (&request.logprobs, request.top_logprobs) {
+        (None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)), None) => None,
+        (Some(serde_json::Value::Bool(true)), top) => {
+            let top = top.unwrap_or(0);
+            if top > MAX_TOP_LOGPROBS {
+                return Err(ApiError::invalid(
+                    Some("top_logprobs"),
+                    format!("`top_logprobs` must be between 0 and {MAX_TOP_LOGPROBS}, got {top}"),
+                ));
+            }
+            Some(top as usize)
+        }
+        (None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)), Some(_)) => {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "`top_logprobs` needs `logprobs: true`",
+            ));
+        }
+        (Some(other), _) => {
+            return Err(ApiError::invalid(
+                Some("logprobs"),
+                format!("`logprobs` must be true or false, got {other}"),
+            ));
+        }
+    };
     Ok((messages, spec))
 }
 
@@ -157,7 +188,21 @@ pub fn completion(
         .max_tokens
         .map(|n| positive(n, "max_tokens"))
         .transpose()?;
-    let spec = spec(&sampling, max_tokens)?;
+    let mut spec = spec(&sampling, max_tokens)?;
+    spec.logprobs = match &request.logprobs {
+        None | Some(serde_json::Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= MAX_COMPLETION_LOGPROBS => Some(n as usize),
+            _ => {
+                return Err(ApiError::invalid(
+                    Some("logprobs"),
+                    format!(
+                        "`logprobs` must be an integer from 0 to {MAX_COMPLETION_LOGPROBS}, got {v}"
+                    ),
+                ));
+            }
+        },
+    };
     Ok((prompts, spec))
 }
 
@@ -231,15 +276,6 @@ fn spec(f: &SamplingFields, max_tokens: Option<usize>) -> Result<GenerationSpec,
             "stop strings must not be empty",
         ));
     }
-    match &f.logprobs {
-        None | Some(serde_json::Value::Null | serde_json::Value::Bool(false)) => {}
-        Some(_) => {
-            return Err(ApiError::invalid(
-                Some("logprobs"),
-                "`logprobs` is not supported by this server yet",
-            ));
-        }
-    }
     let stream = f.stream.unwrap_or(false);
     if f.stream_options.is_some() && !stream {
         return Err(ApiError::invalid(
@@ -257,6 +293,7 @@ fn spec(f: &SamplingFields, max_tokens: Option<usize>) -> Result<GenerationSpec,
         n: n as usize,
         stream,
         include_usage: f.stream_options.as_ref().is_some_and(|o| o.include_usage),
+        logprobs: None,
     })
 }
 
@@ -389,6 +426,7 @@ mod tests {
                 n: 2,
                 stream: true,
                 include_usage: true,
+                logprobs: None,
             }
         );
     }

@@ -65,6 +65,15 @@ def main():
     two = client.chat.completions.create(model=model, messages=messages, max_tokens=4, n=2, seed=1)
     check([c.index for c in two.choices] == [0, 1], "n=2 indices")
 
+    scored = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3)
+    content = scored.choices[0].logprobs.content
+    check(len(content) == scored.usage.completion_tokens, f"one logprob per token: {content}")
+    for entry in content:
+        check(entry.logprob <= 0 and len(entry.top_logprobs) == 3, f"logprob entry {entry}")
+        # Greedy picks the most likely token, so it heads its own alternatives.
+        check(abs(entry.top_logprobs[0].logprob - entry.logprob) < 1e-6, f"greedy token not the top one: {entry}")
+
     try:
         client.chat.completions.create(model=model, messages=messages, temperature=-1)
         check(False, "negative temperature was accepted")

@@ -93,6 +93,16 @@ async fn successful_responses() {
         "completion_stream",
         events(addr, "/v1/completions", completion_stream).await
     );
+    let logprobs = json!({"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0, "logprobs": true, "top_logprobs": 2});
+    snapshot!(
+        "chat_logprobs",
+        exchange(addr, "/v1/chat/completions", post(logprobs)).await
+    );
+    let logprobs = json!({"model": MODEL, "prompt": "Hi", "max_tokens": 3, "temperature": 0, "logprobs": 1, "stream": true});
+    snapshot!(
+        "completion_stream_logprobs",
+        events(addr, "/v1/completions", logprobs).await
+    );
     let metrics = client::get(addr, "/metrics").await.unwrap();
     let text = String::from_utf8(metrics.body.to_vec()).unwrap();
     // Values depend on timing; the metric families and the request counts do not.
@@ -176,6 +186,11 @@ async fn error_responses() {
             "error_n_zero",
             "/v1/completions",
             post(json!({"model": MODEL, "prompt": "x", "n": 0})),
+        ),
+        (
+            "error_completion_logprobs_too_many",
+            "/v1/completions",
+            post(json!({"model": MODEL, "prompt": "x", "logprobs": 6})),
         ),
         (
             "error_prompt_wrong_type",
