@@ -389,9 +389,19 @@ mod tests {
                 Some("stream_options"),
             ),
             (
-                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logprobs":true}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logprobs":3}"#,
                 400,
                 Some("logprobs"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"top_logprobs":2}"#,
+                400,
+                Some("top_logprobs"),
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":21}"#,
+                400,
+                Some("top_logprobs"),
             ),
         ];
         for &(body, status, param) in cases {
