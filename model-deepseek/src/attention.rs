@@ -12,6 +12,9 @@ use moe_kernels::reference::{
 /// Per-layer attention state prepared once at model build.
 #[derive(Debug)]
 pub(crate) struct LayerAttention {
+    /// Decoder layer index (the cache is per layer).
+    layer: usize,
+    rope: Rope,
     dims: MlaDims,
     softmax_scale: f32,
     eps: f32,
@@ -24,12 +27,20 @@ pub(crate) struct LayerAttention {
 }
 
 impl LayerAttention {
-    pub(crate) fn new(c: &ModelConfig, w: &AttentionWeights, mode: ActivationMode) -> Self {
+    pub(crate) fn new(
+        c: &ModelConfig,
+        layer: usize,
+        rope: Rope,
+        w: &AttentionWeights,
+        mode: ActivationMode,
+    ) -> Self {
         let kv_b_input = match (&w.kv_b_proj, mode) {
             (Linear::Mxfp4 { activations, .. }, ActivationMode::Quantized) => *activations,
             _ => ActivationQuant::None,
         };
         Self {
+            layer,
+            rope,
             dims: MlaDims {
                 heads: c.num_attention_heads,
                 qk_nope: c.qk_nope_head_dim,
@@ -47,18 +58,16 @@ impl LayerAttention {
 
     /// Attention output (`[tokens, hidden]`, after `o_proj`) of the normed hidden states
     /// `x` (`[tokens, hidden]`); appends each token's latent and rope key to `cache`.
-    #[allow(clippy::too_many_arguments)] // one block's inputs; bundling them hides nothing
     pub(crate) fn forward(
         &self,
         x: &[f32],
         batch: &Batch<'_>,
-        layer: usize,
-        rope: &Rope,
         cache: &mut KvCache,
         w: &AttentionWeights,
         out: &mut [f32],
     ) {
         let d = &self.dims;
+        let (layer, rope) = (self.layer, &self.rope);
         let t = batch.positions.len();
         let q_head = d.qk_nope + d.qk_rope;
         let mut q = self.query(x, t, w);

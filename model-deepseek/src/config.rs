@@ -248,7 +248,22 @@ impl ModelConfig {
     /// Parse a DeepSeek-V3 text config object (no wrapper) and validate it.
     pub fn from_value(value: &Value) -> Result<Self, ConfigError> {
         let raw = RawTextConfig::deserialize(value)?;
-        raw.into_config()
+        let config = raw.into_config()?;
+        if let Some(yarn) = &config.rope_scaling {
+            let ratio = config.max_position_embeddings as f64
+                / yarn.original_max_position_embeddings as f64;
+            if (ratio - yarn.factor).abs() > 1e-9 * yarn.factor {
+                // Recent transformers take yarn's factor from this ratio when both fields are
+                // present; the checkpoint's own modeling code (and we) use `factor`.
+                tracing::warn!(
+                    factor = yarn.factor,
+                    ratio,
+                    "rope_scaling.factor differs from max_position_embeddings / \
+                     original_max_position_embeddings; using factor"
+                );
+            }
+        }
+        Ok(config)
     }
 
     /// Check the config for impossible values; every error names the field.

@@ -177,15 +177,28 @@ fn summarize(layers: &[LayerFusion], fused: usize) -> FusionDecision {
         let scope = if fused == total { "all" } else { "none of the" };
         format!("{scope} {total} MoE layers fused: {first}")
     } else {
-        let off: Vec<String> = layers
-            .iter()
-            .filter(|l| !l.decision.fused)
-            .map(|l| format!("layer {}: {}", l.layer, l.decision.reason))
-            .collect();
-        format!(
-            "{fused} of {total} MoE layers fused; unfused {}",
-            off.join("; ")
-        )
+        // Per-layer reasons are in `layers`; the summary names the first unfused layer only,
+        // so a 61-layer model's summary stays one line.
+        let mut off = layers.iter().filter(|l| !l.decision.fused);
+        match off.next() {
+            Some(first) => {
+                let more = off.count();
+                let rest = if more > 0 {
+                    format!(" (and {more} more unfused layer(s))")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{fused} of {total} MoE layers fused; layer {} unfused: {}{rest}",
+                    first.layer, first.decision.reason
+                )
+            }
+            // Every layer fused, for reasons that differ (e.g. per-layer formats).
+            None => format!(
+                "all {total} MoE layers fused (reasons differ per layer); layer {}: {first}",
+                layers[0].layer
+            ),
+        }
     };
     FusionDecision {
         fused: fused > 0,
@@ -270,7 +283,7 @@ fn numerical_checks(facts: &MoeFacts, formats: &LayerFormats) -> Result<(), Stri
     }
     if let Some(group) = formats.intermediate_group
         && facts.n_shared_experts > 1
-        && facts.moe_intermediate_size % group != 0
+        && !facts.moe_intermediate_size.is_multiple_of(group)
     {
         return Err(format!(
             "splitting the {}-wide shared MLP into {} slots of {} would cut its quantization \
@@ -281,4 +294,103 @@ fn numerical_checks(facts: &MoeFacts, formats: &LayerFormats) -> Result<(), Stri
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(n_routed: usize, n_shared: usize, inter: usize) -> MoeFacts {
+        MoeFacts {
+            n_routed_experts: n_routed,
+            n_shared_experts: n_shared,
+            moe_intermediate_size: inter,
+            norm_topk_prob: true,
+            routed_scaling_factor: Some(2.5),
+        }
+    }
+
+    fn formats(layer: usize, compatible: Result<(), String>) -> LayerFormats {
+        LayerFormats {
+            layer,
+            routed: "MXFP4".to_owned(),
+            compatible,
+            intermediate_group: Some(32),
+        }
+    }
+
+    #[test]
+    fn a_mismatch_in_one_layer_turns_only_that_layer_off() {
+        let layers = [
+            formats(3, Ok(())),
+            formats(4, Err("bf16".to_owned())),
+            formats(5, Ok(())),
+        ];
+        let plan = decide(FusionMode::Auto, &facts(256, 1, 64), &layers).unwrap();
+        let fused: Vec<bool> = plan.layers.iter().map(|l| l.decision.fused).collect();
+        assert_eq!(fused, [true, false, true]);
+        assert!(plan.is_fused(3) && !plan.is_fused(4) && !plan.is_fused(0));
+        assert!(plan.model.fused);
+        assert_eq!(
+            plan.model.reason,
+            "2 of 3 MoE layers fused; layer 4 unfused: the shared expert's format differs from \
+             the routed experts' (MXFP4): bf16"
+        );
+        assert_eq!(plan.shared_slot_weight, Some(0.4));
+        let err = decide(FusionMode::On, &facts(256, 1, 64), &layers).unwrap_err();
+        assert!(err.0.starts_with("layer 4:"), "{err}");
+    }
+
+    #[test]
+    fn all_fused_for_different_reasons_is_summarised_without_panicking() {
+        let mut weight_only = formats(2, Ok(()));
+        weight_only.routed = "MXFP4 weight-only".to_owned();
+        let plan = decide(
+            FusionMode::Auto,
+            &facts(384, 1, 64),
+            &[formats(1, Ok(())), weight_only],
+        )
+        .unwrap();
+        assert!(plan.model.fused);
+        assert!(
+            plan.model
+                .reason
+                .starts_with("all 2 MoE layers fused (reasons differ")
+        );
+    }
+
+    #[test]
+    fn slots_must_not_cut_quantization_groups() {
+        // Two slots of 48 would split the shared MLP's 96-wide down_proj input at column 48,
+        // inside the second group of 32.
+        let layers = [formats(1, Ok(()))];
+        let err = decide(FusionMode::On, &facts(256, 2, 48), &layers).unwrap_err();
+        assert!(err.0.contains("quantization groups of 32"), "{err}");
+        assert!(
+            decide(FusionMode::On, &facts(256, 2, 64), &layers)
+                .unwrap()
+                .model
+                .fused
+        );
+        // One slot needs no cut.
+        assert!(
+            decide(FusionMode::On, &facts(256, 1, 48), &layers)
+                .unwrap()
+                .model
+                .fused
+        );
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for mode in [FusionMode::Auto, FusionMode::On, FusionMode::Off] {
+            assert_eq!(mode.to_string().parse::<FusionMode>(), Ok(mode));
+        }
+        assert!(
+            "yes"
+                .parse::<FusionMode>()
+                .unwrap_err()
+                .contains("auto, on, off")
+        );
+    }
 }

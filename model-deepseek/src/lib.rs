@@ -11,8 +11,8 @@ pub mod fusion;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
-pub mod tiny;
 pub mod synthetic;
+pub mod tiny;
 pub mod weights;
 
 pub use config::{CheckpointConfig, ConfigError, Layout, ModelConfig, parse_config};

@@ -11,7 +11,7 @@ use crate::config::{ConfigError, ModelConfig};
 use crate::feed_forward::feed_forward;
 use crate::kv_cache::{KvCache, SeqId};
 use crate::weights::{Linear, Matrix, ModelWeights, WeightsError};
-use moe_kernels::reference::{ActivationMode, Rope, linear, matmul, rmsnorm};
+use moe_kernels::reference::{ActivationMode, linear, matmul, rmsnorm};
 use std::collections::HashSet;
 use thiserror::Error;
 
@@ -111,7 +111,7 @@ pub struct Model {
     config: ModelConfig,
     weights: ModelWeights,
     options: ForwardOptions,
-    rope: Rope,
+    /// Per layer: the attention state prepared at build.
     attention: Vec<LayerAttention>,
 }
 
@@ -136,13 +136,21 @@ impl Model {
         let attention = weights
             .layers
             .iter()
-            .map(|layer| LayerAttention::new(&config, &layer.attention, options.activations))
+            .enumerate()
+            .map(|(i, layer)| {
+                LayerAttention::new(
+                    &config,
+                    i,
+                    rope.clone(),
+                    &layer.attention,
+                    options.activations,
+                )
+            })
             .collect();
         Ok(Self {
             config,
             weights,
             options,
-            rope,
             attention,
         })
     }
@@ -236,6 +244,9 @@ impl Model {
         rows: LogitRows,
     ) -> Result<Vec<Matrix>, ForwardError> {
         self.check(chunks, cache)?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
         let c = &self.config;
         let h = c.hidden_size;
         let mode = self.options.activations;
@@ -252,15 +263,7 @@ impl Model {
         let mut delta = vec![0f32; t * h];
         for (l, layer) in self.weights.layers.iter().enumerate() {
             rmsnorm(&x, &layer.input_layernorm, c.rms_norm_eps, &mut normed);
-            self.attention[l].forward(
-                &normed,
-                &batch,
-                l,
-                &self.rope,
-                cache,
-                &layer.attention,
-                &mut delta,
-            );
+            self.attention[l].forward(&normed, &batch, cache, &layer.attention, &mut delta);
             add_assign(&mut x, &delta);
             rmsnorm(
                 &x,

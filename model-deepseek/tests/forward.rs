@@ -238,6 +238,24 @@ fn unquantized_activations_run_w4a4_layers_as_weight_only() {
     assert!(max_abs_diff(&unquantized, &quantized) > 1e-3 * max_abs(&quantized));
 }
 
+/// The server runs the model from worker threads; an empty call is a no-op.
+#[test]
+fn the_model_is_shareable_and_an_empty_call_does_nothing() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<model_deepseek::Model>();
+    shareable::<KvCache>();
+    let config = tiny_config(256, false);
+    let model = tiny_model(
+        &config,
+        &SyntheticSpec::quark_w4a4(),
+        2,
+        ActivationMode::Quantized,
+    );
+    let mut cache = KvCache::new(&config, 4);
+    assert_eq!(model.forward(&[], &mut cache), Ok(Vec::new()));
+    assert_eq!(cache.used_tokens(), 0);
+}
+
 #[test]
 fn tied_embeddings_use_the_embedding_matrix_as_lm_head() {
     let config = tiny_config(384, true);

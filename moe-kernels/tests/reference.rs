@@ -282,7 +282,10 @@ fn yarn_frequencies_of_deepseek_v3() {
     for (i, &v) in f.iter().enumerate() {
         let original = 10000f64.powf(-(2.0 * i as f64) / 64.0);
         if i <= 10 {
-            assert!((v - original).abs() <= 1e-15 * original, "pair {i} keeps its frequency");
+            assert!(
+                (v - original).abs() <= 1e-15 * original,
+                "pair {i} keeps its frequency"
+            );
         } else if i >= 23 {
             assert!(
                 (v - original / 40.0).abs() <= 1e-15 * original,

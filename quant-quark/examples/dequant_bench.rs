@@ -1,5 +1,5 @@
 //! Times the MXFP4 dequantizers on one core: 1 GiB of packed weights (plus their E8M0 scales)
-//! decoded to f32 and to bf16, the CPU model's hot path.
+//! decoded to f32 and to bf16, the CPU model's hot path; then the activation fake-quantizer.
 //!
 //! `cargo run --release -p quant-quark --example dequant_bench`
 //!
@@ -10,7 +10,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use half::bf16;
-use quant_quark::mxfp4::{BLOCK, dequantize_bf16, dequantize_f32};
+use quant_quark::ScaleRule;
+use quant_quark::mxfp4::{BLOCK, dequantize_bf16, dequantize_f32, fake_quantize};
 
 const CHUNK_BYTES: usize = 32 << 20;
 const REPEATS: usize = 32;
@@ -62,5 +63,22 @@ fn main() -> Result<(), quant_quark::CodecError> {
             total_packed * 2.0 * out_bytes / best / 1e9
         );
     }
+
+    // W4A4 layers fake-quantize their activations on every call; far less data, but per element
+    // it is the slower direction, so it is timed too (64 MiB of f32, a large prefill batch).
+    let mut activations: Vec<f32> = out_f32[..16 << 20].to_vec();
+    let mut best = f64::INFINITY;
+    for _ in 0..RUNS {
+        let start = Instant::now();
+        fake_quantize(black_box(&mut activations), ScaleRule::Even)?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    let bytes = (activations.len() * 4) as f64;
+    println!();
+    println!(
+        "MXFP4 fake-quantize (\"even\" rule), one core, 64 MiB of f32 activations, best of {RUNS}"
+    );
+    println!("{:<8} {:>10} {:>14}", "input", "seconds", "f32 GB/s");
+    println!("{:<8} {:>10.3} {:>14.2}", "f32", best, bytes / best / 1e9);
     Ok(())
 }

@@ -37,7 +37,8 @@ pub enum ScaleRule {
     Ocp,
     /// Quark's `scale_calculation_mode: "even"`: amax's mantissa is first rounded to one bit
     /// (`[2^n, 1.75·2^n)` → `2^n`, `[1.75·2^n, 2^(n+1))` → `2^(n+1)`), then the OCP formula.
-    /// Fewer elements clip at ±6, at the cost of a coarser grid for some blocks.
+    /// Fewer elements clip at ±6, at the cost of a coarser grid for some blocks. (Only a block
+    /// whose amax is within 12.5% of `f32::MAX` decodes out of f32's range, to ±inf.)
     Even,
 }
 
@@ -106,7 +107,8 @@ fn e8m0_unchecked(byte: u8) -> f32 {
     }
 }
 
-/// The E8M0 byte of a block whose largest magnitude is `amax` (finite, ≥ 0) under `rule`.
+/// The E8M0 byte of a block whose largest magnitude is `amax` (finite, ≥ 0) under `rule`;
+/// exponents below −127 clamp to byte 0.
 ///
 /// An all-zero block gets byte 0, the smallest scale: OCP's formula has no value there and any
 /// scale decodes zeros exactly, so the one that cannot overflow anything is chosen.
@@ -132,30 +134,16 @@ pub fn scale_byte(amax: f32, rule: ScaleRule) -> u8 {
 /// as Quark's packer does.
 fn e2m1_code(x: f64) -> u8 {
     let m = x.abs();
-    // Midpoints between neighbouring grid values; `<=` sends a tie down to the even code,
-    // `<` sends it up (the upper neighbour's code is even there).
-    let magnitude = if m <= 0.25 {
-        0
-    } else if m < 0.75 {
-        1
-    } else if m <= 1.25 {
-        2
-    } else if m < 1.75 {
-        3
-    } else if m <= 2.5 {
-        4
-    } else if m < 3.5 {
-        5
-    } else if m <= 5.0 {
-        6
-    } else {
-        7
-    };
-    if x.is_sign_negative() {
-        magnitude | 8
-    } else {
-        magnitude
-    }
+    // Count the midpoints between grid values that `m` lies above. At a tie, `>` keeps the
+    // lower neighbour and `>=` takes the upper one: whichever has the even code.
+    let magnitude = u8::from(m > 0.25)
+        + u8::from(m >= 0.75)
+        + u8::from(m > 1.25)
+        + u8::from(m >= 1.75)
+        + u8::from(m > 2.5)
+        + u8::from(m >= 3.5)
+        + u8::from(m > 5.0);
+    magnitude | (u8::from(x.is_sign_negative()) << 3)
 }
 
 /// Quantizes one block of 32 values: returns the 16 packed bytes and the E8M0 scale byte.
@@ -182,6 +170,22 @@ pub fn quantize_block(
     Ok((packed, scale))
 }
 
+/// [`quantize_block`] for the block at `block_index` of a longer slice, so that an error names
+/// the element's index in that slice.
+fn quantize_block_at(
+    values: &[f32; BLOCK],
+    rule: ScaleRule,
+    block_index: usize,
+) -> Result<([u8; BLOCK_BYTES], u8), CodecError> {
+    quantize_block(values, rule).map_err(|e| match e {
+        CodecError::NonFinite { index, value } => CodecError::NonFinite {
+            index: block_index * BLOCK + index,
+            value,
+        },
+        other => other,
+    })
+}
+
 /// Quantizes a row (or a row-major matrix whose rows are multiples of 32 long) into `packed`
 /// (`len / 2` bytes) and `scales` (`len / 32` bytes).
 pub fn quantize(
@@ -200,13 +204,7 @@ pub fn quantize(
         let block: &[f32; BLOCK] = block
             .try_into()
             .expect("chunks_exact yields BLOCK elements");
-        let (bytes, byte) = quantize_block(block, rule).map_err(|e| match e {
-            CodecError::NonFinite { index, value } => CodecError::NonFinite {
-                index: block_index * BLOCK + index,
-                value,
-            },
-            other => other,
-        })?;
+        let (bytes, byte) = quantize_block_at(block, rule, block_index)?;
         out.copy_from_slice(&bytes);
         *scale = byte;
     }
@@ -224,13 +222,7 @@ pub fn fake_quantize(values: &mut [f32], rule: ScaleRule) -> Result<(), CodecErr
     }
     for (block_index, block) in values.chunks_exact_mut(BLOCK).enumerate() {
         let block: &mut [f32; BLOCK] = block.try_into().expect("chunks_exact yields BLOCK");
-        let (bytes, byte) = quantize_block(block, rule).map_err(|e| match e {
-            CodecError::NonFinite { index, value } => CodecError::NonFinite {
-                index: block_index * BLOCK + index,
-                value,
-            },
-            other => other,
-        })?;
+        let (bytes, byte) = quantize_block_at(block, rule, block_index)?;
         decode_block_f32(&bytes, e8m0_unchecked(byte), block);
     }
     Ok(())
@@ -316,7 +308,7 @@ fn check_lengths(elements: usize, packed: usize, scales: usize) -> Result<(), Co
     Ok(())
 }
 
-/// Decodes every scale byte up front so a 255 is reported before any output is written.
+/// Checks every scale byte up front so a 255 is reported before any output is written.
 fn checked_scale(scales: &[u8]) -> Result<(), CodecError> {
     match scales.iter().position(|&s| s == E8M0_NAN) {
         Some(index) => Err(CodecError::NanScale { index }),

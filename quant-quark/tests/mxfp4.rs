@@ -220,8 +220,21 @@ fn any_block() -> impl Strategy<Value = Vec<f32>> {
         8 => (-1.0f32..1.0, -12i32..12).prop_map(|(m, e)| m * 2f32.powi(e)),
         1 => (-1.0f32..1.0, -149i32..80).prop_map(|(m, e)| (f64::from(m) * 2f64.powi(e)) as f32),
     ];
-    (proptest::collection::vec(element, BLOCK), -40i32..40)
-        .prop_map(|(v, shift)| v.into_iter().map(|x| x * 2f32.powi(shift)).collect())
+    let spread = (proptest::collection::vec(element, BLOCK), -40i32..40)
+        .prop_map(|(v, shift)| v.into_iter().map(|x| x * 2f32.powi(shift)).collect());
+    // Grid values and the midpoints between them at one binade: every rounding tie, and amax
+    // on or near the rules' decision points.
+    let grid = [
+        0.0f32, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 7.0,
+    ];
+    let tie = (proptest::sample::select(grid.to_vec()), any::<bool>())
+        .prop_map(|(v, negative)| if negative { -v } else { v });
+    let ties = (proptest::collection::vec(tie, BLOCK), -60i32..60).prop_map(|(v, shift)| {
+        v.into_iter()
+            .map(|x| (f64::from(x) * 2f64.powi(shift)) as f32)
+            .collect()
+    });
+    prop_oneof![spread, ties]
 }
 
 fn any_rule() -> impl Strategy<Value = ScaleRule> {

@@ -27,7 +27,7 @@ import sys
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 E2M1 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6, -0., -.5, -1, -1.5, -2, -3, -4, -6], dtype=np.float64)
 
@@ -50,6 +50,8 @@ def dequant_mxfp4(packed: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def read_checkpoint(path: str) -> dict:
+    from safetensors.torch import load_file
+
     index = os.path.join(path, "model.safetensors.index.json")
     tensors = {}
     if os.path.exists(index):
@@ -58,7 +60,9 @@ def read_checkpoint(path: str) -> dict:
     else:
         shards = ["model.safetensors"]
     for shard in shards:
-        tensors.update(load_file(os.path.join(path, shard)))
+        for name, t in load_file(os.path.join(path, shard)).items():
+            # numpy has no bf16: bytes stay uint8, floats widen to f64 (exact for bf16/f32).
+            tensors[name] = t.numpy() if t.dtype == torch.uint8 else t.to(torch.float64).numpy()
     return tensors
 
 
@@ -105,6 +109,8 @@ def hf_config(cfg: dict):
         params["rope_theta"] = cfg.get("rope_theta", 10000.0)
         conf.rope_parameters = params
     conf._attn_implementation = "eager"
+    # The per-expert loop; the grouped-GEMM path has no float64 kernel.
+    conf._experts_implementation = "eager"
     return conf
 
 

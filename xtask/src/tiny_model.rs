@@ -42,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         layout: args.layout,
         shared_experts: args.shared_experts,
         n_routed_experts: args.experts,
+        n_shared_experts: 1,
         seed: args.seed,
     };
     write_tiny_checkpoint(&args.out, &spec)

@@ -112,10 +112,10 @@ pub fn account(
                 out.problems.push(mismatch(e, &name, info, dtypes, &shape));
                 continue;
             }
-            if name.ends_with(".weight_scale") {
-                if let Some(problem) = nan_scale(&name, ckpt.bytes(info), &shape) {
-                    out.problems.push(problem);
-                }
+            if name.ends_with(".weight_scale")
+                && let Some(problem) = nan_scale(&name, ckpt.bytes(info), &shape)
+            {
+                out.problems.push(problem);
             }
         }
         if e.role != Role::Linear || e.format == LinearFormat::Bf16 {

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use crate::config::ModelConfig;
 use crate::fusion::FusionPlan;
@@ -272,7 +273,9 @@ impl<'a> Builder<'a> {
         let p = format!("model.layers.{i}.");
         let m = format!("{p}mlp.");
         let feed_forward = if c.is_moe_layer(i) {
+            // Experts are independent copies out of the memory map: read them in parallel.
             let mut experts = (0..c.n_routed_experts)
+                .into_par_iter()
                 .map(|x| self.mlp(&format!("{m}experts.{x}.")))
                 .collect::<Result<Vec<_>, _>>()?;
             let shared_prefix = format!("{m}shared_experts.");

@@ -19,12 +19,11 @@ mod report;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 
+use crate::ActivationMode;
 use crate::config::{CheckpointConfig, Layout, ModelConfig, parse_config};
 use crate::fusion::{self, FusionMode, FusionPlan, LayerFormats, MoeFacts};
 use crate::model::{ForwardOptions, Model};
-use moe_kernels::reference::ActivationMode;
 
 pub use checkpoint::Checkpoint;
 pub use error::{HeaderError, LoadError, TensorProblem};
@@ -34,24 +33,14 @@ pub use names::Prefix;
 pub use quant::{LinearFormat, QuantPlan};
 pub use report::{LayerReport, LoadReport};
 
-/// How W4A4 layers treat their input activations.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Activations {
-    /// As the checkpoint's input spec says: dynamic MXFP4 per 32 with its scale rule.
-    #[default]
-    Quantized,
-    /// Unquantized (f32 on CPU; `bf16` on the command line): weight-only MXFP4.
-    Unquantized,
-}
-
 /// Options of a load.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// How shared-expert fusion is decided.
     pub fusion: FusionMode,
-    /// How W4A4 layers treat their input activations.
-    pub activations: Activations,
+    /// Whether W4A4 layers quantize their input activations as the checkpoint says
+    /// (`Quantized`) or keep them unquantized (`Unquantized`: weight-only MXFP4).
+    pub activations: ActivationMode,
 }
 
 /// Load progress, reported once per decoder layer.
@@ -119,22 +108,24 @@ fn text_config(raw: &serde_json::Value, layout: Layout) -> &serde_json::Value {
 /// format, fusion, and the accounting of the checkpoint's tensors.
 pub fn plan(dir: &Path, options: &LoadOptions) -> Result<Plan, LoadError> {
     let (config, raw_config) = read_config(dir)?;
-    let quant = QuantPlan::new(config.quantization.as_ref(), config.layout)?;
     let checkpoint = Checkpoint::open(dir)?;
     let prefix = Prefix::detect(config.layout, checkpoint.tensors()).map_err(LoadError::Config)?;
+    let quant = QuantPlan::new(config.quantization.as_ref(), prefix)?;
     let model = &config.model;
-    let mut expected = Vec::new();
     let mut specs = catalog::globals(model);
     for layer in 0..model.num_hidden_layers {
+        quant.check_layer(model, layer)?;
         specs.extend(catalog::layer(model, layer));
     }
+    let mut expected = Vec::with_capacity(specs.len());
     for spec in specs {
-        let name = prefix.checkpoint_name(&spec.name);
         let format = match spec.role {
-            catalog::Role::Linear => quant.linear_format(&name)?,
+            catalog::Role::Linear => quant.linear_format(&spec.name)?,
             _ => LinearFormat::Bf16,
         };
-        if format != LinearFormat::Bf16 && spec.shape[1] % 32 != 0 {
+        let name = prefix.checkpoint_name(&spec.name);
+        if format != LinearFormat::Bf16 && !spec.shape[1].is_multiple_of(quant_quark::mxfp4::BLOCK)
+        {
             return Err(LoadError::Quantization(format!(
                 "{name}: MXFP4 needs input features in multiples of 32, the config gives {}",
                 spec.shape[1]
@@ -148,14 +139,7 @@ pub fn plan(dir: &Path, options: &LoadOptions) -> Result<Plan, LoadError> {
             format,
         });
     }
-    let fusion = decide_fusion(
-        model,
-        &raw_config,
-        config.layout,
-        &quant,
-        prefix,
-        options.fusion,
-    )?;
+    let fusion = decide_fusion(model, &raw_config, config.layout, &quant, options.fusion)?;
     let accounting = ledger::account(&checkpoint, &expected, model, config.layout, prefix);
     Ok(Plan {
         dir: dir.to_path_buf(),
@@ -175,40 +159,44 @@ fn decide_fusion(
     raw: &serde_json::Value,
     layout: Layout,
     quant: &QuantPlan,
-    prefix: Prefix,
     mode: FusionMode,
 ) -> Result<FusionPlan, LoadError> {
     // The parsed config fills a default rsf; fusion needs to know the checkpoint states one.
-    let rsf_present = text_config(raw, layout)
+    let rsf = text_config(raw, layout)
         .get("routed_scaling_factor")
-        .is_some_and(serde_json::Value::is_number);
+        .and_then(serde_json::Value::as_f64);
     let facts = MoeFacts {
         n_routed_experts: model.n_routed_experts,
         n_shared_experts: model.n_shared_experts,
         moe_intermediate_size: model.moe_intermediate_size,
         norm_topk_prob: model.norm_topk_prob,
-        routed_scaling_factor: rsf_present.then_some(f64::from(model.routed_scaling_factor)),
+        routed_scaling_factor: rsf,
     };
     let layers = (0..model.num_hidden_layers)
         .filter(|&l| model.is_moe_layer(l))
-        .map(|layer| {
-            let m = format!("model.layers.{layer}.mlp.");
-            let module = |canonical: String| prefix.checkpoint_name(&canonical);
-            let routed: Vec<String> = ["gate_proj", "up_proj", "down_proj"]
-                .iter()
-                .flat_map(|p| (0..model.n_routed_experts).map(move |e| format!("experts.{e}.{p}")))
-                .map(|s| module(format!("{m}{s}")))
-                .collect();
-            let shared: Vec<String> = ["gate_proj", "up_proj", "down_proj"]
-                .iter()
-                .map(|p| module(format!("{m}shared_experts.{p}")))
-                .collect();
-            quant.layer_formats(layer, &routed, &shared)
-        })
+        .map(|layer| quant.layer_formats(model, layer))
         .collect::<Result<Vec<LayerFormats>, LoadError>>()?;
     let plan = fusion::decide(mode, &facts, &layers).map_err(|e| LoadError::Fusion(e.0))?;
     tracing::info!(mode = %plan.mode, fused = plan.model.fused, "shared-expert fusion: {}", plan.model.reason);
     Ok(plan)
+}
+
+/// Decides fusion from the text of a `config.json` alone, without a checkpoint: what
+/// [`inspect`] would decide. A Kimi-K2.5 wrapper is taken to use the nested
+/// `language_model.model.` spelling (which only matters for literal exclude entries).
+pub fn fusion_for_config(config_json: &str, mode: FusionMode) -> Result<FusionPlan, LoadError> {
+    let config = parse_config(config_json).map_err(|e| LoadError::Config(e.to_string()))?;
+    let raw: serde_json::Value =
+        serde_json::from_str(config_json).map_err(|e| LoadError::Config(e.to_string()))?;
+    let prefix = match config.layout {
+        Layout::DeepseekV3 => Prefix::DeepseekV3,
+        Layout::KimiK25 => Prefix::KimiNested,
+    };
+    let quant = QuantPlan::new(config.quantization.as_ref(), prefix)?;
+    for layer in 0..config.model.num_hidden_layers {
+        quant.check_layer(&config.model, layer)?;
+    }
+    decide_fusion(&config.model, &raw, config.layout, &quant, mode)
 }
 
 /// Checks `dir` without loading weights, listing every problem found in the report.
@@ -249,10 +237,7 @@ pub fn load_with_progress(
         "checkpoint loaded"
     );
     let forward = ForwardOptions {
-        activations: match options.activations {
-            Activations::Quantized => ActivationMode::Quantized,
-            Activations::Unquantized => ActivationMode::Unquantized,
-        },
+        activations: options.activations,
     };
     let model = Model::new(plan.config.model, weights, forward)
         .map_err(|e| LoadError::Config(e.to_string()))?;

@@ -1,15 +1,24 @@
-//! The checkpoint's quantization config, resolved per module into the storage formats the
-//! loader reads, and the expert formats the fusion policy compares.
+//! The checkpoint's quantization config, resolved per module (through `quant-quark`) into the
+//! storage formats the loader reads, and the expert formats the fusion policy compares.
+//!
+//! Modules are asked about by canonical name (`model.layers.N.…`, `lm_head`); the name mapper
+//! built from the checkpoint's [`Prefix`] rewrites the config's literal names the same way, so
+//! an exclude entry written `language_model.model.layers.0.self_attn.q_a_proj` or
+//! `language_model.lm_head` covers the canonical module.
 
-use quant_quark::ScaleRule;
+use quant_quark::{
+    FusedModules, LayerScheme, NameMapper, NameRule, QuarkConfig, ScaleRule, SchemeResolver,
+    SharedExperts,
+};
 use serde_json::Value;
 
-use crate::config::Layout;
+use crate::config::ModelConfig;
 use crate::fusion::LayerFormats;
 
 use super::error::LoadError;
+use super::names::Prefix;
 
-/// How one linear layer is stored and run.
+/// How one linear layer is stored and run: the subset of Quark schemes the model implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub enum LinearFormat {
     /// Unquantized (bf16, f16 or f32 in the checkpoint; f32 in memory).
@@ -26,10 +35,10 @@ impl LinearFormat {
     /// The format in words, for reports and fusion reasons.
     pub fn describe(self) -> String {
         match self {
-            Self::Bf16 => "bf16 (unquantized)".to_owned(),
-            Self::Mxfp4 { input: None } => "MXFP4 weight-only (fp4 group 32, e8m0)".to_owned(),
+            Self::Bf16 => "unquantized".to_owned(),
+            Self::Mxfp4 { input: None } => "MXFP4 weight-only".to_owned(),
             Self::Mxfp4 { input: Some(rule) } => format!(
-                "MXFP4 W4A4 (fp4 group 32, e8m0; dynamic activations, {} scale rule)",
+                "MXFP4 W4A4 ({} scale rule)",
                 match rule {
                     ScaleRule::Even => "even",
                     ScaleRule::Ocp => "OCP floor",
@@ -37,20 +46,52 @@ impl LinearFormat {
             ),
         }
     }
+
+    fn from_scheme(module: &str, scheme: LayerScheme) -> Result<Self, LoadError> {
+        match scheme {
+            LayerScheme::Unquantized => Ok(Self::Bf16),
+            LayerScheme::Mxfp4 { activations } => Ok(Self::Mxfp4 { input: activations }),
+            LayerScheme::Fp8 { .. } => Err(LoadError::Quantization(format!(
+                "{module}: unsupported quantization: FP8 W8A8 ({scheme:?}) is not implemented; \
+                 only MXFP4 and unquantized layers are served"
+            ))),
+        }
+    }
 }
 
 /// The quantization config of a checkpoint, ready to answer per-module questions.
 #[derive(Debug)]
 pub struct QuantPlan {
-    quark: Option<quark::Resolver>,
+    resolver: Option<SchemeResolver>,
+}
+
+fn quark_err(e: quant_quark::QuarkError) -> LoadError {
+    LoadError::Quantization(e.to_string())
+}
+
+/// Checkpoint → canonical name rules for a prefix scheme (literal exclude entries and
+/// `layer_quant_config` patterns go through them).
+fn mapper(prefix: Prefix) -> Result<NameMapper, LoadError> {
+    let rules = match prefix {
+        Prefix::DeepseekV3 => Vec::new(),
+        Prefix::KimiNested => vec![
+            NameRule::prefix("language_model.model.", "model."),
+            NameRule::prefix("language_model.", ""),
+        ],
+        Prefix::KimiFlat => vec![
+            NameRule::prefix("language_model.lm_head", "lm_head"),
+            NameRule::prefix("language_model.", "model."),
+        ],
+    };
+    NameMapper::new(rules).map_err(quark_err)
 }
 
 impl QuantPlan {
     /// Parses `quantization_config` (absent: an unquantized checkpoint). Any method other than
     /// Quark is an "unsupported quantization" error naming it.
-    pub fn new(quantization: Option<&Value>, layout: Layout) -> Result<Self, LoadError> {
+    pub fn new(quantization: Option<&Value>, prefix: Prefix) -> Result<Self, LoadError> {
         let Some(q) = quantization else {
-            return Ok(Self { quark: None });
+            return Ok(Self { resolver: None });
         };
         let method = q
             .get("quant_method")
@@ -62,118 +103,77 @@ impl QuantPlan {
                  checkpoints and unquantized ones are served)"
             )));
         }
+        let config = QuarkConfig::from_value(q).map_err(quark_err)?;
+        // Our own, per-instance table: the module the GPU path may fuse resolves shard by shard.
+        let fused = FusedModules::new(&[(
+            "fused_qkv_a_proj_with_mqa",
+            &["q_a_proj", "kv_a_proj_with_mqa"],
+        )]);
+        let resolver = SchemeResolver::new(config, fused, &mapper(prefix)?).map_err(quark_err)?;
         Ok(Self {
-            quark: Some(quark::Resolver::new(q, layout)?),
+            resolver: Some(resolver),
         })
     }
 
-    /// The format of the linear layer stored as `module` (checkpoint spelling, no `.weight`).
+    /// The format of the linear layer `module` (canonical name, no `.weight`).
     pub fn linear_format(&self, module: &str) -> Result<LinearFormat, LoadError> {
-        match &self.quark {
+        match &self.resolver {
             None => Ok(LinearFormat::Bf16),
-            Some(r) => r.linear_format(module),
+            Some(r) => LinearFormat::from_scheme(module, r.scheme_for(module).map_err(quark_err)?),
         }
     }
 
-    /// The expert formats of one MoE layer for the fusion policy: all routed experts must share
-    /// one format per projection, and the shared expert's must equal it.
-    pub fn layer_formats(
-        &self,
-        layer: usize,
-        routed: &[String],
-        shared: &[String],
-    ) -> Result<LayerFormats, LoadError> {
-        let formats = |names: &[String]| -> Result<Vec<LinearFormat>, LoadError> {
-            names.iter().map(|n| self.linear_format(n)).collect()
+    /// Checks what must agree inside one decoder layer: the shards of the fusable query/key
+    /// projection, and all routed experts (one format per MoE layer).
+    pub fn check_layer(&self, c: &ModelConfig, layer: usize) -> Result<(), LoadError> {
+        let Some(r) = &self.resolver else {
+            return Ok(());
         };
-        let routed_f = formats(routed)?;
-        let shared_f = formats(shared)?;
-        let first = routed_f.first().copied().unwrap_or(LinearFormat::Bf16);
-        let compatible =
-            if let Some((i, f)) = routed_f.iter().enumerate().find(|(_, f)| **f != first) {
-                Err(format!(
-                    "routed experts mix formats ({} is {}, {} is {})",
-                    routed[0],
-                    first.describe(),
-                    routed[i],
-                    f.describe()
-                ))
-            } else if let Some((i, f)) = shared_f.iter().enumerate().find(|(_, f)| **f != first) {
-                Err(format!("{} is {}", shared[i], f.describe()))
-            } else {
-                Ok(())
-            };
+        let prefix = format!("model.layers.{layer}");
+        if c.q_lora_rank.is_some() {
+            r.resolve_module(
+                &format!("{prefix}.self_attn.fused_qkv_a_proj_with_mqa"),
+                quant_quark::LINEAR,
+            )
+            .map_err(quark_err)?;
+        }
+        if c.is_moe_layer(layer) {
+            r.routed_experts_scheme(&prefix, c.n_routed_experts)
+                .map_err(quark_err)?;
+        }
+        Ok(())
+    }
+
+    /// The expert formats of MoE layer `layer` for the fusion policy.
+    pub fn layer_formats(&self, c: &ModelConfig, layer: usize) -> Result<LayerFormats, LoadError> {
+        let prefix = format!("model.layers.{layer}");
+        let routed = self.linear_format(&format!("{prefix}.mlp.experts.0.down_proj"))?;
+        let shared_down = self.linear_format(&format!("{prefix}.mlp.shared_experts.down_proj"))?;
+        let compatible = match &self.resolver {
+            None => Ok(()),
+            Some(r) => match r.shared_experts_compatible(&prefix).map_err(quark_err)? {
+                SharedExperts::Compatible => Ok(()),
+                SharedExperts::Incompatible(why) => Err(why.to_string()),
+            },
+        };
         Ok(LayerFormats {
             layer,
-            routed: first.describe(),
-            compatible,
-            intermediate_group: shared_f
-                .last()
-                .and_then(|f| matches!(f, LinearFormat::Mxfp4 { .. }).then_some(32)),
+            routed: routed.describe(),
+            compatible: if c.n_shared_experts == 0 {
+                Ok(())
+            } else {
+                compatible
+            },
+            intermediate_group: matches!(shared_down, LinearFormat::Mxfp4 { .. })
+                .then_some(quant_quark::mxfp4::BLOCK),
         })
     }
 
     /// The quantization in words.
     pub fn describe(&self) -> String {
-        match &self.quark {
+        match &self.resolver {
             None => "none (unquantized checkpoint)".to_owned(),
-            Some(r) => r.describe(),
+            Some(_) => "AMD Quark (per-layer schemes below)".to_owned(),
         }
-    }
-}
-
-mod quark {
-    //! Resolution of Quark specs per module.
-    use super::*;
-
-    #[derive(Debug)]
-    pub(super) struct Resolver {
-        global: LinearFormat,
-        exclude: Vec<String>,
-    }
-
-    impl Resolver {
-        pub(super) fn new(q: &Value, _layout: Layout) -> Result<Self, LoadError> {
-            let global = q.get("global_quant_config");
-            let fp4 = |v: Option<&Value>| {
-                v.and_then(|w| w.get("dtype")).and_then(Value::as_str) == Some("fp4")
-            };
-            let global = match global {
-                Some(g) if fp4(g.get("weight")) => LinearFormat::Mxfp4 {
-                    input: fp4(g.get("input_tensors")).then_some(ScaleRule::Even),
-                },
-                _ => LinearFormat::Bf16,
-            };
-            let exclude = q
-                .get("exclude")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
-            Ok(Self { global, exclude })
-        }
-
-        pub(super) fn linear_format(&self, module: &str) -> Result<LinearFormat, LoadError> {
-            let excluded = self.exclude.iter().any(|e| match e.strip_prefix("re:") {
-                Some(p) => regex_lite_match(p, module),
-                None => e == module,
-            });
-            Ok(if excluded {
-                LinearFormat::Bf16
-            } else {
-                self.global
-            })
-        }
-
-        pub(super) fn describe(&self) -> String {
-            format!("quark; global {}", self.global.describe())
-        }
-    }
-
-    fn regex_lite_match(p: &str, m: &str) -> bool {
-        regex::Regex::new(&format!("^(?:{p})")).is_ok_and(|r| r.is_match(m))
     }
 }

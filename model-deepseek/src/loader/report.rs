@@ -12,7 +12,7 @@ use super::catalog::Role;
 use super::error::TensorProblem;
 use super::ledger::Skipped;
 use super::names::Prefix;
-use super::{Activations, LoadOptions, Plan};
+use super::{ActivationMode, LoadOptions, Plan};
 
 /// The formats of one decoder layer's modules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -37,8 +37,8 @@ pub struct LoadReport {
     pub layout: Prefix,
     /// The quantization method, or `none`.
     pub quantization: String,
-    /// How W4A4 activations are treated in this load.
-    pub activations: Activations,
+    /// How W4A4 activations are treated in this load: `quantized` or `unquantized`.
+    pub activations: &'static str,
     /// Decoder layers run, MoE layers among them, routed and shared experts.
     pub shape: ModelShape,
     /// Per-layer module formats.
@@ -145,7 +145,10 @@ impl LoadReport {
             architecture: architecture(&plan.raw_config),
             layout: plan.prefix,
             quantization: plan.quant.describe(),
-            activations: options.activations,
+            activations: match options.activations {
+                ActivationMode::Quantized => "quantized",
+                ActivationMode::Unquantized => "unquantized",
+            },
             shape: ModelShape {
                 layers: c.num_hidden_layers,
                 moe_layers: (0..c.num_hidden_layers)
@@ -179,7 +182,7 @@ impl LoadReport {
         let _ = writeln!(w, "architecture {}", self.architecture);
         let _ = writeln!(w, "layout       {:?}", self.layout);
         let _ = writeln!(w, "quantization {}", self.quantization);
-        let _ = writeln!(w, "activations  {:?}", self.activations);
+        let _ = writeln!(w, "activations  {}", self.activations);
         let m = &self.shape;
         let _ = writeln!(
             w,
@@ -198,9 +201,19 @@ impl LoadReport {
             self.tensors_used, self.checkpoint_bytes
         );
         let _ = writeln!(w, "\nlayer schemes:");
-        for l in &self.layers {
-            let _ = writeln!(w, "  layer {} ({}):", l.layer, l.kind);
-            for (module, format) in &l.schemes {
+        // Runs of layers with identical schemes print once (a 61-layer model has two runs).
+        for run in self
+            .layers
+            .chunk_by(|a, b| a.kind == b.kind && a.schemes == b.schemes)
+        {
+            let (first, last) = (run[0].layer, run[run.len() - 1].layer);
+            let span = if first == last {
+                format!("layer {first}")
+            } else {
+                format!("layers {first}-{last}")
+            };
+            let _ = writeln!(w, "  {span} ({}):", run[0].kind);
+            for (module, format) in &run[0].schemes {
                 let _ = writeln!(w, "    {module:<32} {format}");
             }
         }

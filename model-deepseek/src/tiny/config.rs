@@ -110,7 +110,7 @@ fn text_config(spec: &TinySpec) -> Value {
         "qk_rope_head_dim": 8,
         "v_head_dim": 16,
         "n_routed_experts": spec.n_routed_experts,
-        "n_shared_experts": 1,
+        "n_shared_experts": spec.n_shared_experts,
         "num_experts_per_tok": 8,
         "n_group": n_group,
         "topk_group": topk_group,

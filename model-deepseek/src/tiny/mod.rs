@@ -75,6 +75,9 @@ pub struct TinySpec {
     pub shared_experts: SharedExperts,
     /// Routed experts per MoE layer (256 as DeepSeek-V3, 384 as Kimi).
     pub n_routed_experts: usize,
+    /// Shared experts per MoE layer (1 in every published DeepSeek-V3/Kimi model; 2 as in
+    /// DeepSeek-V2, whose shared MLP is twice as wide).
+    pub n_shared_experts: usize,
     /// Seed of every random value.
     pub seed: u64,
 }
@@ -85,6 +88,7 @@ impl Default for TinySpec {
             layout: TinyLayout::DeepseekV3,
             shared_experts: SharedExperts::Quantized,
             n_routed_experts: 256,
+            n_shared_experts: 1,
             seed: 0,
         }
     }

@@ -139,7 +139,7 @@ pub(super) fn write_weights(dir: &Path, spec: &TinySpec, config: &Value) -> Resu
         TinyLayout::KimiK25 => Prefix::KimiNested,
         TinyLayout::KimiK25Flat => Prefix::KimiFlat,
     };
-    let quant = QuantPlan::new(parsed.quantization.as_ref(), parsed.layout)
+    let quant = QuantPlan::new(parsed.quantization.as_ref(), prefix)
         .map_err(|e| TinyError::Spec(format!("generated quantization config: {e}")))?;
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed);
     // Shard by layer group: globals and the vision tower first, then one shard per layer.
@@ -150,7 +150,7 @@ pub(super) fn write_weights(dir: &Path, spec: &TinySpec, config: &Value) -> Resu
             let name = prefix.checkpoint_name(&w.name);
             let format = match w.role {
                 Role::Linear => quant
-                    .linear_format(&name)
+                    .linear_format(&w.name)
                     .map_err(|e| TinyError::Spec(e.to_string()))?,
                 _ => LinearFormat::Bf16,
             };

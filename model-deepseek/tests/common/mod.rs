@@ -1,5 +1,8 @@
 //! Tiny configs and models shared by the forward-pass tests.
 
+// Each test crate includes this module and uses a different subset of it.
+#![allow(dead_code)]
+
 use model_deepseek::synthetic::{SyntheticSpec, synthetic_weights};
 use model_deepseek::{ActivationMode, ForwardOptions, Model, ModelConfig, parse_config};
 

@@ -150,8 +150,9 @@ pub enum ActivationMode {
 
 /// `out[m, n] = x[m, k] · w[n, k]ᵀ` in f32.
 ///
-/// Every output element is [`dot`]`(x_i, w_j)`, whatever `m` and the thread count; rayon
-/// splits rows when there are at least as many rows as threads, else output columns.
+/// Every output element is the same f32 dot product of `x_i` and `w_j` (eight interleaved
+/// partial sums), whatever `m` and the thread count; rayon splits rows when there are at least
+/// as many rows as threads, else output columns.
 pub fn matmul(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     assert_eq!(x.len(), m * k, "matmul: x is not [m, k]");
     assert_eq!(w.len(), n * k, "matmul: w is not [n, k]");

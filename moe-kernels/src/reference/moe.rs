@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 
 /// `out_t = rsf · Σ_s w_{t,s} · expert_{e_{t,s}}(x_t)` for each of the `m` rows of `x`.
 ///
-/// `routes` holds the same number of slots for every token (`routes.len() / m`), e.g. the
-/// output of [`super::route_noaux_tc`] for each token, concatenated. This is the single place
-/// the routed scaling factor `rsf` is applied: after the weighted sum over every slot, fused
-/// shared slots included (which is why those carry weight `1/rsf`). An unfused shared expert
-/// is added by the caller after this sum, unscaled.
+/// `routes` holds the same number of slots for every token (`routes.len() / m`; `m` may be
+/// 0), e.g. the output of [`super::route_noaux_tc`] for each token, concatenated. This is the
+/// single place the routed scaling factor `rsf` is applied: after the weighted sum over every
+/// slot, fused shared slots included (which is why those carry weight `1/rsf`). An unfused
+/// shared expert is added by the caller after this sum, unscaled.
 ///
 /// Tokens are grouped by expert and each expert runs once on its rows; since every reference
 /// op computes each row independently, a token's output does not depend on the grouping.
@@ -27,11 +27,14 @@ pub fn moe_forward(
     mode: ActivationMode,
     out: &mut [f32],
 ) {
+    if m == 0 {
+        return;
+    }
     assert!(
-        m > 0 && routes.len().is_multiple_of(m),
+        routes.len().is_multiple_of(m),
         "moe_forward: routes not [m, slots]"
     );
-    assert_eq!(x.len() % m, 0, "moe_forward: x not [m, hidden]");
+    assert!(x.len().is_multiple_of(m), "moe_forward: x not [m, hidden]");
     let h = x.len() / m;
     assert_eq!(out.len(), x.len(), "moe_forward: out not [m, hidden]");
     let slots = routes.len() / m;

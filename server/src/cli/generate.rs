@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
+use model_deepseek::ActivationMode;
 use model_deepseek::fusion::FusionMode;
-use model_deepseek::loader::{self, Activations, LoadOptions};
+use model_deepseek::loader::{self, LoadOptions};
 use model_deepseek::{KvCache, SeqId, SequenceChunk};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -130,8 +131,8 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let options = LoadOptions {
         fusion: args.fusion,
         activations: match args.activations {
-            ActivationsArg::Quantized => Activations::Quantized,
-            ActivationsArg::Bf16 => Activations::Unquantized,
+            ActivationsArg::Quantized => ActivationMode::Quantized,
+            ActivationsArg::Bf16 => ActivationMode::Unquantized,
         },
     };
     let loaded = match loader::load(&args.dir, &options) {

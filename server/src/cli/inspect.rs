@@ -1,5 +1,6 @@
 //! `mxserve inspect`: check a checkpoint before serving it.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use model_deepseek::fusion::FusionMode;
@@ -18,6 +19,14 @@ pub struct Args {
     pub fusion: FusionMode,
 }
 
+/// Writes to stdout; a reader that stops early (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `mxserve inspect`; returns the process exit code: 0 when the checkpoint can be served,
 /// 1 when it cannot (every problem is listed, or the error that stopped the check is printed).
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -30,7 +39,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Err(e) => {
             if args.json {
                 let error = serde_json::json!({ "servable": false, "error": e.to_string() });
-                println!("{}", serde_json::to_string_pretty(&error)?);
+                emit(&format!("{}\n", serde_json::to_string_pretty(&error)?))?;
             } else {
                 eprintln!("error: {e}");
                 eprintln!("the checkpoint cannot be served");
@@ -41,9 +50,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.json {
         let mut value = serde_json::to_value(&report)?;
         value["servable"] = report.servable().into();
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        emit(&format!("{}\n", serde_json::to_string_pretty(&value)?))?;
     } else {
-        print!("{}", report.to_text());
+        emit(&report.to_text())?;
     }
     Ok(if report.servable() { 0 } else { 1 })
 }
