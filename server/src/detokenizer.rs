@@ -45,7 +45,14 @@ impl Detokenizer {
         let full = tokenizer.decode(&self.tokens[self.prefix_offset..], true)?;
         self.prefix_offset = self.tokens.len();
         self.read_offset = self.tokens.len();
-        Ok(full.strip_prefix(&prefix).unwrap_or("").to_string())
+        // Decoders that rewrite earlier text (rare) break the prefix property; then send
+        // what follows the longest common prefix rather than nothing.
+        let common = full
+            .char_indices()
+            .zip(prefix.chars())
+            .find(|((_, a), b)| a != b)
+            .map_or(prefix.len().min(full.len()), |((i, _), _)| i);
+        Ok(full.get(common..).unwrap_or("").to_string())
     }
 }
 
