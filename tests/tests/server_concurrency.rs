@@ -189,7 +189,23 @@ async fn gauge(addr: std::net::SocketAddr, name: &str) -> f64 {
 async fn a_client_that_goes_away_frees_its_sequence() {
     let server = start(limits(), 1 << 20).await;
     let addr = server.addr;
-    let body = json!({"model": MODEL, "prompt": "a long story", "max_tokens": 2000, "temperature": 0.8, "stream": true}).to_string();
+    let max_tokens = 300;
+    // A seed whose completion runs to max_tokens, so only cancellation can end it early.
+    let mut seed = None;
+    for s in 0..20 {
+        let body = json!({"model": MODEL, "prompt": "a long story", "max_tokens": max_tokens, "temperature": 0.8, "seed": s});
+        let reply = client::post(addr, "/v1/completions", body.to_string())
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        if v["choices"][0]["finish_reason"] == "length" {
+            seed = Some(s);
+            break;
+        }
+    }
+    let seed = seed.expect("no seed in 0..20 runs to max_tokens");
+    let generated_before = gauge(addr, "mxserve_generated_tokens_total").await;
+    let body = json!({"model": MODEL, "prompt": "a long story", "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": true}).to_string();
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "POST /v1/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -204,7 +220,6 @@ async fn a_client_that_goes_away_frees_its_sequence() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
         assert!(!seen.starts_with("HTTP/1.1 4"), "request refused: {seen}");
     }
-    assert_eq!(gauge(addr, "mxserve_running_sequences").await, 1.0);
     drop(tcp);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -219,6 +234,11 @@ async fn a_client_that_goes_away_frees_its_sequence() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let generated = gauge(addr, "mxserve_generated_tokens_total").await - generated_before;
+    assert!(
+        generated < f64::from(max_tokens),
+        "the sequence ran to its end ({generated} tokens) instead of being cancelled"
+    );
     server.shutdown().await;
 }
 
