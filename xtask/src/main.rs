@@ -3,9 +3,9 @@
 //! Each task lives in a module of its own, named for the task.
 
 mod bench_cpu_decode;
+mod bench_serve;
 mod check_kernels;
 mod device_check;
-mod bench_serve;
 mod serve;
 mod test;
 mod tiny_model;
