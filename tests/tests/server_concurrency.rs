@@ -190,20 +190,7 @@ async fn a_client_that_goes_away_frees_its_sequence() {
     let server = start(limits(), 1 << 20).await;
     let addr = server.addr;
     let max_tokens = 300;
-    // A seed whose completion runs to max_tokens, so only cancellation can end it early.
-    let mut seed = None;
-    for s in 0..20 {
-        let body = json!({"model": MODEL, "prompt": "a long story", "max_tokens": max_tokens, "temperature": 0.8, "seed": s});
-        let reply = client::post(addr, "/v1/completions", body.to_string())
-            .await
-            .unwrap();
-        let v: Value = serde_json::from_slice(&reply.body).unwrap();
-        if v["choices"][0]["finish_reason"] == "length" {
-            seed = Some(s);
-            break;
-        }
-    }
-    let seed = seed.expect("no seed in 0..20 runs to max_tokens");
+    let seed = seed_that_runs_to_length(addr, "a long story", max_tokens).await;
     let generated_before = gauge(addr, "mxserve_generated_tokens_total").await;
     let body = json!({"model": MODEL, "prompt": "a long story", "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": true}).to_string();
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -279,9 +266,13 @@ async fn shutdown_lets_a_running_stream_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_shutdown_deadline_a_stream_is_cancelled_with_an_error() {
-    let server = start_with_deadline(limits(), 1 << 20, Duration::from_millis(300)).await;
+    let server = start_with_deadline(limits(), 1 << 20, Duration::from_millis(20)).await;
     let addr = server.addr;
-    let body = json!({"model": MODEL, "prompt": "never ending", "max_tokens": 2400, "temperature": 0.8, "seed": 3, "stream": true});
+    // A sampled completion that cannot stop by itself before the deadline: its seed runs to
+    // max_tokens, which takes ten times longer than the 20 ms deadline.
+    let max_tokens = 300;
+    let seed = seed_that_runs_to_length(addr, "a long story", max_tokens).await;
+    let body = json!({"model": MODEL, "prompt": "a long story", "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": true});
     let stream = tokio::spawn(async move {
         client::stream(addr, "/v1/completions", &body)
             .await
@@ -305,4 +296,24 @@ async fn past_the_shutdown_deadline_a_stream_is_cancelled_with_an_error() {
             .contains("shut down"),
         "{error}"
     );
+}
+
+/// A seed whose sampled completion of `prompt` runs to `max_tokens` (finish_reason "length"), so
+/// only cancellation or shutdown can end its stream early.
+async fn seed_that_runs_to_length(
+    addr: std::net::SocketAddr,
+    prompt: &str,
+    max_tokens: u32,
+) -> u64 {
+    for seed in 0..40 {
+        let body = json!({"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed});
+        let reply = client::post(addr, "/v1/completions", body.to_string())
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&reply.body).unwrap();
+        if v["choices"][0]["finish_reason"] == "length" {
+            return seed;
+        }
+    }
+    panic!("no seed in 0..40 completes {prompt:?} to {max_tokens} tokens");
 }

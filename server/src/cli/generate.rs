@@ -7,8 +7,7 @@ use model_deepseek::ActivationMode;
 use model_deepseek::fusion::FusionMode;
 use model_deepseek::loader::{self, LoadOptions};
 use model_deepseek::{KvCache, SeqId, SequenceChunk};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use server::sampling::{Sampler, SamplingParams};
 
 /// Activation handling as spelled on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -52,45 +51,12 @@ pub struct Args {
     pub logits_out: Option<PathBuf>,
 }
 
-/// Picks the next token from `logits`.
-fn choose(logits: &[f32], args: &Args, rng: &mut ChaCha8Rng) -> anyhow::Result<u32> {
+/// Picks the next token with the server's sampler, after refusing non-finite logits.
+fn choose(logits: &[f32], sampler: &mut Sampler) -> anyhow::Result<u32> {
     if let Some((i, v)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         bail!("logit {i} is {v}: the model produced a non-finite value");
     }
-    let argmax = || {
-        let mut best = 0;
-        for (i, &v) in logits.iter().enumerate() {
-            if v > logits[best] {
-                best = i;
-            }
-        }
-        best
-    };
-    let index = if args.greedy {
-        argmax()
-    } else {
-        let t = args.temperature;
-        if !(t.is_finite() && t > 0.0) {
-            bail!("--temperature must be a positive number, got {t}");
-        }
-        let max = logits[argmax()];
-        let weights: Vec<f64> = logits
-            .iter()
-            .map(|&v| f64::from((v - max) / t).exp())
-            .collect();
-        let total: f64 = weights.iter().sum();
-        let mut r = rng.random::<f64>() * total;
-        let mut pick = weights.len() - 1;
-        for (i, w) in weights.iter().enumerate() {
-            if r < *w {
-                pick = i;
-                break;
-            }
-            r -= w;
-        }
-        pick
-    };
-    Ok(u32::try_from(index)?)
+    Ok(sampler.sample(logits))
 }
 
 fn write_logits(
@@ -158,12 +124,27 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .context("prompt forward pass")?
         .pop()
         .context("the forward pass returned no logits")?;
-    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let temperature = if args.greedy {
+        0.0
+    } else if args.temperature.is_finite() && args.temperature > 0.0 {
+        args.temperature
+    } else {
+        bail!(
+            "--temperature must be a positive number, got {}",
+            args.temperature
+        );
+    };
+    let mut sampler = Sampler::new(SamplingParams {
+        temperature,
+        top_k: 0,
+        top_p: 1.0,
+        seed: args.seed,
+    });
     let mut generated_logits = Vec::with_capacity(args.max_tokens * vocab);
     let mut ids = Vec::with_capacity(args.max_tokens);
     let mut logits = prompt.row(prompt.rows - 1).to_vec();
     for step in 0..args.max_tokens {
-        let id = choose(&logits, &args, &mut rng)?;
+        let id = choose(&logits, &mut sampler)?;
         generated_logits.extend_from_slice(&logits);
         ids.push(id);
         if step + 1 < args.max_tokens {
