@@ -1,0 +1,733 @@
+// Mixture-of-experts layer for MXFP4 experts, decode / small-batch path (HIP dialect).
+//
+// One layer = route -> align -> (quantize activations) -> gate_up -> down -> combine.
+// The shared expert is one more expert slot (fused variant) or a second pass over the same
+// kernels with its own weights (unfused variant); the combine kernel sums either.
+//
+// Defines (set by the launcher; part of the compile-cache key):
+//   WARP_SIZE   threads per wave, from the runtime (64 on CDNA, 32 on NVIDIA); never assumed
+//   MOE_HIDDEN  hidden size H (multiple of 32); default: DeepSeek-V3 / Kimi-K2.5
+//   MOE_INTER   expert intermediate size I (multiple of 32)
+// check-defines: MOE_HIDDEN=256 MOE_INTER=128
+//
+// Weight layout per expert slot e (0 <= e < total slots):
+//   w13 [e][2I][H/2]  bytes, two E2M1 codes each, low nibble = even element;
+//                     rows 0..I-1 are gate_proj, rows I..2I-1 are up_proj
+//   s13 [e][2I][H/32] E8M0 scales
+//   w2  [e][H][I/2],  s2 [e][H][I/32]
+// Activations quantized for W4A4 are kept as int8 holding twice the E2M1 value (-12..12), so
+// that a 4-way int8 dot product is exact; their E8M0 scale is stored per 32 as usual.
+
+#ifndef MOE_HIDDEN
+#define MOE_HIDDEN 7168
+#endif
+#ifndef MOE_INTER
+#define MOE_INTER 2048
+#endif
+#if (MOE_HIDDEN % 32) != 0 || (MOE_INTER % 32) != 0
+#error "MOE_HIDDEN and MOE_INTER must be multiples of the MX block size 32"
+#endif
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+#define MX_BLOCK 32
+#define MOE_NEG_INF (-__uint_as_float(0x7f800000u))
+// Block shapes; the launcher sets them (it sizes the grids from the same numbers).
+// Waves per block of the GEMV kernels; rows handled per wave in the down projection.
+#ifndef MOE_WARPS
+#define MOE_WARPS 8
+#endif
+#ifndef MOE_DOWN_ROWS
+#define MOE_DOWN_ROWS 2
+#endif
+// Pairs whose activations meet one decoded weight fragment (and are staged in shared memory
+// together). Larger tiles cost registers and shared memory, and with them waves in flight.
+#define GATE_UP_TOKS_A4 3
+#define GATE_UP_TOKS_A16 2
+#define DOWN_TOKS_A4 8
+#define DOWN_TOKS_A16 2
+#define MOE_THREADS (MOE_WARPS * WARP_SIZE)
+// 16-byte weight chunks (32 elements) per lane along one row.
+#define H_CHUNKS (MOE_HIDDEN / MX_BLOCK)
+#define I_CHUNKS (MOE_INTER / MX_BLOCK)
+#define H_PER_LANE ((H_CHUNKS + WARP_SIZE - 1) / WARP_SIZE)
+#define I_PER_LANE ((I_CHUNKS + WARP_SIZE - 1) / WARP_SIZE)
+
+// ---------------------------------------------------------------------------------------------
+// Scalar helpers
+
+// E8M0 code -> 2^(code-127). Code 0 is the float32 denormal 2^-127; 255 (NaN) is rejected by
+// the loader and never produced here.
+__device__ __forceinline__ float e8m0_to_f32(u32 code) {
+    return __uint_as_float(code ? code << 23 : 0x00400000u);
+}
+
+// 2^n for -149 <= n <= 127, exactly.
+__device__ __forceinline__ float exp2i(int n) {
+    return n >= -126 ? __uint_as_float((u32)(n + 127) << 23) : __uint_as_float(1u << (n + 149));
+}
+
+// Shared exponent of an MX block from its absolute maximum (OCP MX v1.0: floor(log2 amax) - 2;
+// with `even`, amax's mantissa is first rounded to one bit, [1.75, 2) going up). Clamped to
+// the E8M0 range; an all-zero block gets the smallest scale.
+__device__ __forceinline__ int mx_shared_exp(float amax, int even) {
+    if (!(amax > 0.0f)) return -127;
+    u32 bits = __float_as_uint(amax);
+    int biased = (int)(bits >> 23);
+    u32 mant = bits & 0x7fffffu;
+    int lg;
+    if (biased == 0) {  // float32 denormal: normalise the mantissa
+        int lead = 31 - __clz(mant);
+        lg = lead - 149;
+        mant = (mant << (23 - lead)) & 0x7fffffu;
+    } else {
+        lg = biased - 127;
+    }
+    if (even && mant >= 0x600000u) lg += 1;
+    int s = lg - 2;
+    return s < -127 ? -127 : (s > 127 ? 127 : s);
+}
+
+// Rounds an already scaled value to the E2M1 grid (half to even, saturating at 6) and returns
+// twice the result (-12..12), exact as int8.
+__device__ __forceinline__ int e2m1_round_x2(float v) {
+    float a = fabsf(v);
+    int q = a <= 0.25f ? 0
+          : a < 0.75f  ? 1
+          : a <= 1.25f ? 2
+          : a < 1.75f  ? 3
+          : a <= 2.5f  ? 4
+          : a < 3.5f   ? 6
+          : a <= 5.0f  ? 8
+                       : 12;
+    return v < 0.0f ? -q : q;
+}
+
+// Quantizes 32 floats to MXFP4; writes 32 int8 (doubled E2M1) and returns the E8M0 code.
+__device__ __forceinline__ u32 quantize_block32(const float* v, i8* out, int even) {
+    float amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < MX_BLOCK; ++k) amax = fmaxf(amax, fabsf(v[k]));
+    int e = mx_shared_exp(amax, even);
+    float inv = exp2i(-e);
+#pragma unroll
+    for (int k = 0; k < MX_BLOCK; ++k) out[k] = (i8)e2m1_round_x2(v[k] * inv);
+    return (u32)(e + 127);
+}
+
+// ---------------------------------------------------------------------------------------------
+// E2M1 decoding
+
+// Eight E2M1 codes (element n in nibble n) -> eight int8 holding twice each value, elements
+// 0..3 in `lo` and 4..7 in `hi` (byte n = element n), ready for a 4-way int8 dot product.
+__device__ __forceinline__ void e2m1x8_to_i8x8(u32 x, int& lo, int& hi) {
+#if defined(__HIP_PLATFORM_NVIDIA__)
+    // Byte-permute lookups: magnitude tables for codes 0..7, then the byte-wise sign mask from
+    // PRMT's sign-replicate mode (selector bit 3), then a bitwise select.
+    const u32 pos_lo = 0x03020100u, pos_hi = 0x0c080604u;  // 0 1 2 3 | 4 6 8 12
+    const u32 neg_lo = 0xfdfeff00u, neg_hi = 0xf4f8fafcu;  // negated
+    u32 s0 = x & 0x7777u, s1 = (x >> 16) & 0x7777u, x4 = x << 4;
+    u32 p0, n0, p1, n1, m0, m1;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(p0) : "r"(pos_lo), "r"(pos_hi), "r"(s0));
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(n0) : "r"(neg_lo), "r"(neg_hi), "r"(s0));
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(p1) : "r"(pos_lo), "r"(pos_hi), "r"(s1));
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(n1) : "r"(neg_lo), "r"(neg_hi), "r"(s1));
+    // Sign of element n is bit 4n+3 of x: bit 7 of byte n/2 of x (odd n) or of x<<4 (even n).
+    asm("prmt.b32 %0, %1, %2, 0x9D8C;" : "=r"(m0) : "r"(x), "r"(x4));
+    asm("prmt.b32 %0, %1, %2, 0xBFAE;" : "=r"(m1) : "r"(x), "r"(x4));
+    lo = (int)((p0 & ~m0) | (n0 & m0));
+    hi = (int)((p1 & ~m1) | (n1 & m1));
+#else
+    const int mag[8] = {0, 1, 2, 3, 4, 6, 8, 12};
+    u32 r[2] = {0u, 0u};
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+        u32 c = (x >> (4 * n)) & 0xfu;
+        int v = (c & 8u) ? -mag[c & 7u] : mag[c & 7u];
+        r[n >> 2] |= ((u32)v & 0xffu) << (8 * (n & 3));
+    }
+    lo = (int)r[0];
+    hi = (int)r[1];
+#endif
+}
+
+__device__ __forceinline__ int dot4_i8(int a, int b, int c) {
+#if defined(__HIP_PLATFORM_NVIDIA__)
+    return __dp4a(a, b, c);
+#else
+    return __builtin_amdgcn_sdot4(a, b, c, false);
+#endif
+}
+
+// E2M1 code -> its value as float. The bit pattern sign|eem<<22 is value * 2^-126 (the
+// subnormal code 1 becomes a float32 denormal); one multiply restores it exactly.
+__device__ __forceinline__ float e2m1_to_f32(u32 x, int n) {
+    u32 c = x >> (4 * n);
+    return __uint_as_float(((c & 8u) << 28) | ((c & 7u) << 22)) * 0x1p126f;
+}
+
+// Dot product of 32 E2M1 weights (one 16-byte chunk) with 32 doubled-int8 activations, as a
+// float (exact: |result| <= 32 * 12 * 12). Four independent chains of two dot4 steps keep the
+// pipeline busy (one chain of eight serialises on the dot4 latency); the int -> float
+// conversion goes through the 1.5 * 2^23 magic number (two full-rate ops, not a quarter-rate
+// conversion).
+__device__ __forceinline__ float dot_w4a4_chunk(const int* wq, const uint4& a0, const uint4& a1) {
+    int d0 = dot4_i8(wq[0], (int)a0.x, 0);
+    int d1 = dot4_i8(wq[1], (int)a0.y, 0);
+    int d2 = dot4_i8(wq[2], (int)a0.z, 0);
+    int d3 = dot4_i8(wq[3], (int)a0.w, 0);
+    d0 = dot4_i8(wq[4], (int)a1.x, d0);
+    d1 = dot4_i8(wq[5], (int)a1.y, d1);
+    d2 = dot4_i8(wq[6], (int)a1.z, d2);
+    d3 = dot4_i8(wq[7], (int)a1.w, d3);
+    int d = (d0 + d1) + (d2 + d3);
+    return __int_as_float(0x4b400000 + d) - 12582912.0f;
+}
+
+__device__ __forceinline__ void decode_chunk_i8(const uint4& w, int* wq) {
+    e2m1x8_to_i8x8(w.x, wq[0], wq[1]);
+    e2m1x8_to_i8x8(w.y, wq[2], wq[3]);
+    e2m1x8_to_i8x8(w.z, wq[4], wq[5]);
+    e2m1x8_to_i8x8(w.w, wq[6], wq[7]);
+}
+
+// Unscaled dot product of the 8 E2M1 weights in `w` with 8 bf16 activations.
+__device__ __forceinline__ float dot_w4a16_word(u32 w, const uint4& a, float acc) {
+    u32 as[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int n = 0; n < 8; ++n) {
+        u32 pair = as[n >> 1];
+        float a_f = __uint_as_float((n & 1) ? (pair & 0xffff0000u) : (pair << 16));
+        acc = fmaf(e2m1_to_f32(w, n), a_f, acc);
+    }
+    return acc;
+}
+
+// Unscaled dot product of 32 E2M1 weights (one 16-byte chunk) with 32 bf16 activations.
+__device__ __forceinline__ float dot_w4a16_chunk(const uint4& w, const u16* a) {
+    const uint4* av = (const uint4*)a;
+    float acc = 0.0f;
+    acc = dot_w4a16_word(w.x, av[0], acc);
+    acc = dot_w4a16_word(w.y, av[1], acc);
+    acc = dot_w4a16_word(w.z, av[2], acc);
+    acc = dot_w4a16_word(w.w, av[3], acc);
+    return acc;
+}
+
+// Unscaled dot product of 32 E2M1 weights with 32 f32 activations.
+__device__ __forceinline__ float dot_w4a32_chunk(const uint4& w, const float* a) {
+    const float4* av = (const float4*)a;
+    u32 ws[4] = {w.x, w.y, w.z, w.w};
+    float acc = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        float4 v = av[q];
+        u32 word = ws[q >> 1];
+        int base = (q & 1) * 4;
+        acc = fmaf(e2m1_to_f32(word, base), v.x, acc);
+        acc = fmaf(e2m1_to_f32(word, base + 1), v.y, acc);
+        acc = fmaf(e2m1_to_f32(word, base + 2), v.z, acc);
+        acc = fmaf(e2m1_to_f32(word, base + 3), v.w, acc);
+    }
+    return acc;
+}
+
+__device__ __forceinline__ float wave_sum(float v) {
+#pragma unroll
+    for (int off = WARP_SIZE / 2; off > 0; off >>= 1) v += __shfl_xor(v, off);
+    return v;
+}
+
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// ---------------------------------------------------------------------------------------------
+// Routing: noaux_tc (sigmoid scores, correction bias for selection only, group-limited top-k,
+// weights from the unbiased scores) with `shared_slots` fused shared slots appended.
+//
+// One block per token; dynamic shared memory: 2 * n_experts floats.
+// Output rows have `top_k + shared_slots` slots: the routed experts in descending order of
+// the biased score (ties to the lower index), then the shared slots n_experts + j with weight
+// 1/rsf (rsf itself is applied once, by the combine). Routed weights are the unbiased scores,
+// divided by their sum (+1e-20) when `norm_topk_prob`.
+
+#ifndef ROUTE_THREADS
+#define ROUTE_THREADS 256
+#endif
+#ifndef ROUTE_MAX_TOPK
+#define ROUTE_MAX_TOPK 64
+#endif
+#ifndef ROUTE_MAX_GROUPS
+#define ROUTE_MAX_GROUPS 64
+#endif
+
+__device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi) {
+    if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
+}
+
+extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
+moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ bias, int n_tokens,
+                   int n_experts, int n_group, int topk_group, int top_k, int norm_topk_prob,
+                   float routed_scaling_factor, int shared_slots,
+                   int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
+    extern __shared__ float route_smem[];
+    float* score = route_smem;               // unbiased sigmoid scores
+    float* choice = route_smem + n_experts;  // biased scores; -inf once excluded or taken
+    __shared__ float red_v[ROUTE_THREADS / WARP_SIZE];
+    __shared__ int red_i[ROUTE_THREADS / WARP_SIZE];
+    __shared__ int chosen[ROUTE_MAX_TOPK];
+    __shared__ float group_score[ROUTE_MAX_GROUPS];
+    __shared__ int group_keep[ROUTE_MAX_GROUPS];
+
+    const int t = blockIdx.x;
+    if (t >= n_tokens) return;
+    const float* row = logits + (size_t)t * n_experts;
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {
+        float s = 1.0f / (1.0f + expf(-row[e]));
+        score[e] = s;
+        choice[e] = s + bias[e];
+    }
+    __syncthreads();
+
+    if (topk_group < n_group) {
+        const int per_group = n_experts / n_group;
+        for (int g = threadIdx.x; g < n_group; g += blockDim.x) {
+            float a = MOE_NEG_INF, b = MOE_NEG_INF;  // the group's two largest biased scores
+            for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
+                float v = choice[e];
+                if (v > a) { b = a; a = v; } else if (v > b) { b = v; }
+            }
+            group_score[g] = a + b;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int g = 0; g < n_group; ++g) group_keep[g] = 0;
+            for (int k = 0; k < topk_group; ++k) {
+                int best = -1;
+                for (int g = 0; g < n_group; ++g)
+                    if (!group_keep[g] && (best < 0 || group_score[g] > group_score[best])) best = g;
+                group_keep[best] = 1;
+            }
+        }
+        __syncthreads();
+        for (int e = threadIdx.x; e < n_experts; e += blockDim.x)
+            if (!group_keep[e / per_group]) choice[e] = MOE_NEG_INF;
+        __syncthreads();
+    }
+
+    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    const int n_waves = blockDim.x / WARP_SIZE;
+    for (int k = 0; k < top_k; ++k) {
+        float v = MOE_NEG_INF;
+        int i = 0x7fffffff;
+        for (int e = threadIdx.x; e < n_experts; e += blockDim.x) argmax_merge(v, i, choice[e], e);
+#pragma unroll
+        for (int off = WARP_SIZE / 2; off > 0; off >>= 1)
+            argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
+        if (lane == 0) { red_v[wave] = v; red_i[wave] = i; }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < n_waves; ++w) argmax_merge(v, i, red_v[w], red_i[w]);
+            chosen[k] = i;
+            choice[i] = MOE_NEG_INF;
+        }
+        __syncthreads();
+    }
+
+    if (threadIdx.x == 0) {
+        const int slots = top_k + shared_slots;
+        float sum = 0.0f;
+        for (int k = 0; k < top_k; ++k) sum += score[chosen[k]];
+        const float denom = sum + 1e-20f;
+        for (int k = 0; k < top_k; ++k) {
+            float s = score[chosen[k]];
+            topk_ids[(size_t)t * slots + k] = chosen[k];
+            topk_weights[(size_t)t * slots + k] = norm_topk_prob ? s / denom : s;
+        }
+        for (int j = 0; j < shared_slots; ++j) {
+            topk_ids[(size_t)t * slots + top_k + j] = n_experts + j;
+            topk_weights[(size_t)t * slots + top_k + j] = 1.0f / routed_scaling_factor;
+        }
+    }
+}
+
+// Every token to every one of `n_slots` experts with weight 1: the routing of a separate
+// (unfused) shared MLP, split into `n_slots` slots.
+extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, int* __restrict__ topk_ids,
+                                         float* __restrict__ topk_weights) {
+    int p = blockIdx.x * blockDim.x + threadIdx.x;
+    if (p >= n_tokens * n_slots) return;
+    topk_ids[p] = p % n_slots;
+    topk_weights[p] = 1.0f;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Align: group the (token, slot) pairs by expert.
+//
+// Single block; dynamic shared memory: 2 * n_experts ints.
+//   offsets[n_experts + 1]  start of each expert's pairs in the sorted order
+//   sorted_pairs[n_pairs]   flat pair index (token * slots + slot), grouped by expert
+//   pair_pos[n_pairs]       inverse: the sorted position of each flat pair index
+//   active[n_experts]       experts with at least one pair, ascending; n_active[0] = count
+// The order inside one expert's group is unspecified; no consumer depends on it.
+
+#ifndef ALIGN_THREADS
+#define ALIGN_THREADS 1024
+#endif
+
+extern "C" __global__ void __launch_bounds__(ALIGN_THREADS)
+moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int* __restrict__ offsets,
+          int* __restrict__ sorted_pairs, int* __restrict__ pair_pos, int* __restrict__ active,
+          int* __restrict__ n_active) {
+    extern __shared__ int align_smem[];
+    int* count = align_smem;
+    int* cursor = align_smem + n_experts;
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) count[e] = 0;
+    __syncthreads();
+    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&count[topk_ids[p]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int run = 0, act = 0;
+        for (int e = 0; e < n_experts; ++e) {
+            offsets[e] = run;
+            cursor[e] = run;
+            if (count[e] > 0) active[act++] = e;
+            run += count[e];
+        }
+        offsets[n_experts] = run;
+        n_active[0] = act;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
+        int pos = atomicAdd(&cursor[topk_ids[p]], 1);
+        sorted_pairs[pos] = p;
+        pair_pos[p] = pos;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dynamic MXFP4 quantization of activations [rows][cols] (cols a multiple of 32), one thread
+// per block of 32: bf16 input (the layer input) or f32 input (the expert intermediate).
+
+__device__ __forceinline__ void load_block32(const u16* src, float* v) {
+    const uint4* s = (const uint4*)src;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        uint4 w = s[q];
+        u32 ws[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            v[q * 8 + 2 * j] = __uint_as_float(ws[j] << 16);
+            v[q * 8 + 2 * j + 1] = __uint_as_float(ws[j] & 0xffff0000u);
+        }
+    }
+}
+
+__device__ __forceinline__ void load_block32(const float* src, float* v) {
+    const float4* s = (const float4*)src;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+        float4 w = s[q];
+        v[4 * q] = w.x; v[4 * q + 1] = w.y; v[4 * q + 2] = w.z; v[4 * q + 3] = w.w;
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_blocks, int even,
+                                              i8* __restrict__ xq, u8* __restrict__ xs) {
+    size_t blk = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (blk >= n_blocks) return;
+    float v[MX_BLOCK];
+    load_block32(x + blk * MX_BLOCK, v);
+    __attribute__((aligned(16))) i8 out[MX_BLOCK];
+    xs[blk] = (u8)quantize_block32(v, out, even);
+    uint4* dst = (uint4*)(xq + blk * MX_BLOCK);
+    const uint4* o = (const uint4*)out;
+    dst[0] = o[0];
+    dst[1] = o[1];
+}
+
+extern "C" __global__ void moe_quantize_bf16(const u16* __restrict__ x, int rows, int cols, int even,
+                                             i8* __restrict__ xq, u8* __restrict__ xs) {
+    quantize_rows(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+}
+
+extern "C" __global__ void moe_quantize_f32(const float* __restrict__ x, int rows, int cols, int even,
+                                            i8* __restrict__ xq, u8* __restrict__ xs) {
+    quantize_rows(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Expert GEMVs. Grid: (row tiles, experts of the active list); a block whose blockIdx.y is past
+// the active count exits. `expert_base` is added to the expert index when addressing weights,
+// so the unfused shared pass reads the shared slots of the same stacked weights.
+
+struct ExpertRange {
+    int e, begin, end;
+};
+
+__device__ __forceinline__ bool expert_of_block(const int* offsets, const int* active, const int* n_active,
+                                                ExpertRange& r) {
+    if ((int)blockIdx.y >= n_active[0]) return false;
+    int e = active[blockIdx.y];
+    r.e = e;
+    r.begin = offsets[e];
+    r.end = offsets[e + 1];
+    return true;
+}
+
+// Gate+up with SiLU(gate) * up fused. A block covers MOE_WARPS/2 intermediate rows j: its first
+// half of waves streams the gate rows, the second half the matching up rows (each lane keeps
+// its 16-byte chunks of one row in registers, all in flight before use). Pairs routed to the
+// expert are taken TOKS at a time: their activation rows (x is [tokens][H]) are staged in
+// shared memory once per block, every wave dots its row with them, and the SiLU(gate) * up
+// epilogue meets the two halves through shared memory. Output h[sorted position][I] in f32.
+template <bool A4>
+__device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u8* __restrict__ s13,
+                                             int expert_base, const void* __restrict__ act,
+                                             const u8* __restrict__ act_scale, const int* __restrict__ offsets,
+                                             const int* __restrict__ sorted_pairs, const int* __restrict__ active,
+                                             const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    constexpr int TOKS = A4 ? GATE_UP_TOKS_A4 : GATE_UP_TOKS_A16;
+    constexpr int ROWS = MOE_WARPS / 2;
+    constexpr int ROW_VECS = (A4 ? MOE_HIDDEN : 2 * MOE_HIDDEN) / 16;  // 16-byte vectors per token
+    __shared__ uint4 stage[TOKS * ROW_VECS];
+    __shared__ u8 stage_scale[A4 ? TOKS * H_CHUNKS : 1];
+    __shared__ float partial[MOE_WARPS][TOKS];
+    ExpertRange r;
+    if (!expert_of_block(offsets, active, n_active, r)) return;
+    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    const int j = blockIdx.x * ROWS + wave % ROWS;
+    const bool valid = j < MOE_INTER;  // waves past the last row still meet every barrier
+    const size_t row = ((size_t)(r.e + expert_base) * 2 + wave / ROWS) * MOE_INTER + (valid ? j : 0);
+    const u8* w_row = w13 + row * (MOE_HIDDEN / 2);
+    const u8* s_row = s13 + row * H_CHUNKS;
+
+    // W4A4 keeps the whole row in registers; W4A16 spends them on the float decode instead
+    // and loads each chunk where it is used.
+    constexpr int PRE = A4 ? H_PER_LANE : 1;
+    uint4 w[PRE];
+    float sw[PRE];
+    if (A4 && valid) {
+#pragma unroll
+        for (int i = 0; i < PRE; ++i) {
+            int c = lane + i * WARP_SIZE;
+            if (c < H_CHUNKS) {
+                w[i] = ((const uint4*)w_row)[c];
+                sw[i] = e8m0_to_f32(s_row[c]);
+            }
+        }
+    }
+
+    for (int p0 = r.begin; p0 < r.end; p0 += TOKS) {
+        const int n = min(TOKS, r.end - p0);
+        __syncthreads();  // the previous tile's stage and partial sums are consumed
+        for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) {
+            int q = v / ROW_VECS;
+            size_t t = (size_t)(sorted_pairs[p0 + q] / slots);
+            stage[v] = ((const uint4*)act)[t * ROW_VECS + v % ROW_VECS];
+        }
+        if (A4) {
+            for (int v = threadIdx.x; v < n * H_CHUNKS; v += blockDim.x) {
+                size_t t = (size_t)(sorted_pairs[p0 + v / H_CHUNKS] / slots);
+                stage_scale[v] = act_scale[t * H_CHUNKS + v % H_CHUNKS];
+            }
+        }
+        __syncthreads();
+        float acc[TOKS];
+#pragma unroll
+        for (int q = 0; q < TOKS; ++q) acc[q] = 0.0f;
+        if (valid) {
+            // W4A16 keeps the chunk loop rolled: unrolled, the compiler hoists every chunk's
+            // loads and spills.
+#pragma unroll(A4 ? H_PER_LANE : 1)
+            for (int i = 0; i < H_PER_LANE; ++i) {
+                int c = lane + i * WARP_SIZE;
+                if (c >= H_CHUNKS) break;
+                if (A4) {
+                    int wq[8];
+                    decode_chunk_i8(w[i], wq);
+#pragma unroll
+                    for (int q = 0; q < TOKS; ++q) {
+                        if (q >= n) break;
+                        const uint4* a = (const uint4*)((const i8*)stage + q * MOE_HIDDEN + c * MX_BLOCK);
+                        float sa = e8m0_to_f32(stage_scale[q * H_CHUNKS + c]) * 0.25f;
+                        acc[q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw[i] * sa, acc[q]);
+                    }
+                } else {
+                    uint4 w4 = ((const uint4*)w_row)[c];
+                    float sc = e8m0_to_f32(s_row[c]);
+#pragma unroll
+                    for (int q = 0; q < TOKS; ++q) {
+                        if (q >= n) break;
+                        const u16* a = (const u16*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
+                        acc[q] = fmaf(dot_w4a16_chunk(w4, a), sc, acc[q]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int q = 0; q < TOKS; ++q) {
+            float sum = wave_sum(acc[q]);
+            if (lane == 0) partial[wave][q] = sum;
+        }
+        __syncthreads();
+        for (int v = threadIdx.x; v < n * ROWS; v += blockDim.x) {
+            int jj = v % ROWS, q = v / ROWS, jr = blockIdx.x * ROWS + jj;
+            if (jr < MOE_INTER) h[(size_t)(p0 + q) * MOE_INTER + jr] = silu_mul(partial[jj][q], partial[ROWS + jj][q]);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
+moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,
+                 const i8* __restrict__ xq, const u8* __restrict__ xs, const int* __restrict__ offsets,
+                 const int* __restrict__ sorted_pairs, const int* __restrict__ active,
+                 const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    gate_up_body<true>(w13, s13, expert_base, xq, xs, offsets, sorted_pairs, active, n_active, slots, h);
+}
+
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
+moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,
+                  const u16* __restrict__ x, const int* __restrict__ offsets,
+                  const int* __restrict__ sorted_pairs, const int* __restrict__ active,
+                  const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    gate_up_body<false>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
+}
+
+// Down projection, MOE_DOWN_ROWS output rows per wave (in registers). The pairs of the expert
+// are contiguous in sorted order, TOKS of their activation rows (quantized hq, hs for W4A4,
+// f32 h for W4A16; [pairs][I]) staged in shared memory per tile.
+// Output y[sorted position][H] in f32, unweighted: the combine applies the routing weights.
+template <bool A4>
+__device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base,
+                                          const void* __restrict__ act, const u8* __restrict__ act_scale,
+                                          const int* __restrict__ offsets, const int* __restrict__ active,
+                                          const int* __restrict__ n_active, float* __restrict__ y) {
+    constexpr int TOKS = A4 ? DOWN_TOKS_A4 : DOWN_TOKS_A16;
+    constexpr int ROW_VECS = (A4 ? MOE_INTER : 4 * MOE_INTER) / 16;
+    __shared__ uint4 stage[TOKS * ROW_VECS];
+    __shared__ u8 stage_scale[A4 ? TOKS * I_CHUNKS : 1];
+    ExpertRange r;
+    if (!expert_of_block(offsets, active, n_active, r)) return;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int row0 = (blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE) * MOE_DOWN_ROWS;
+    const bool valid = row0 < MOE_HIDDEN;  // waves past the last row still meet every barrier
+    const size_t row_bytes = MOE_INTER / 2;
+    const size_t e = (size_t)(r.e + expert_base);
+
+    uint4 w[MOE_DOWN_ROWS][I_PER_LANE];
+    float sw[MOE_DOWN_ROWS][I_PER_LANE];
+    if (valid) {
+#pragma unroll
+        for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
+            int row = min(row0 + k, MOE_HIDDEN - 1);  // a clamped duplicate row is computed, not stored
+#pragma unroll
+            for (int i = 0; i < I_PER_LANE; ++i) {
+                int c = lane + i * WARP_SIZE;
+                if (c < I_CHUNKS) {
+                    w[k][i] = ((const uint4*)(w2 + (e * MOE_HIDDEN + row) * row_bytes))[c];
+                    sw[k][i] = e8m0_to_f32(s2[(e * MOE_HIDDEN + row) * I_CHUNKS + c]);
+                }
+            }
+        }
+    }
+
+    for (int p0 = r.begin; p0 < r.end; p0 += TOKS) {
+        const int n = min(TOKS, r.end - p0);
+        __syncthreads();  // the previous tile is consumed
+        const uint4* src = (const uint4*)act + (size_t)p0 * ROW_VECS;
+        for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) stage[v] = src[v];
+        if (A4)
+            for (int v = threadIdx.x; v < n * I_CHUNKS; v += blockDim.x)
+                stage_scale[v] = act_scale[(size_t)p0 * I_CHUNKS + v];
+        __syncthreads();
+        if (!valid) continue;
+        float acc[MOE_DOWN_ROWS][TOKS];
+#pragma unroll
+        for (int k = 0; k < MOE_DOWN_ROWS; ++k)
+#pragma unroll
+            for (int q = 0; q < TOKS; ++q) acc[k][q] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < I_PER_LANE; ++i) {
+            int c = lane + i * WARP_SIZE;
+            if (c >= I_CHUNKS) break;
+#pragma unroll
+            for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
+                if (A4) {
+                    int wq[8];
+                    decode_chunk_i8(w[k][i], wq);
+#pragma unroll
+                    for (int q = 0; q < TOKS; ++q) {
+                        if (q >= n) break;
+                        const uint4* a = (const uint4*)((const i8*)stage + q * MOE_INTER + c * MX_BLOCK);
+                        float sa = e8m0_to_f32(stage_scale[q * I_CHUNKS + c]) * 0.25f;
+                        acc[k][q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw[k][i] * sa, acc[k][q]);
+                    }
+                } else {
+#pragma unroll
+                    for (int q = 0; q < TOKS; ++q) {
+                        if (q >= n) break;
+                        const float* a = (const float*)stage + q * MOE_INTER + c * MX_BLOCK;
+                        acc[k][q] = fmaf(dot_w4a32_chunk(w[k][i], a), sw[k][i], acc[k][q]);
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < MOE_DOWN_ROWS; ++k)
+#pragma unroll
+            for (int q = 0; q < TOKS; ++q) {
+                float sum = wave_sum(acc[k][q]);
+                if (lane == 0 && q < n && row0 + k < MOE_HIDDEN) y[(size_t)(p0 + q) * MOE_HIDDEN + row0 + k] = sum;
+            }
+    }
+}
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
+moe_down_w4a4(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const i8* __restrict__ hq,
+              const u8* __restrict__ hs, const int* __restrict__ offsets, const int* __restrict__ active,
+              const int* __restrict__ n_active, float* __restrict__ y) {
+    down_body<true>(w2, s2, expert_base, hq, hs, offsets, active, n_active, y);
+}
+
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
+moe_down_w4a16(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const float* __restrict__ h,
+               const int* __restrict__ offsets, const int* __restrict__ active, const int* __restrict__ n_active,
+               float* __restrict__ y) {
+    down_body<false>(w2, s2, expert_base, h, nullptr, offsets, active, n_active, y);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Combine: out[t] = scale_a * sum_s w_a[t,s] * y_a[pos_a[t,s]] + sum_s w_b[t,s] * y_b[pos_b[t,s]],
+// slots summed in order (so the result does not depend on the align order). Routing a is the
+// routed experts with any fused shared slots, scale_a the routed scaling factor; routing b is
+// the unfused shared MLP (n_slots_b = 0 when fused). One block per token; bf16 out.
+
+extern "C" __global__ void moe_combine(const float* __restrict__ y_a, const int* __restrict__ pos_a,
+                                       const float* __restrict__ w_a, int n_slots_a, float scale_a,
+                                       const float* __restrict__ y_b, const int* __restrict__ pos_b,
+                                       const float* __restrict__ w_b, int n_slots_b, u16* __restrict__ out) {
+    const int t = blockIdx.x;
+    for (int c = threadIdx.x * 4; c < MOE_HIDDEN; c += blockDim.x * 4) {
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int s = 0; s < n_slots_a; ++s) {
+            float w = w_a[(size_t)t * n_slots_a + s];
+            float4 v = *(const float4*)(y_a + (size_t)pos_a[(size_t)t * n_slots_a + s] * MOE_HIDDEN + c);
+            acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
+            acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
+        }
+        acc.x *= scale_a; acc.y *= scale_a; acc.z *= scale_a; acc.w *= scale_a;
+        for (int s = 0; s < n_slots_b; ++s) {
+            float w = w_b[(size_t)t * n_slots_b + s];
+            float4 v = *(const float4*)(y_b + (size_t)pos_b[(size_t)t * n_slots_b + s] * MOE_HIDDEN + c);
+            acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
+            acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
+        }
+        uint2 o;
+        o.x = (u32)mx_float_to_bf16(acc.x) | ((u32)mx_float_to_bf16(acc.y) << 16);
+        o.y = (u32)mx_float_to_bf16(acc.z) | ((u32)mx_float_to_bf16(acc.w) << 16);
+        *(uint2*)(out + (size_t)t * MOE_HIDDEN + c) = o;
+    }
+}

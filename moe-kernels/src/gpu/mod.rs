@@ -1,0 +1,15 @@
+//! Typed launchers for the HIP kernels in `moe-kernels/kernels/`, on any GPU `runtime-rocm`
+//! opens (AMD through hiprtc, NVIDIA through NVRTC).
+//!
+//! Every launcher mirrors the CPU reference op it is checked against
+//! ([`crate::reference`]): same parameters, same meaning; only the data lives on the device.
+
+mod error;
+mod moe;
+mod synthetic;
+
+pub use error::GpuError;
+pub use moe::{
+    MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing, SharedExpertMode,
+};
+pub use synthetic::Synthetic;
