@@ -8,6 +8,7 @@ mod attention;
 pub mod config;
 mod feed_forward;
 pub mod fusion;
+pub mod gpu;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
