@@ -5,6 +5,7 @@
 //! ([`crate::reference`]): same parameters, same meaning; only the data lives on the device.
 
 mod error;
+pub mod model_ops;
 mod moe;
 mod synthetic;
 
