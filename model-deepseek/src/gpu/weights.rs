@@ -77,7 +77,7 @@ pub(crate) struct DeviceMoe {
 /// One layer's feed-forward block on the device.
 #[derive(Debug)]
 pub(crate) enum DeviceFfn {
-    Dense(DeviceMlp),
+    Dense(Box<DeviceMlp>),
     Moe(Box<DeviceMoe>),
 }
 
@@ -140,7 +140,9 @@ impl DeviceWeights {
                     o_proj: DeviceLinear::upload(device, &a.o_proj)?,
                 };
                 let ffn = match &layer.feed_forward {
-                    FeedForward::Dense(m) => DeviceFfn::Dense(DeviceMlp::upload(device, m)?),
+                    FeedForward::Dense(m) => {
+                        DeviceFfn::Dense(Box::new(DeviceMlp::upload(device, m)?))
+                    }
                     FeedForward::Moe(m) => {
                         DeviceFfn::Moe(Box::new(upload_moe(device, c, m, mode, i)?))
                     }

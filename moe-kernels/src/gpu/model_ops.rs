@@ -290,7 +290,7 @@ impl ModelOps {
         rule: ScaleRule,
         out: &mut DeviceBuffer<f32>,
     ) -> Result<(), GpuError> {
-        check_param("elements", elements, elements % BLOCK == 0, || {
+        check_param("elements", elements, elements.is_multiple_of(BLOCK), || {
             format!("a multiple of {BLOCK}")
         })?;
         room("x", x, elements)?;
