@@ -384,20 +384,40 @@ moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int* __r
     extern __shared__ int align_smem[];
     int* count = align_smem;
     int* cursor = align_smem + n_experts;
+    // Per-thread totals of (pairs, active experts) over a contiguous run of experts, scanned
+    // across the block (Hillis-Steele, both halves of an int2 at once).
+    __shared__ int2 scan[ALIGN_THREADS];
     for (int e = threadIdx.x; e < n_experts; e += blockDim.x) count[e] = 0;
     __syncthreads();
     for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&count[topk_ids[p]], 1);
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int run = 0, act = 0;
-        for (int e = 0; e < n_experts; ++e) {
-            offsets[e] = run;
-            cursor[e] = run;
-            if (count[e] > 0) active[act++] = e;
-            run += count[e];
-        }
-        offsets[n_experts] = run;
-        n_active[0] = act;
+    const int per_thread = (n_experts + blockDim.x - 1) / blockDim.x;
+    const int e0 = min(n_experts, (int)threadIdx.x * per_thread);
+    const int e1 = min(n_experts, e0 + per_thread);
+    int2 mine = make_int2(0, 0);
+    for (int e = e0; e < e1; ++e) {
+        mine.x += count[e];
+        mine.y += count[e] > 0;
+    }
+    scan[threadIdx.x] = mine;
+    __syncthreads();
+    for (int off = 1; off < (int)blockDim.x; off <<= 1) {
+        int2 v = threadIdx.x >= (unsigned)off ? scan[threadIdx.x - off] : make_int2(0, 0);
+        __syncthreads();
+        scan[threadIdx.x].x += v.x;
+        scan[threadIdx.x].y += v.y;
+        __syncthreads();
+    }
+    int run = scan[threadIdx.x].x - mine.x, act = scan[threadIdx.x].y - mine.y;  // exclusive
+    for (int e = e0; e < e1; ++e) {
+        offsets[e] = run;
+        cursor[e] = run;
+        if (count[e] > 0) active[act++] = e;
+        run += count[e];
+    }
+    if (threadIdx.x == blockDim.x - 1) {
+        offsets[n_experts] = scan[threadIdx.x].x;
+        n_active[0] = scan[threadIdx.x].y;
     }
     __syncthreads();
     for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
@@ -570,6 +590,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
         }
 #pragma unroll
         for (int q = 0; q < TOKS; ++q) {
+            if (q >= n) break;  // n is the same for the whole block: the shuffles stay uniform
             float sum = wave_sum(acc[q]);
             if (lane == 0) partial[wave][q] = sum;
         }
@@ -680,6 +701,7 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
         for (int k = 0; k < MOE_DOWN_ROWS; ++k)
 #pragma unroll
             for (int q = 0; q < TOKS; ++q) {
+                if (q >= n) break;  // uniform across the wave
                 float sum = wave_sum(acc[k][q]);
                 if (lane == 0 && q < n && row0 + k < MOE_HIDDEN) y[(size_t)(p0 + q) * MOE_HIDDEN + row0 + k] = sum;
             }
@@ -703,31 +725,32 @@ moe_down_w4a16(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_
 // Combine: out[t] = scale_a * sum_s w_a[t,s] * y_a[pos_a[t,s]] + sum_s w_b[t,s] * y_b[pos_b[t,s]],
 // slots summed in order (so the result does not depend on the align order). Routing a is the
 // routed experts with any fused shared slots, scale_a the routed scaling factor; routing b is
-// the unfused shared MLP (n_slots_b = 0 when fused). One block per token; bf16 out.
+// the unfused shared MLP (n_slots_b = 0 when fused). Grid (tokens, column blocks), four columns
+// per thread, so even one token spreads over many SMs; bf16 out.
 
 extern "C" __global__ void moe_combine(const float* __restrict__ y_a, const int* __restrict__ pos_a,
                                        const float* __restrict__ w_a, int n_slots_a, float scale_a,
                                        const float* __restrict__ y_b, const int* __restrict__ pos_b,
                                        const float* __restrict__ w_b, int n_slots_b, u16* __restrict__ out) {
     const int t = blockIdx.x;
-    for (int c = threadIdx.x * 4; c < MOE_HIDDEN; c += blockDim.x * 4) {
-        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int s = 0; s < n_slots_a; ++s) {
-            float w = w_a[(size_t)t * n_slots_a + s];
-            float4 v = *(const float4*)(y_a + (size_t)pos_a[(size_t)t * n_slots_a + s] * MOE_HIDDEN + c);
-            acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
-            acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
-        }
-        acc.x *= scale_a; acc.y *= scale_a; acc.z *= scale_a; acc.w *= scale_a;
-        for (int s = 0; s < n_slots_b; ++s) {
-            float w = w_b[(size_t)t * n_slots_b + s];
-            float4 v = *(const float4*)(y_b + (size_t)pos_b[(size_t)t * n_slots_b + s] * MOE_HIDDEN + c);
-            acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
-            acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
-        }
-        uint2 o;
-        o.x = (u32)mx_float_to_bf16(acc.x) | ((u32)mx_float_to_bf16(acc.y) << 16);
-        o.y = (u32)mx_float_to_bf16(acc.z) | ((u32)mx_float_to_bf16(acc.w) << 16);
-        *(uint2*)(out + (size_t)t * MOE_HIDDEN + c) = o;
+    const int c = (blockIdx.y * blockDim.x + threadIdx.x) * 4;
+    if (c >= MOE_HIDDEN) return;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    for (int s = 0; s < n_slots_a; ++s) {
+        float w = w_a[(size_t)t * n_slots_a + s];
+        float4 v = *(const float4*)(y_a + (size_t)pos_a[(size_t)t * n_slots_a + s] * MOE_HIDDEN + c);
+        acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
+        acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
     }
+    acc.x *= scale_a; acc.y *= scale_a; acc.z *= scale_a; acc.w *= scale_a;
+    for (int s = 0; s < n_slots_b; ++s) {
+        float w = w_b[(size_t)t * n_slots_b + s];
+        float4 v = *(const float4*)(y_b + (size_t)pos_b[(size_t)t * n_slots_b + s] * MOE_HIDDEN + c);
+        acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
+        acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
+    }
+    uint2 o;
+    o.x = (u32)mx_float_to_bf16(acc.x) | ((u32)mx_float_to_bf16(acc.y) << 16);
+    o.y = (u32)mx_float_to_bf16(acc.z) | ((u32)mx_float_to_bf16(acc.w) << 16);
+    *(uint2*)(out + (size_t)t * MOE_HIDDEN + c) = o;
 }

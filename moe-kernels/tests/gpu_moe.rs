@@ -219,12 +219,12 @@ fn check_layer(
         &mut want,
     );
     if mode == SharedExpertMode::Separate {
-        for e in shape.n_routed..shape.slots() {
+        for shared_expert in &experts[shape.n_routed..] {
             let mut y = vec![0f32; want.len()];
             mlp(
                 &x32,
                 n_tokens,
-                &experts[e],
+                shared_expert,
                 ActivationMode::Quantized,
                 &mut y,
             );

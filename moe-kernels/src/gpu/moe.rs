@@ -23,7 +23,7 @@ const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe.hip");
 /// Waves per block of the expert GEMV kernels (`MOE_WARPS`); gate_up splits them in two
 /// halves (gate rows, up rows), so it must be even.
 const WARPS: u32 = 8;
-const _: () = assert!(WARPS % 2 == 0);
+const _: () = assert!(WARPS.is_multiple_of(2));
 /// Output rows per wave of the down projection (`MOE_DOWN_ROWS`).
 const DOWN_ROWS: u32 = 2;
 /// Threads of the routing kernel (`ROUTE_THREADS`, its launch bound).
@@ -364,9 +364,12 @@ impl MoeKernels {
             });
         }
         for (parameter, value) in [("hidden", hidden), ("inter", inter)] {
-            check_param(parameter, value, value > 0 && value % BLOCK == 0, || {
-                format!("must be a positive multiple of the MX block size {BLOCK}")
-            })?;
+            check_param(
+                parameter,
+                value,
+                value > 0 && value.is_multiple_of(BLOCK),
+                || format!("must be a positive multiple of the MX block size {BLOCK}"),
+            )?;
         }
         let defines = Defines::new()
             .set("MOE_HIDDEN", hidden)
@@ -429,7 +432,7 @@ impl MoeKernels {
         check_param(
             "n_group",
             params.n_group,
-            n_routed % params.n_group == 0,
+            n_routed.is_multiple_of(params.n_group),
             || format!("must divide the {n_routed} routed experts"),
         )?;
         let group_size = n_routed / params.n_group;
@@ -518,7 +521,7 @@ impl MoeKernels {
         rule: ScaleRule,
         out: &mut QuantizedActivations,
     ) -> Result<(), GpuError> {
-        check_param("cols", cols, cols > 0 && cols % BLOCK == 0, || {
+        check_param("cols", cols, cols > 0 && cols.is_multiple_of(BLOCK), || {
             format!("a positive multiple of {BLOCK}")
         })?;
         check_len("x", rows * cols, x.len(), || {
@@ -739,7 +742,11 @@ impl MoeKernels {
         stream.launch(
             &self.combine,
             LaunchConfig {
-                grid: [to_u32("n_tokens", n_tokens)?, 1, 1],
+                grid: [
+                    to_u32("n_tokens", n_tokens)?,
+                    to_u32("hidden", self.hidden.div_ceil(4 * ELEMENT_THREADS as usize))?,
+                    1,
+                ],
                 block: [ELEMENT_THREADS, 1, 1],
                 shared_mem_bytes: 0,
             },
