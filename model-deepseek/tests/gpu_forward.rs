@@ -88,20 +88,16 @@ fn cases() -> Vec<Case> {
             (SharedExperts::Quantized, FusionMode::Off),
             (SharedExperts::Bf16, FusionMode::Auto),
         ] {
-            out.push(Case {
-                layout,
-                shared,
-                fusion,
-                activations: ActivationMode::Quantized,
-            });
+            for activations in [ActivationMode::Quantized, ActivationMode::Unquantized] {
+                out.push(Case {
+                    layout,
+                    shared,
+                    fusion,
+                    activations,
+                });
+            }
         }
     }
-    out.push(Case {
-        layout: TinyLayout::DeepseekV3,
-        shared: SharedExperts::Quantized,
-        fusion: FusionMode::Auto,
-        activations: ActivationMode::Unquantized,
-    });
     out
 }
 
@@ -125,6 +121,7 @@ fn name(case: &Case) -> String {
 #[test]
 fn logits_match_the_cpu_model_prefill_and_batched_decode() {
     let Some(device) = gpu() else { return };
+    let mut failures = Vec::new();
     for (i, case) in cases().iter().enumerate() {
         let seed = 100 + i as u64;
         let model = load(case, seed);
@@ -158,12 +155,13 @@ fn logits_match_the_cpu_model_prefill_and_batched_decode() {
             for (chunk, (g, w)) in chunks.iter().zip(got.iter().zip(&want)) {
                 let err = rel_l2(g, w);
                 worst = worst.max(err);
-                assert!(
-                    err <= LOGITS_TOLERANCE,
-                    "{}: {} logits rel L2 {err:.2e}",
-                    name(case),
-                    chunk.seq
-                );
+                if err > LOGITS_TOLERANCE {
+                    failures.push(format!(
+                        "{}: {} logits rel L2 {err:.2e}",
+                        name(case),
+                        chunk.seq
+                    ));
+                }
             }
         }
         for seq in [a, b, c] {
@@ -171,11 +169,13 @@ fn logits_match_the_cpu_model_prefill_and_batched_decode() {
         }
         println!("{}: worst logits rel L2 {worst:.2e}", name(case));
     }
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]
 fn greedy_generation_matches_the_cpu_model_token_for_token() {
     let Some(device) = gpu() else { return };
+    let mut failures = Vec::new();
     for (i, case) in cases().iter().enumerate() {
         let seed = 200 + i as u64;
         let model = load(case, seed);
@@ -189,6 +189,7 @@ fn greedy_generation_matches_the_cpu_model_token_for_token() {
             .collect();
         let (mut cpu_next, mut gpu_next) = (prompt.clone(), prompt);
         let (mut cpu_tokens, mut gpu_tokens) = (Vec::new(), Vec::new());
+        let mut margins = Vec::new();
         for _ in 0..GREEDY_TOKENS {
             let want = model
                 .forward(
@@ -208,19 +209,52 @@ fn greedy_generation_matches_the_cpu_model_token_for_token() {
                     &mut gpu_cache,
                 )
                 .unwrap();
+            margins.push(top2_margin(&want[0]));
             cpu_next = vec![argmax(&want[0])];
             gpu_next = vec![argmax(&got[0])];
             cpu_tokens.push(cpu_next[0]);
             gpu_tokens.push(gpu_next[0]);
         }
-        assert_eq!(gpu_tokens, cpu_tokens, "{}", name(case));
-        let distinct: std::collections::HashSet<_> = cpu_tokens.iter().collect();
-        println!(
-            "{}: {GREEDY_TOKENS} greedy tokens match ({} distinct)",
-            name(case),
-            distinct.len()
-        );
+        match gpu_tokens.iter().zip(&cpu_tokens).position(|(g, c)| g != c) {
+            None => {
+                let distinct: std::collections::HashSet<_> = cpu_tokens.iter().collect();
+                println!(
+                    "{}: {GREEDY_TOKENS} greedy tokens match ({} distinct)",
+                    name(case),
+                    distinct.len()
+                );
+            }
+            Some(step) => {
+                let line = format!(
+                    "{}: greedy diverges at token {step} (CPU top-2 logit margin there {:.3e}, \
+                     smallest margin before {:.3e})",
+                    name(case),
+                    margins[step],
+                    margins[..step]
+                        .iter()
+                        .copied()
+                        .fold(f32::INFINITY, f32::min)
+                );
+                println!("{line}");
+                failures.push(line);
+            }
+        }
     }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Gap between the largest and second-largest logit.
+fn top2_margin(v: &[f32]) -> f32 {
+    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in v {
+        if x > first {
+            second = first;
+            first = x;
+        } else if x > second {
+            second = x;
+        }
+    }
+    first - second
 }
 
 #[test]
