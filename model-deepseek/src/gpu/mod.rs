@@ -80,3 +80,14 @@ impl From<WeightsError> for GpuModelError {
         GpuModelError::Unsupported(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The server moves the model and its cache into its engine task.
+    #[test]
+    fn model_and_cache_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<super::GpuModel>();
+        send::<super::GpuKvCache>();
+    }
+}
