@@ -3,6 +3,8 @@
 //! not fit the device.
 
 use crate::config::ModelConfig;
+use crate::loader::catalog::Role;
+use crate::loader::{LinearFormat, Plan};
 use crate::weights::{FeedForward, Linear, MlpWeights, ModelWeights, QueryWeights};
 use thiserror::Error;
 
@@ -86,6 +88,44 @@ impl MemoryPlan {
         kv: KvBudget,
         max_batch_tokens: usize,
     ) -> Result<Self, PlanError> {
+        let slots = weights
+            .layers
+            .iter()
+            .filter_map(|l| match &l.feed_forward {
+                FeedForward::Moe(m) => Some(m.experts.len()),
+                FeedForward::Dense(_) => None,
+            })
+            .max();
+        Self::from_parts(
+            config,
+            device_weight_bytes(weights),
+            slots,
+            kv,
+            max_batch_tokens,
+        )
+    }
+
+    /// The plan for a checkpoint from its load plan, before any weight is read: a model that
+    /// cannot fit is refused without loading it. The MoE workspace is counted with the shared
+    /// expert's slots stacked next to the routed experts (exact when it has their format, a
+    /// few bytes over otherwise).
+    pub fn for_checkpoint(
+        plan: &Plan,
+        kv: KvBudget,
+        max_batch_tokens: usize,
+    ) -> Result<Self, PlanError> {
+        let c = &plan.config.model;
+        let slots = (c.n_routed_experts > 0).then(|| c.n_routed_experts + c.n_shared_experts);
+        Self::from_parts(c, planned_weight_bytes(plan), slots, kv, max_batch_tokens)
+    }
+
+    fn from_parts(
+        config: &ModelConfig,
+        weights: u64,
+        moe_slots: Option<usize>,
+        kv: KvBudget,
+        max_batch_tokens: usize,
+    ) -> Result<Self, PlanError> {
         let positive = |parameter, value: usize| {
             if value == 0 {
                 Err(PlanError::Parameter {
@@ -111,9 +151,9 @@ impl MemoryPlan {
             });
         }
         Ok(Self {
-            weights: device_weight_bytes(weights),
+            weights,
             kv_cache: (kv.tokens() * kv_bytes_per_token(config)) as u64,
-            workspace: workspace_bytes(config, weights, max_batch_tokens),
+            workspace: workspace_bytes(config, moe_slots, max_batch_tokens),
             reserve: DEFAULT_RESERVE_BYTES,
         })
     }
@@ -192,6 +232,34 @@ pub fn device_weight_bytes(w: &ModelWeights) -> u64 {
     total
 }
 
+/// Bytes the weights of a checkpoint's load plan will take on the device, as
+/// [`device_weight_bytes`] counts them once loaded: bf16 tensors widen to f32, MXFP4 layers
+/// keep codes and scales, `kv_b_proj` goes up dense; the multi-token-prediction layers (not
+/// run) are not counted.
+pub fn planned_weight_bytes(plan: &Plan) -> u64 {
+    let layers = plan.config.model.num_hidden_layers;
+    plan.expected
+        .iter()
+        .filter(|e| {
+            let layer = e
+                .canonical
+                .strip_prefix("model.layers.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            layer.is_none_or(|l| l < layers)
+        })
+        .map(|e| {
+            let elements: usize = e.shape.iter().product();
+            let dense = (elements * 4) as u64;
+            match (e.role, e.format) {
+                _ if e.canonical.ends_with("self_attn.kv_b_proj") => dense,
+                (Role::Linear, LinearFormat::Mxfp4 { .. }) => (elements / 2 + elements / 32) as u64,
+                _ => dense,
+            }
+        })
+        .sum()
+}
+
 /// Widest input of any linear layer (the activation fake-quantization scratch row).
 fn widest_input(c: &ModelConfig) -> usize {
     [
@@ -232,28 +300,19 @@ pub(crate) fn activation_widths(c: &ModelConfig) -> [(&'static str, usize); 14] 
 }
 
 /// Bytes of the workspace for `t` tokens per call.
-fn workspace_bytes(c: &ModelConfig, w: &ModelWeights, t: usize) -> u64 {
+fn workspace_bytes(c: &ModelConfig, moe_slots: Option<usize>, t: usize) -> u64 {
     let per_token: usize = activation_widths(c).iter().map(|(_, n)| n * 4).sum();
     // Rope cos/sin, positions, cache rows, token ids, rows to take logits of.
     let per_token_small = c.qk_rope_head_dim * 4 + 4 * 4;
     // Logits of up to every token, and the last-row copy of the residual stream.
     let logits = c.vocab_size * 4 + c.hidden_size * 4;
-    let moe = moe_workspace_bytes(c, w, t);
+    let moe = moe_slots.map_or(0, |slots| moe_workspace_bytes(c, slots, t));
     ((per_token + per_token_small + logits) * t) as u64 + moe
 }
 
-/// What `moe_kernels::gpu::MoeWorkspace::new` allocates for `t` tokens (mirrored from its
-/// buffers), plus the MoE's bf16 input and output; 0 for a model without MoE layers.
-fn moe_workspace_bytes(c: &ModelConfig, w: &ModelWeights, t: usize) -> u64 {
-    let slots = w
-        .layers
-        .iter()
-        .filter_map(|l| match &l.feed_forward {
-            FeedForward::Moe(m) => Some(m.experts.len()),
-            FeedForward::Dense(_) => None,
-        })
-        .max();
-    let Some(slots) = slots else { return 0 };
+/// What `moe_kernels::gpu::MoeWorkspace::new` allocates for `t` tokens and `slots` stacked
+/// experts (mirrored from its buffers), plus the MoE's bf16 input and output.
+fn moe_workspace_bytes(c: &ModelConfig, slots: usize, t: usize) -> u64 {
     let (h, inter) = (c.hidden_size, c.moe_intermediate_size);
     let n_shared = c.n_shared_experts;
     let pairs = t * (c.num_experts_per_tok + n_shared);
@@ -325,6 +384,44 @@ mod tests {
         // The workspace grows linearly with the batch.
         let bigger = MemoryPlan::new(&config, &weights, kv, 32).unwrap();
         assert!(bigger.workspace > plan.workspace && bigger.workspace <= 2 * plan.workspace + 64);
+    }
+
+    #[test]
+    fn a_checkpoint_plan_counts_what_its_loaded_weights_take() {
+        use crate::fusion::FusionMode;
+        use crate::loader::{self, LoadOptions};
+        use crate::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
+        let kv = KvBudget {
+            sequences: 2,
+            tokens_per_sequence: 64,
+        };
+        for (layout, experts) in [(TinyLayout::DeepseekV3, 256), (TinyLayout::KimiK25, 384)] {
+            for shared in [SharedExperts::Quantized, SharedExperts::Bf16] {
+                for fusion in [FusionMode::Auto, FusionMode::Off] {
+                    let dir = tempfile::tempdir().unwrap();
+                    let spec = TinySpec {
+                        layout,
+                        shared_experts: shared,
+                        n_routed_experts: experts,
+                        ..TinySpec::default()
+                    };
+                    write_tiny_checkpoint(dir.path(), &spec).unwrap();
+                    let options = LoadOptions {
+                        fusion,
+                        ..LoadOptions::default()
+                    };
+                    let planned = loader::plan(dir.path(), &options).unwrap();
+                    let before = MemoryPlan::for_checkpoint(&planned, kv, 8).unwrap();
+                    let model = loader::load(dir.path(), &options).unwrap().model;
+                    let after = MemoryPlan::new(model.config(), model.weights(), kv, 8).unwrap();
+                    let case = format!("{layout:?} {shared:?} {fusion:?}");
+                    assert_eq!(before.weights, after.weights, "{case}");
+                    assert_eq!(before.kv_cache, after.kv_cache, "{case}");
+                    // The checkpoint plan assumes the shared slots are stacked.
+                    assert!(before.workspace >= after.workspace, "{case}");
+                }
+            }
+        }
     }
 
     #[test]
