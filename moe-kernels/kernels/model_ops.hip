@@ -293,15 +293,3 @@ extern "C" __global__ void ops_add(float* __restrict__ x, const float* __restric
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += d[i];
 }
-
-// x += bf16 d (the MoE's output).
-extern "C" __global__ void ops_add_bf16(float* __restrict__ x, const u16* __restrict__ d, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] += mx_bf16_to_float(d[i]);
-}
-
-// out = bf16(x), round to nearest even (the MoE's input).
-extern "C" __global__ void ops_to_bf16(const float* __restrict__ x, int n, u16* __restrict__ out) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) out[i] = mx_float_to_bf16(x[i]);
-}

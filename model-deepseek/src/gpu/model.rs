@@ -1,6 +1,6 @@
 //! The forward pass on the GPU: the same graph as [`crate::Model`]'s, one launch per op, with
-//! the residual stream in f32 and the MoE's input and output in bf16 (the precision of the
-//! `moe_kernels::gpu` MoE layer).
+//! the residual stream in f32, the MoE layer included (`moe_kernels::gpu` with f32 input and
+//! output), so W4A4 quantizes the same f32 values as the CPU model.
 
 use super::GpuModelError;
 use super::cache::GpuKvCache;
@@ -8,7 +8,6 @@ use super::plan::{KvBudget, MemoryPlan, activation_widths};
 use super::weights::{DeviceFfn, DeviceMlp, DeviceMoe, DeviceQuery, DeviceWeights};
 use crate::config::ModelConfig;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
-use half::bf16;
 use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps};
 use moe_kernels::gpu::{MoeKernels, MoeWorkspace};
 use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
@@ -80,10 +79,8 @@ struct Call {
     pos: DeviceBuffer<i32>,
     cos: DeviceBuffer<f32>,
     sin: DeviceBuffer<f32>,
-    /// Exactly sized for the MoE launcher: router logits, bf16 input and output.
+    /// Router logits, exactly sized for the MoE launcher.
     router_logits: Option<DeviceBuffer<f32>>,
-    moe_x: Option<DeviceBuffer<bf16>>,
-    moe_out: Option<DeviceBuffer<bf16>>,
 }
 
 /// A [`Model`] resident on one GPU.
@@ -322,8 +319,6 @@ impl GpuModel {
             router_logits: moe
                 .then(|| d.alloc_zeroed(t * c.n_routed_experts))
                 .transpose()?,
-            moe_x: moe.then(|| d.alloc_zeroed(t * c.hidden_size)).transpose()?,
-            moe_out: moe.then(|| d.alloc_zeroed(t * c.hidden_size)).transpose()?,
         })
     }
 
@@ -528,7 +523,7 @@ fn mlp(
     Ok(())
 }
 
-/// `x += moe(normed)`: router logits in f32, the experts through `moe_kernels::gpu` in bf16.
+/// `x += moe(normed)`: router logits, then the experts through `moe_kernels::gpu`, all in f32.
 #[allow(clippy::too_many_arguments)]
 fn moe(
     ops: &ModelOps,
@@ -543,8 +538,6 @@ fn moe(
 ) -> Result<(), GpuModelError> {
     let missing = || GpuModelError::Unsupported("MoE buffers missing".into());
     let logits = call.router_logits.as_mut().ok_or_else(missing)?;
-    let x = call.moe_x.as_mut().ok_or_else(missing)?;
-    let out = call.moe_out.as_mut().ok_or_else(missing)?;
     ops.linear(
         s,
         &a.normed,
@@ -554,10 +547,19 @@ fn moe(
         &mut a.quant,
         logits,
     )?;
-    ops.to_bf16(s, &a.normed, t * h, x)?;
     kernels.forward(
-        s, &m.experts, &m.params, m.act, m.mode, x, logits, &m.bias, t, ws, out,
+        s,
+        &m.experts,
+        &m.params,
+        m.act,
+        m.mode,
+        &a.normed,
+        logits,
+        &m.bias,
+        t,
+        ws,
+        &mut a.delta,
     )?;
-    ops.add_bf16(s, &mut a.x, out, t * h)?;
+    ops.add(s, &mut a.x, &a.delta, t * h)?;
     Ok(())
 }

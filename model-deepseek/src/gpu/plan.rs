@@ -311,7 +311,7 @@ fn workspace_bytes(c: &ModelConfig, moe_slots: Option<usize>, t: usize) -> u64 {
 }
 
 /// What `moe_kernels::gpu::MoeWorkspace::new` allocates for `t` tokens and `slots` stacked
-/// experts (mirrored from its buffers), plus the MoE's bf16 input and output.
+/// experts (mirrored from its buffers); the MoE reads and writes the f32 activation buffers.
 fn moe_workspace_bytes(c: &ModelConfig, slots: usize, t: usize) -> u64 {
     let (h, inter) = (c.hidden_size, c.moe_intermediate_size);
     let n_shared = c.n_shared_experts;
@@ -328,8 +328,7 @@ fn moe_workspace_bytes(c: &ModelConfig, slots: usize, t: usize) -> u64 {
         + pairs * inter
         + pairs * inter / 32
         + pairs * h * 4
-        + shared_pairs * h * 4
-        + 2 * t * h * 2;
+        + shared_pairs * h * 4;
     bytes as u64
 }
 

@@ -11,6 +11,7 @@ mod synthetic;
 
 pub use error::GpuError;
 pub use moe::{
-    MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing, SharedExpertMode,
+    MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,
+    SharedExpertMode,
 };
 pub use synthetic::Synthetic;

@@ -1,7 +1,6 @@
 //! Launchers for the dense model ops in `kernels/model_ops.hip`: row gather, RMSNorm, f32 and
 //! MXFP4 linear layers (with dynamic MXFP4 activation quantization for W4A4), interleaved
-//! rotary embedding, latent-cache store, absorbed MLA attention, SwiGLU, residual adds and the
-//! bf16 hand-over to the MoE kernels.
+//! rotary embedding, latent-cache store, absorbed MLA attention, SwiGLU and residual adds.
 //!
 //! Each launcher computes what the CPU reference op of the same name computes
 //! ([`crate::reference`]), in f32, up to summation order. Buffers may be longer than a call
@@ -9,7 +8,6 @@
 //! The linear kernels are simple and correct (one wave per output element), not fast: a
 //! tuned GEMM, or vendor BLAS (hipBLASLt / cuBLASLt loaded at run time), is the next step.
 
-use half::bf16;
 use runtime_rocm::{
     Defines, Device, DeviceBuffer, Function, KernelSource, LaunchConfig, Stream, kernel_source,
 };
@@ -128,8 +126,6 @@ pub struct ModelOps {
     mla_attention: Function,
     silu_mul: Function,
     add: Function,
-    add_bf16: Function,
-    to_bf16: Function,
 }
 
 impl ModelOps {
@@ -154,8 +150,6 @@ impl ModelOps {
             mla_attention: f("ops_mla_attention")?,
             silu_mul: f("ops_silu_mul")?,
             add: f("ops_add")?,
-            add_bf16: f("ops_add_bf16")?,
-            to_bf16: f("ops_to_bf16")?,
         })
     }
 
@@ -480,42 +474,6 @@ impl ModelOps {
             &self.add,
             LaunchConfig::linear(n, THREADS),
             &[x, d, &int("n", n)?],
-        )?;
-        Ok(())
-    }
-
-    /// `x[..n] += d[..n]` with a bf16 `d`.
-    pub fn add_bf16(
-        &self,
-        stream: &Stream,
-        x: &mut DeviceBuffer<f32>,
-        d: &DeviceBuffer<bf16>,
-        n: usize,
-    ) -> Result<(), GpuError> {
-        room("x", x, n)?;
-        room("d", d, n)?;
-        stream.launch(
-            &self.add_bf16,
-            LaunchConfig::linear(n, THREADS),
-            &[x, d, &int("n", n)?],
-        )?;
-        Ok(())
-    }
-
-    /// `out[..n] = bf16(x[..n])`, rounded to nearest even.
-    pub fn to_bf16(
-        &self,
-        stream: &Stream,
-        x: &DeviceBuffer<f32>,
-        n: usize,
-        out: &mut DeviceBuffer<bf16>,
-    ) -> Result<(), GpuError> {
-        room("x", x, n)?;
-        room("out", out, n)?;
-        stream.launch(
-            &self.to_bf16,
-            LaunchConfig::linear(n, THREADS),
-            &[x, &int("n", n)?, out],
         )?;
         Ok(())
     }
