@@ -20,5 +20,5 @@ pub mod weights;
 pub use config::{CheckpointConfig, ConfigError, Layout, ModelConfig, parse_config};
 pub use kv_cache::{KvCache, SeqId};
 pub use model::{ForwardError, ForwardOptions, Model, ModelError, SequenceChunk};
-pub use moe_kernels::reference::ActivationMode;
+pub use moe_kernels::reference::{ActivationMode, RoutingMargin};
 pub use weights::ModelWeights;
