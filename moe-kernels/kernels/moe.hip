@@ -504,30 +504,16 @@ __device__ __forceinline__ bool expert_of_block(const int* offsets, const int* a
 // expert are taken TOKS at a time: their activation rows (x is [tokens][H]) are staged in
 // shared memory once per block, every wave dots its row with them, and the SiLU(gate) * up
 // epilogue meets the two halves through shared memory. Output h[sorted position][I] in f32.
-// One 16-byte vector of a staged activation row: as stored (E2M1 codes or bf16), or, for W4A16
-// from an f32 input, eight f32 values rounded to bf16 on the way in.
-template <bool X_F32>
-__device__ __forceinline__ uint4 stage_vec(const void* __restrict__ act, size_t i) {
-    if (X_F32) {
-        const float4* f = (const float4*)act + 2 * i;
-        float4 a = f[0], b = f[1];
-        return make_uint4((u32)mx_float_to_bf16(a.x) | ((u32)mx_float_to_bf16(a.y) << 16),
-                          (u32)mx_float_to_bf16(a.z) | ((u32)mx_float_to_bf16(a.w) << 16),
-                          (u32)mx_float_to_bf16(b.x) | ((u32)mx_float_to_bf16(b.y) << 16),
-                          (u32)mx_float_to_bf16(b.z) | ((u32)mx_float_to_bf16(b.w) << 16));
-    }
-    return ((const uint4*)act)[i];
-}
-
 template <bool A4, bool X_F32>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u8* __restrict__ s13,
                                              int expert_base, const void* __restrict__ act,
                                              const u8* __restrict__ act_scale, const int* __restrict__ offsets,
                                              const int* __restrict__ sorted_pairs, const int* __restrict__ active,
                                              const int* __restrict__ n_active, int slots, float* __restrict__ h) {
-    constexpr int TOKS = A4 ? GATE_UP_TOKS_A4 : GATE_UP_TOKS_A16;
+    // An f32 row is twice a bf16 row: one token per tile keeps it within static shared memory.
+    constexpr int TOKS = A4 ? GATE_UP_TOKS_A4 : (X_F32 ? 1 : GATE_UP_TOKS_A16);
     constexpr int ROWS = MOE_WARPS / 2;
-    constexpr int ROW_VECS = (A4 ? MOE_HIDDEN : 2 * MOE_HIDDEN) / 16;  // 16-byte vectors per token
+    constexpr int ROW_VECS = (A4 ? MOE_HIDDEN : (X_F32 ? 4 : 2) * MOE_HIDDEN) / 16;  // 16-byte vectors per token
     __shared__ uint4 stage[TOKS * ROW_VECS];
     __shared__ u8 stage_scale[A4 ? TOKS * H_CHUNKS : 1];
     __shared__ float partial[MOE_WARPS][TOKS];
@@ -562,7 +548,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
         for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) {
             int q = v / ROW_VECS;
             size_t t = (size_t)(sorted_pairs[p0 + q] / slots);
-            stage[v] = stage_vec<X_F32>(act, t * ROW_VECS + v % ROW_VECS);
+            stage[v] = ((const uint4*)act)[t * ROW_VECS + v % ROW_VECS];
         }
         if (A4) {
             for (int v = threadIdx.x; v < n * H_CHUNKS; v += blockDim.x) {
@@ -597,8 +583,13 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
 #pragma unroll
                     for (int q = 0; q < TOKS; ++q) {
                         if (q >= n) break;
-                        const u16* a = (const u16*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
-                        acc[q] = fmaf(dot_w4a16_chunk(w4, a), sc, acc[q]);
+                        if (X_F32) {
+                            const float* a = (const float*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
+                            acc[q] = fmaf(dot_w4a32_chunk(w4, a), sc, acc[q]);
+                        } else {
+                            const u16* a = (const u16*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
+                            acc[q] = fmaf(dot_w4a16_chunk(w4, a), sc, acc[q]);
+                        }
                     }
                 }
             }
@@ -633,7 +624,7 @@ moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, int ex
     gate_up_body<false, false>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
-// W4A16 from an f32 input: rounded to bf16 while staged, so shared memory holds the same bf16 tile.
+// Weight-only from an f32 input: the activations stay f32 (what the f32 reference computes).
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_gate_up_w4a16_f32(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,
                       const float* __restrict__ x, const int* __restrict__ offsets,

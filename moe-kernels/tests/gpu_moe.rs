@@ -165,9 +165,8 @@ fn small(n_routed: usize, n_shared: usize) -> MoeShape {
     }
 }
 
-/// Runs one layer on the GPU and the reference and compares them. The reference sees the
-/// input exactly as uploaded (so with f32 I/O and W4A16 the GPU's bf16 staging is part of the
-/// measured error).
+/// Runs one layer on the GPU and the reference and compares them; the reference sees the
+/// input exactly as uploaded.
 #[allow(clippy::too_many_arguments)]
 fn check_layer<T: Io>(
     kernels: &MoeKernels,

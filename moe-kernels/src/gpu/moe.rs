@@ -12,8 +12,9 @@
 //! The layer's input and output are bf16 or f32 ([`MoeIo`]): bf16 is the serving
 //! activation format; f32 lets a caller whose residual stream is f32 (the GPU model) quantize
 //! exactly the values the f32 reference quantizes. W4A4 quantizes the input as given, so an
-//! f32 input gives the reference's MXFP4 codes bit for bit; W4A16 rounds an f32 input to bf16
-//! as it stages it (an f32 tile of the production width would not fit shared memory).
+//! f32 input gives the reference's MXFP4 codes bit for bit; weight-only
+//! ([`ActivationQuant::None`]) multiplies an f32 input in f32 (W4A32, one token per gate_up
+//! tile so the f32 row fits shared memory; bf16 input keeps two).
 
 use half::bf16;
 use runtime_rocm::{
