@@ -2,36 +2,46 @@
 //! layouts, shared expert fused, unfused in the routed format, and unfused in bf16; W4A4 and
 //! weight-only (W4A16) activations. Skipped, with a message, where no GPU is present.
 //!
-//! Tolerance: the residual stream, attention and dense layers run in f32 on the GPU (each op
-//! matches its reference to ~1e-7, W4A4 dense layers bit for bit: `moe-kernels` test
-//! `gpu_model_ops`), but the MoE layer of `moe_kernels::gpu` takes its input and gives its
-//! output in bf16 (2^-9 relative rounding each). METHOD.md puts bf16-operand results at
-//! 1e-3..1e-2 relative L2; 3e-2 on each logits vector leaves room for two MoE layers in series.
+//! Precision: the GPU runs every op in f32 like the oracle, the MoE layer included
+//! (`moe_kernels::gpu` with f32 input and output: W4A4 quantizes the same f32 values to the
+//! same MXFP4 codes, weight-only multiplies f32 activations). Each op matches its reference to
+//! ~1e-7 (`moe-kernels` tests `gpu_model_ops`, `gpu_moe`), so logits agree to f32 summation
+//! order; 3e-2 relative L2 leaves room for an isolated W4A4 activation that summation order
+//! pushes across an E2M1 rounding boundary.
 //!
-//! Measured on the H100 (2026-11-28): W4A16 cases land at 1.1e-3..1.8e-3 except one token
-//! vector of one case (1.4e-1), and greedy decoding matches 40 of 40 tokens in five of six
-//! W4A16 cases. W4A4 cases land at 1.4e-1..1.8e-1 and diverge after 7..18 tokens: the MoE
-//! kernels quantize the bf16-rounded activation to MXFP4, and an element that bf16 moves across
-//! an E2M1 rounding boundary changes by a whole grid step, which the 64-wide tiny model
-//! amplifies layer by layer; the f32 CPU oracle quantizes the unrounded value. The CPU model
-//! shows the same on its own: with only its MoE input and output rounded to bf16 (a local
-//! experiment, not kept), its W4A4 logits moved by 7.3e-2 / 8.5e-2 (DeepSeek / Kimi layout)
-//! and greedy decoding diverged at tokens 7 / 26, while W4A16 moved by 1.3e-3 / 1.5e-3 and
-//! matched 40 of 40 tokens. These tests
-//! therefore fail on the device for W4A4 until the MoE takes f32 input (or the oracle rounds
-//! the MoE input to bf16 as the GPU does); see the helper report.
+//! Routing near-ties: the tiny models route 256 or 384 experts whose sigmoid scores are dense
+//! in (0, 1), so the gap between the last chosen and the first dropped expert (the
+//! [`RoutingMargin`], computed on the CPU) is often 1e-5 or less. Where a margin is within the
+//! router error, GPU and CPU may rightly choose different experts. The GPU's biased scores
+//! differ from the CPU's by f32 summation order alone: router logits of O(1) computed from an
+//! input that matches to ~1e-6 relative move a score (sigmoid' <= 1/4) by ~1e-6 at most;
+//! [`MIN_ROUTING_MARGIN`] is ten times that. Every logits vector or greedy token whose
+//! sequence has routed some token at a smaller margin is not compared; each is counted and
+//! printed, and the CPU-only test below asserts that such positions stay a small minority of
+//! the chosen prompts, so the GPU tests compare most of what they run.
+//!
+//! History: with the MoE in bf16 (input rounded to bf16 before MXFP4 quantization, bf16
+//! output) W4A4 cases landed at 1.4e-1..1.8e-1 on the H100 and greedy decoding diverged after
+//! 7..18 tokens; on the CPU the bf16 rounding of the MoE input alone moved the second MoE
+//! layer's biased scores by up to 1.1e-3 (median 3e-4), above most routing margins here.
 
 use model_deepseek::fusion::FusionMode;
 use model_deepseek::gpu::{GpuModel, GpuModelError, GpuOptions, KvBudget, PlanError};
 use model_deepseek::loader::{self, LoadOptions};
 use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
-use model_deepseek::{ActivationMode, KvCache, Model, SeqId, SequenceChunk};
+use model_deepseek::{ActivationMode, KvCache, Model, RoutingMargin, SeqId, SequenceChunk};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use runtime_rocm::Device;
 
 const LOGITS_TOLERANCE: f64 = 3e-2;
 const GREEDY_TOKENS: usize = 40;
+/// Smallest routing margin (biased-score units) at which GPU and CPU must choose the same
+/// experts: ten times the ~1e-6 f32 router-score error (module doc).
+const MIN_ROUTING_MARGIN: f32 = 1e-5;
+/// Fraction of the logits vectors, and of the greedy tokens, that must be comparable (every
+/// routing margin of their sequence so far at least [`MIN_ROUTING_MARGIN`]).
+const MIN_COMPARABLE: f64 = 0.75;
 
 fn gpu() -> Option<Device> {
     let device = runtime_rocm::enumerate()
@@ -130,57 +140,218 @@ fn name(case: &Case) -> String {
     )
 }
 
+/// The smallest routing margin of each token of one CPU forward call (over its MoE layers),
+/// tokens in chunk order.
+fn token_margins(per_layer: &[Vec<RoutingMargin>], tokens: usize) -> Vec<f32> {
+    (0..tokens)
+        .map(|t| {
+            per_layer
+                .iter()
+                .map(|layer| layer[t].min())
+                .fold(f32::INFINITY, f32::min)
+        })
+        .collect()
+}
+
+/// One step of the logits test: what is fed, what the CPU returns.
+struct LogitsStep {
+    feed: Vec<(SeqId, Vec<u32>)>,
+    /// CPU logits of each chunk's last token.
+    want: Vec<Vec<f32>>,
+    /// Per chunk: the smallest routing margin of its sequence so far (this step included).
+    history_margin: Vec<f32>,
+}
+
+/// The logits test's batches (two prefills of different lengths in one call, then decode
+/// steps mixing a new sequence's prefill with the others' single tokens) run on the CPU.
+fn logits_steps(model: &Model, seed: u64) -> Vec<LogitsStep> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vocab = model.config().vocab_size as u32;
+    let mut tokens =
+        |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
+    let (a, b, c) = (SeqId(1), SeqId(2), SeqId(3));
+    let feeds: Vec<Vec<(SeqId, Vec<u32>)>> = vec![
+        vec![(a, tokens(9)), (b, tokens(5))],
+        vec![(a, tokens(1)), (b, tokens(1))],
+        vec![(b, tokens(1)), (c, tokens(7)), (a, tokens(1))],
+        vec![(a, tokens(1)), (b, tokens(1)), (c, tokens(1))],
+    ];
+    let mut cache = KvCache::new(model.config(), 1024);
+    let mut history = std::collections::HashMap::new();
+    let mut steps = Vec::new();
+    for feed in feeds {
+        let chunks: Vec<SequenceChunk<'_>> = feed
+            .iter()
+            .map(|(seq, t)| SequenceChunk {
+                seq: *seq,
+                tokens: t,
+            })
+            .collect();
+        let n: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        let (want, per_layer) = model
+            .forward_with_routing_margins(&chunks, &mut cache)
+            .unwrap();
+        let margins = token_margins(&per_layer, n);
+        let mut start = 0;
+        let mut history_margin = Vec::new();
+        for chunk in &chunks {
+            let end = start + chunk.tokens.len();
+            let m = history.entry(chunk.seq).or_insert(f32::INFINITY);
+            *m = margins[start..end].iter().copied().fold(*m, f32::min);
+            history_margin.push(*m);
+            start = end;
+        }
+        steps.push(LogitsStep {
+            feed,
+            want,
+            history_margin,
+        });
+    }
+    steps
+}
+
+/// The greedy test's CPU run: the prompt, the CPU's tokens, and at each step the smallest
+/// routing margin of the sequence so far.
+struct GreedyRun {
+    prompt: Vec<u32>,
+    tokens: Vec<u32>,
+    history_margin: Vec<f32>,
+}
+
+const GREEDY_SEQ: SeqId = SeqId(7);
+
+fn greedy_run(model: &Model, seed: u64) -> GreedyRun {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let prompt: Vec<u32> = (0..6)
+        .map(|_| rng.random_range(0..model.config().vocab_size as u32))
+        .collect();
+    let mut cache = KvCache::new(model.config(), 1024);
+    let (mut next, mut tokens, mut history_margin) = (prompt.clone(), Vec::new(), Vec::new());
+    let mut history = f32::INFINITY;
+    for _ in 0..GREEDY_TOKENS {
+        let (want, per_layer) = model
+            .forward_with_routing_margins(
+                &[SequenceChunk {
+                    seq: GREEDY_SEQ,
+                    tokens: &next,
+                }],
+                &mut cache,
+            )
+            .unwrap();
+        history = token_margins(&per_layer, next.len())
+            .into_iter()
+            .fold(history, f32::min);
+        history_margin.push(history);
+        next = vec![argmax(&want[0])];
+        tokens.push(next[0]);
+    }
+    GreedyRun {
+        prompt,
+        tokens,
+        history_margin,
+    }
+}
+
+/// Greedy tokens compared before the first near-tie (all of them when there is none).
+fn comparable_tokens(run: &GreedyRun) -> usize {
+    run.history_margin
+        .iter()
+        .position(|m| *m < MIN_ROUTING_MARGIN)
+        .unwrap_or(GREEDY_TOKENS)
+}
+
+#[test]
+fn most_test_positions_route_with_margins_above_the_router_error() {
+    // CPU only: the GPU tests below compare only positions whose routing is decided by more
+    // than MIN_ROUTING_MARGIN; this keeps them from comparing little.
+    let (mut logits_ok, mut logits_all, mut greedy_ok) = (0usize, 0usize, 0usize);
+    for (i, case) in cases().iter().enumerate() {
+        let model = load(case, 100 + i as u64);
+        for step in logits_steps(&model, 100 + i as u64) {
+            logits_all += step.history_margin.len();
+            logits_ok += step
+                .history_margin
+                .iter()
+                .filter(|m| **m >= MIN_ROUTING_MARGIN)
+                .count();
+        }
+        let model = load(case, 200 + i as u64);
+        let run = greedy_run(&model, 200 + i as u64);
+        let comparable = comparable_tokens(&run);
+        let smallest = run.history_margin.last().copied().unwrap_or(f32::INFINITY);
+        println!(
+            "{}: greedy comparable for {comparable} of {GREEDY_TOKENS} tokens (smallest margin \
+             {smallest:.2e})",
+            name(case)
+        );
+        greedy_ok += comparable;
+    }
+    let greedy_all = cases().len() * GREEDY_TOKENS;
+    println!(
+        "logits vectors comparable: {logits_ok} of {logits_all}; greedy tokens: {greedy_ok} of \
+         {greedy_all}"
+    );
+    assert!(logits_ok as f64 >= MIN_COMPARABLE * logits_all as f64);
+    assert!(greedy_ok as f64 >= MIN_COMPARABLE * greedy_all as f64);
+}
+
 #[test]
 fn logits_match_the_cpu_model_prefill_and_batched_decode() {
     let Some(device) = gpu() else { return };
     let mut failures = Vec::new();
+    let (mut compared, mut near_ties) = (0usize, 0usize);
     for (i, case) in cases().iter().enumerate() {
         let seed = 100 + i as u64;
         let model = load(case, seed);
+        let steps = logits_steps(&model, seed);
         let mut gpu = GpuModel::new(&device, &model, options()).unwrap();
         let mut gpu_cache = gpu.new_cache().unwrap();
-        let mut cpu_cache = KvCache::new(model.config(), 1024);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let vocab = model.config().vocab_size as u32;
-        let mut tokens =
-            |n: usize| -> Vec<u32> { (0..n).map(|_| rng.random_range(0..vocab)).collect() };
-        let (a, b, c) = (SeqId(1), SeqId(2), SeqId(3));
-        // Two prefills of different lengths in one call, then decode steps mixing a new
-        // sequence's prefill with the others' single tokens.
-        let steps: Vec<Vec<(SeqId, Vec<u32>)>> = vec![
-            vec![(a, tokens(9)), (b, tokens(5))],
-            vec![(a, tokens(1)), (b, tokens(1))],
-            vec![(b, tokens(1)), (c, tokens(7)), (a, tokens(1))],
-            vec![(a, tokens(1)), (b, tokens(1)), (c, tokens(1))],
-        ];
         let mut worst = 0f64;
         for step in &steps {
             let chunks: Vec<SequenceChunk<'_>> = step
+                .feed
                 .iter()
                 .map(|(seq, t)| SequenceChunk {
                     seq: *seq,
                     tokens: t,
                 })
                 .collect();
-            let want = model.forward(&chunks, &mut cpu_cache).unwrap();
             let got = gpu.forward(&chunks, &mut gpu_cache).unwrap();
-            for (chunk, (g, w)) in chunks.iter().zip(got.iter().zip(&want)) {
-                let err = rel_l2(g, w);
+            for (k, chunk) in chunks.iter().enumerate() {
+                let err = rel_l2(&got[k], &step.want[k]);
+                let margin = step.history_margin[k];
+                if margin < MIN_ROUTING_MARGIN {
+                    near_ties += 1;
+                    println!(
+                        "{}: {} not compared: routing margin {margin:.2e} (rel L2 {err:.2e})",
+                        name(case),
+                        chunk.seq
+                    );
+                    continue;
+                }
+                compared += 1;
                 worst = worst.max(err);
                 if err > LOGITS_TOLERANCE {
                     failures.push(format!(
-                        "{}: {} logits rel L2 {err:.2e}",
+                        "{}: {} logits rel L2 {err:.2e} (routing margin {margin:.2e})",
                         name(case),
                         chunk.seq
                     ));
                 }
             }
         }
-        for seq in [a, b, c] {
-            assert_eq!(gpu_cache.seq_len(seq), cpu_cache.seq_len(seq));
+        for seq in [SeqId(1), SeqId(2), SeqId(3)] {
+            let want: usize = steps
+                .iter()
+                .flat_map(|s| &s.feed)
+                .filter(|(s, _)| *s == seq)
+                .map(|(_, t)| t.len())
+                .sum();
+            assert_eq!(gpu_cache.seq_len(seq), want);
         }
-        println!("{}: worst logits rel L2 {worst:.2e}", name(case));
+        println!("{}: worst compared logits rel L2 {worst:.2e}", name(case));
     }
+    println!("compared {compared} logits vectors, {near_ties} left out at routing near-ties");
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
@@ -191,82 +362,52 @@ fn greedy_generation_matches_the_cpu_model_token_for_token() {
     for (i, case) in cases().iter().enumerate() {
         let seed = 200 + i as u64;
         let model = load(case, seed);
+        let run = greedy_run(&model, seed);
+        let comparable = comparable_tokens(&run);
         let mut gpu = GpuModel::new(&device, &model, options()).unwrap();
         let mut gpu_cache = gpu.new_cache().unwrap();
-        let mut cpu_cache = KvCache::new(model.config(), 1024);
-        let seq = SeqId(7);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let prompt: Vec<u32> = (0..6)
-            .map(|_| rng.random_range(0..model.config().vocab_size as u32))
-            .collect();
-        let (mut cpu_next, mut gpu_next) = (prompt.clone(), prompt);
-        let (mut cpu_tokens, mut gpu_tokens) = (Vec::new(), Vec::new());
-        let mut margins = Vec::new();
-        for _ in 0..GREEDY_TOKENS {
-            let want = model
-                .forward(
-                    &[SequenceChunk {
-                        seq,
-                        tokens: &cpu_next,
-                    }],
-                    &mut cpu_cache,
-                )
-                .unwrap();
+        // The GPU is fed the CPU's tokens: identical to its own while they agree, which is
+        // all that is compared.
+        let mut next = run.prompt.clone();
+        let mut mismatch = None;
+        for (step, want) in run.tokens.iter().enumerate().take(comparable) {
             let got = gpu
                 .forward(
                     &[SequenceChunk {
-                        seq,
-                        tokens: &gpu_next,
+                        seq: GREEDY_SEQ,
+                        tokens: &next,
                     }],
                     &mut gpu_cache,
                 )
                 .unwrap();
-            margins.push(top2_margin(&want[0]));
-            cpu_next = vec![argmax(&want[0])];
-            gpu_next = vec![argmax(&got[0])];
-            cpu_tokens.push(cpu_next[0]);
-            gpu_tokens.push(gpu_next[0]);
-        }
-        match gpu_tokens.iter().zip(&cpu_tokens).position(|(g, c)| g != c) {
-            None => {
-                let distinct: std::collections::HashSet<_> = cpu_tokens.iter().collect();
-                println!(
-                    "{}: {GREEDY_TOKENS} greedy tokens match ({} distinct)",
-                    name(case),
-                    distinct.len()
-                );
+            if argmax(&got[0]) != *want {
+                mismatch = Some(step);
+                break;
             }
+            next = vec![*want];
+        }
+        let line = match mismatch {
+            None => format!(
+                "{}: {comparable} of {GREEDY_TOKENS} greedy tokens compared, all match{}",
+                name(case),
+                match run.history_margin.get(comparable) {
+                    Some(m) => format!(" (stopped at routing margin {m:.2e})"),
+                    None => String::new(),
+                }
+            ),
             Some(step) => {
                 let line = format!(
-                    "{}: greedy diverges at token {step} (CPU top-2 logit margin there {:.3e}, \
-                     smallest margin before {:.3e})",
+                    "{}: greedy diverges at token {step} (routing margin so far {:.2e})",
                     name(case),
-                    margins[step],
-                    margins[..step]
-                        .iter()
-                        .copied()
-                        .fold(f32::INFINITY, f32::min)
+                    run.history_margin[step]
                 );
-                println!("{line}");
-                failures.push(line);
+                failures.push(line.clone());
+                line
             }
-        }
+        };
+        println!("{line}");
     }
     assert!(failures.is_empty(), "{failures:#?}");
-}
-
-/// Gap between the largest and second-largest logit.
-fn top2_margin(v: &[f32]) -> f32 {
-    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &x in v {
-        if x > first {
-            second = first;
-            first = x;
-        } else if x > second {
-            second = x;
-        }
-    }
-    first - second
 }
 
 #[test]
