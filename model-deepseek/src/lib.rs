@@ -19,6 +19,6 @@ pub mod weights;
 
 pub use config::{CheckpointConfig, ConfigError, Layout, ModelConfig, parse_config};
 pub use kv_cache::{KvCache, SeqId};
-pub use model::{ForwardError, ForwardOptions, Model, ModelError, SequenceChunk};
+pub use model::{ForwardError, ForwardOptions, Model, ModelError, RoutingMargins, SequenceChunk};
 pub use moe_kernels::reference::{ActivationMode, RoutingMargin};
 pub use weights::ModelWeights;

@@ -122,6 +122,10 @@ enum LogitRows {
     All,
 }
 
+/// Per MoE layer (in layer order), the [`RoutingMargin`] of every token of a forward call
+/// (chunks in order).
+pub type RoutingMargins = Vec<Vec<RoutingMargin>>;
+
 impl Model {
     /// Check `weights` against `config` and prepare the forward pass (the rotary table and,
     /// per layer, `kv_b_proj` as f32 for absorbed attention).
@@ -189,7 +193,7 @@ impl Model {
         &self,
         chunks: &[SequenceChunk<'_>],
         cache: &mut KvCache,
-    ) -> Result<(Vec<Vec<f32>>, Vec<Vec<RoutingMargin>>), ForwardError> {
+    ) -> Result<(Vec<Vec<f32>>, RoutingMargins), ForwardError> {
         let mut margins = Vec::new();
         let logits = self.run(
             chunks,
@@ -261,7 +265,7 @@ impl Model {
         chunks: &[SequenceChunk<'_>],
         cache: &mut KvCache,
         rows: LogitRows,
-        mut margins: Option<&mut Vec<Vec<RoutingMargin>>>,
+        mut margins: Option<&mut RoutingMargins>,
     ) -> Result<Vec<Matrix>, ForwardError> {
         self.check(chunks, cache)?;
         if chunks.is_empty() {

@@ -6,19 +6,25 @@
 //! (`moe_kernels::gpu` with f32 input and output: W4A4 quantizes the same f32 values to the
 //! same MXFP4 codes, weight-only multiplies f32 activations). Each op matches its reference to
 //! ~1e-7 (`moe-kernels` tests `gpu_model_ops`, `gpu_moe`), so logits agree to f32 summation
-//! order; 3e-2 relative L2 leaves room for an isolated W4A4 activation that summation order
-//! pushes across an E2M1 rounding boundary.
+//! order: measured on the H100 (2026-11-28) at 1.0e-7..4.5e-7 relative L2 in every case, and
+//! every compared greedy token matched. [`LOGITS_TOLERANCE`] is 1e-4: two hundred times that,
+//! still far below what one changed expert or one MXFP4 code off by a grid step does to the
+//! logits of the 64-wide tiny model (1e-2 and more).
 //!
 //! Routing near-ties: the tiny models route 256 or 384 experts whose sigmoid scores are dense
 //! in (0, 1), so the gap between the last chosen and the first dropped expert (the
 //! [`RoutingMargin`], computed on the CPU) is often 1e-5 or less. Where a margin is within the
 //! router error, GPU and CPU may rightly choose different experts. The GPU's biased scores
 //! differ from the CPU's by f32 summation order alone: router logits of O(1) computed from an
-//! input that matches to ~1e-6 relative move a score (sigmoid' <= 1/4) by ~1e-6 at most;
-//! [`MIN_ROUTING_MARGIN`] is ten times that. Every logits vector or greedy token whose
+//! input that matches to ~1e-6 relative move a score (sigmoid' <= 1/4) by ~1e-6 at most. A
+//! choice survives score errors below half its margin, so [`MIN_ROUTING_MARGIN`] (1e-5)
+//! tolerates five times that. Every logits vector or greedy token whose
 //! sequence has routed some token at a smaller margin is not compared; each is counted and
 //! printed, and the CPU-only test below asserts that such positions stay a small minority of
 //! the chosen prompts, so the GPU tests compare most of what they run.
+//!
+//! These prompts leave out 14 of 120 logits vectors and 47 of 480 greedy tokens; on the H100
+//! every logits vector, left out or not, agreed to 4.5e-7 or better.
 //!
 //! History: with the MoE in bf16 (input rounded to bf16 before MXFP4 quantization, bf16
 //! output) W4A4 cases landed at 1.4e-1..1.8e-1 on the H100 and greedy decoding diverged after
@@ -34,10 +40,11 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use runtime_rocm::Device;
 
-const LOGITS_TOLERANCE: f64 = 3e-2;
+const LOGITS_TOLERANCE: f64 = 1e-4;
 const GREEDY_TOKENS: usize = 40;
 /// Smallest routing margin (biased-score units) at which GPU and CPU must choose the same
-/// experts: ten times the ~1e-6 f32 router-score error (module doc).
+/// experts: it tolerates score errors up to 5e-6, five times the ~1e-6 f32 router-score error
+/// (module doc).
 const MIN_ROUTING_MARGIN: f32 = 1e-5;
 /// Fraction of the logits vectors, and of the greedy tokens, that must be comparable (every
 /// routing margin of their sequence so far at least [`MIN_ROUTING_MARGIN`]).

@@ -146,9 +146,9 @@ fn select(logits: &[f32], bias: &[f32], p: &RoutingParams) -> Selection {
     }
 }
 
-/// How close one token's routing is to choosing differently: a perturbation of the biased
-/// scores smaller than half a gap cannot change which experts are chosen (their order within
-/// the top-k and their weights change continuously).
+/// How close one token's routing is to choosing differently. A perturbation of every biased
+/// score by less than half of [`RoutingMargin::min`] cannot change which experts are chosen
+/// (their order within the top-k and their weights change continuously).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RoutingMargin {
     /// Biased score of the `top_k`-th chosen expert minus that of the best candidate left
@@ -160,9 +160,10 @@ pub struct RoutingMargin {
 }
 
 impl RoutingMargin {
-    /// The smaller of the two gaps.
+    /// The decision's margin in biased-score units: the top-k gap, or half the group gap if
+    /// smaller (a group score sums two biased scores, so it moves up to twice as far).
     pub fn min(&self) -> f32 {
-        self.top_k.min(self.group)
+        self.top_k.min(self.group / 2.0)
     }
 }
 
