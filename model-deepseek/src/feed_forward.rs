@@ -4,10 +4,12 @@
 use crate::config::ModelConfig;
 use crate::weights::{FeedForward, MoeWeights};
 use moe_kernels::reference::{
-    ActivationMode, RoutingParams, matmul, mlp, moe_forward, route_noaux_tc,
+    ActivationMode, RoutingMargin, RoutingParams, matmul, mlp, moe_forward, route_noaux_tc,
+    routing_margin,
 };
 
-/// `out = ffn(x)` for `m` rows of normed hidden states.
+/// `out = ffn(x)` for `m` rows of normed hidden states; an MoE block appends each row's
+/// routing margin to `margins` when given.
 pub(crate) fn feed_forward(
     c: &ModelConfig,
     block: &FeedForward,
@@ -15,10 +17,11 @@ pub(crate) fn feed_forward(
     m: usize,
     mode: ActivationMode,
     out: &mut [f32],
+    margins: Option<&mut Vec<RoutingMargin>>,
 ) {
     match block {
         FeedForward::Dense(w) => mlp(x, m, w, mode, out),
-        FeedForward::Moe(w) => moe(c, w, x, m, mode, out),
+        FeedForward::Moe(w) => moe(c, w, x, m, mode, out, margins),
     }
 }
 
@@ -32,6 +35,7 @@ fn moe(
     m: usize,
     mode: ActivationMode,
     out: &mut [f32],
+    margins: Option<&mut Vec<RoutingMargin>>,
 ) {
     let e = c.n_routed_experts;
     let h = c.hidden_size;
@@ -45,6 +49,13 @@ fn moe(
         routed_scaling_factor: c.routed_scaling_factor,
         shared_slots: w.fused_shared_slots,
     };
+    if let Some(margins) = margins {
+        margins.extend(
+            logits
+                .chunks_exact(e)
+                .map(|l| routing_margin(l, &w.correction_bias, &params)),
+        );
+    }
     let routes: Vec<_> = logits
         .chunks_exact(e)
         .flat_map(|l| route_noaux_tc(l, &w.correction_bias, &params))

@@ -10,8 +10,8 @@ use crate::attention::LayerAttention;
 use crate::config::{ConfigError, ModelConfig};
 use crate::feed_forward::feed_forward;
 use crate::kv_cache::{KvCache, SeqId};
-use crate::weights::{Linear, Matrix, ModelWeights, WeightsError};
-use moe_kernels::reference::{ActivationMode, linear, matmul, rmsnorm};
+use crate::weights::{FeedForward, Linear, Matrix, ModelWeights, WeightsError};
+use moe_kernels::reference::{ActivationMode, RoutingMargin, linear, matmul, rmsnorm};
 use std::collections::HashSet;
 use thiserror::Error;
 
@@ -122,6 +122,10 @@ enum LogitRows {
     All,
 }
 
+/// Per MoE layer (in layer order), the [`RoutingMargin`] of every token of a forward call
+/// (chunks in order).
+pub type RoutingMargins = Vec<Vec<RoutingMargin>>;
+
 impl Model {
     /// Check `weights` against `config` and prepare the forward pass (the rotary table and,
     /// per layer, `kv_b_proj` as f32 for absorbed attention).
@@ -177,8 +181,27 @@ impl Model {
         chunks: &[SequenceChunk<'_>],
         cache: &mut KvCache,
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
-        let logits = self.run(chunks, cache, LogitRows::LastOfEachChunk)?;
+        let logits = self.run(chunks, cache, LogitRows::LastOfEachChunk, None)?;
         Ok(logits.into_iter().map(|m| m.data).collect())
+    }
+
+    /// As [`Self::forward`], and also return how close each token's expert choice was to
+    /// changing: per MoE layer (in layer order), the [`RoutingMargin`] of every token of the
+    /// call (chunks in order). Another implementation whose router scores differ from these
+    /// by less than half a margin chooses the same experts.
+    pub fn forward_with_routing_margins(
+        &self,
+        chunks: &[SequenceChunk<'_>],
+        cache: &mut KvCache,
+    ) -> Result<(Vec<Vec<f32>>, RoutingMargins), ForwardError> {
+        let mut margins = Vec::new();
+        let logits = self.run(
+            chunks,
+            cache,
+            LogitRows::LastOfEachChunk,
+            Some(&mut margins),
+        )?;
+        Ok((logits.into_iter().map(|m| m.data).collect(), margins))
     }
 
     /// As [`Self::forward`], but return every position's logits: per chunk a matrix
@@ -188,7 +211,7 @@ impl Model {
         chunks: &[SequenceChunk<'_>],
         cache: &mut KvCache,
     ) -> Result<Vec<Matrix>, ForwardError> {
-        self.run(chunks, cache, LogitRows::All)
+        self.run(chunks, cache, LogitRows::All, None)
     }
 
     fn check(&self, chunks: &[SequenceChunk<'_>], cache: &KvCache) -> Result<(), ForwardError> {
@@ -242,6 +265,7 @@ impl Model {
         chunks: &[SequenceChunk<'_>],
         cache: &mut KvCache,
         rows: LogitRows,
+        mut margins: Option<&mut RoutingMargins>,
     ) -> Result<Vec<Matrix>, ForwardError> {
         self.check(chunks, cache)?;
         if chunks.is_empty() {
@@ -271,7 +295,22 @@ impl Model {
                 c.rms_norm_eps,
                 &mut normed,
             );
-            feed_forward(c, &layer.feed_forward, &normed, t, mode, &mut delta);
+            let layer_margins = match (&mut margins, &layer.feed_forward) {
+                (Some(all), FeedForward::Moe(_)) => {
+                    all.push(Vec::with_capacity(t));
+                    all.last_mut()
+                }
+                _ => None,
+            };
+            feed_forward(
+                c,
+                &layer.feed_forward,
+                &normed,
+                t,
+                mode,
+                &mut delta,
+                layer_margins,
+            );
             add_assign(&mut x, &delta);
         }
         for chunk in chunks {

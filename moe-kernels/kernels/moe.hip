@@ -504,15 +504,16 @@ __device__ __forceinline__ bool expert_of_block(const int* offsets, const int* a
 // expert are taken TOKS at a time: their activation rows (x is [tokens][H]) are staged in
 // shared memory once per block, every wave dots its row with them, and the SiLU(gate) * up
 // epilogue meets the two halves through shared memory. Output h[sorted position][I] in f32.
-template <bool A4>
+template <bool A4, bool X_F32>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u8* __restrict__ s13,
                                              int expert_base, const void* __restrict__ act,
                                              const u8* __restrict__ act_scale, const int* __restrict__ offsets,
                                              const int* __restrict__ sorted_pairs, const int* __restrict__ active,
                                              const int* __restrict__ n_active, int slots, float* __restrict__ h) {
-    constexpr int TOKS = A4 ? GATE_UP_TOKS_A4 : GATE_UP_TOKS_A16;
+    // An f32 row is twice a bf16 row: one token per tile keeps it within static shared memory.
+    constexpr int TOKS = A4 ? GATE_UP_TOKS_A4 : (X_F32 ? 1 : GATE_UP_TOKS_A16);
     constexpr int ROWS = MOE_WARPS / 2;
-    constexpr int ROW_VECS = (A4 ? MOE_HIDDEN : 2 * MOE_HIDDEN) / 16;  // 16-byte vectors per token
+    constexpr int ROW_VECS = (A4 ? MOE_HIDDEN : (X_F32 ? 4 : 2) * MOE_HIDDEN) / 16;  // 16-byte vectors per token
     __shared__ uint4 stage[TOKS * ROW_VECS];
     __shared__ u8 stage_scale[A4 ? TOKS * H_CHUNKS : 1];
     __shared__ float partial[MOE_WARPS][TOKS];
@@ -582,8 +583,13 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
 #pragma unroll
                     for (int q = 0; q < TOKS; ++q) {
                         if (q >= n) break;
-                        const u16* a = (const u16*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
-                        acc[q] = fmaf(dot_w4a16_chunk(w4, a), sc, acc[q]);
+                        if (X_F32) {
+                            const float* a = (const float*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
+                            acc[q] = fmaf(dot_w4a32_chunk(w4, a), sc, acc[q]);
+                        } else {
+                            const u16* a = (const u16*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
+                            acc[q] = fmaf(dot_w4a16_chunk(w4, a), sc, acc[q]);
+                        }
                     }
                 }
             }
@@ -607,7 +613,7 @@ moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, int exp
                  const i8* __restrict__ xq, const u8* __restrict__ xs, const int* __restrict__ offsets,
                  const int* __restrict__ sorted_pairs, const int* __restrict__ active,
                  const int* __restrict__ n_active, int slots, float* __restrict__ h) {
-    gate_up_body<true>(w13, s13, expert_base, xq, xs, offsets, sorted_pairs, active, n_active, slots, h);
+    gate_up_body<true, false>(w13, s13, expert_base, xq, xs, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
@@ -615,7 +621,16 @@ moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, int ex
                   const u16* __restrict__ x, const int* __restrict__ offsets,
                   const int* __restrict__ sorted_pairs, const int* __restrict__ active,
                   const int* __restrict__ n_active, int slots, float* __restrict__ h) {
-    gate_up_body<false>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
+    gate_up_body<false, false>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
+}
+
+// Weight-only from an f32 input: the activations stay f32 (what the f32 reference computes).
+extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
+moe_gate_up_w4a16_f32(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,
+                      const float* __restrict__ x, const int* __restrict__ offsets,
+                      const int* __restrict__ sorted_pairs, const int* __restrict__ active,
+                      const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    gate_up_body<false, true>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
 // Down projection, MOE_DOWN_ROWS output rows per wave (in registers). The pairs of the expert
@@ -726,12 +741,22 @@ moe_down_w4a16(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_
 // slots summed in order (so the result does not depend on the align order). Routing a is the
 // routed experts with any fused shared slots, scale_a the routed scaling factor; routing b is
 // the unfused shared MLP (n_slots_b = 0 when fused). Grid (tokens, column blocks), four columns
-// per thread, so even one token spreads over many SMs; bf16 out.
+// per thread, so even one token spreads over many SMs; out in bf16 (rounded to nearest even) or f32.
 
-extern "C" __global__ void moe_combine(const float* __restrict__ y_a, const int* __restrict__ pos_a,
-                                       const float* __restrict__ w_a, int n_slots_a, float scale_a,
-                                       const float* __restrict__ y_b, const int* __restrict__ pos_b,
-                                       const float* __restrict__ w_b, int n_slots_b, u16* __restrict__ out) {
+__device__ __forceinline__ void store4(u16* out, float4 v) {
+    uint2 o;
+    o.x = (u32)mx_float_to_bf16(v.x) | ((u32)mx_float_to_bf16(v.y) << 16);
+    o.y = (u32)mx_float_to_bf16(v.z) | ((u32)mx_float_to_bf16(v.w) << 16);
+    *(uint2*)out = o;
+}
+
+__device__ __forceinline__ void store4(float* out, float4 v) { *(float4*)out = v; }
+
+template <typename Out>
+__device__ __forceinline__ void combine_body(const float* __restrict__ y_a, const int* __restrict__ pos_a,
+                                             const float* __restrict__ w_a, int n_slots_a, float scale_a,
+                                             const float* __restrict__ y_b, const int* __restrict__ pos_b,
+                                             const float* __restrict__ w_b, int n_slots_b, Out* __restrict__ out) {
     const int t = blockIdx.x;
     const int c = (blockIdx.y * blockDim.x + threadIdx.x) * 4;
     if (c >= MOE_HIDDEN) return;
@@ -749,8 +774,19 @@ extern "C" __global__ void moe_combine(const float* __restrict__ y_a, const int*
         acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
         acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
     }
-    uint2 o;
-    o.x = (u32)mx_float_to_bf16(acc.x) | ((u32)mx_float_to_bf16(acc.y) << 16);
-    o.y = (u32)mx_float_to_bf16(acc.z) | ((u32)mx_float_to_bf16(acc.w) << 16);
-    *(uint2*)(out + (size_t)t * MOE_HIDDEN + c) = o;
+    store4(out + (size_t)t * MOE_HIDDEN + c, acc);
+}
+
+extern "C" __global__ void moe_combine_bf16(const float* __restrict__ y_a, const int* __restrict__ pos_a,
+                                            const float* __restrict__ w_a, int n_slots_a, float scale_a,
+                                            const float* __restrict__ y_b, const int* __restrict__ pos_b,
+                                            const float* __restrict__ w_b, int n_slots_b, u16* __restrict__ out) {
+    combine_body(y_a, pos_a, w_a, n_slots_a, scale_a, y_b, pos_b, w_b, n_slots_b, out);
+}
+
+extern "C" __global__ void moe_combine_f32(const float* __restrict__ y_a, const int* __restrict__ pos_a,
+                                           const float* __restrict__ w_a, int n_slots_a, float scale_a,
+                                           const float* __restrict__ y_b, const int* __restrict__ pos_b,
+                                           const float* __restrict__ w_b, int n_slots_b, float* __restrict__ out) {
+    combine_body(y_a, pos_a, w_a, n_slots_a, scale_a, y_b, pos_b, w_b, n_slots_b, out);
 }

@@ -4,7 +4,8 @@
 
 use half::bf16;
 use moe_kernels::gpu::{
-    MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing, SharedExpertMode,
+    MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,
+    SharedExpertMode,
 };
 use moe_kernels::reference::{
     ActivationMode, ActivationQuant, Linear, MlpWeights, Mxfp4Matrix, RoutingParams, ScaleRule,
@@ -37,10 +38,28 @@ fn normal(rng: &mut StdRng) -> f32 {
     (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
 }
 
-fn bf16_vec(rng: &mut StdRng, n: usize, scale: f32) -> Vec<bf16> {
-    (0..n)
-        .map(|_| bf16::from_f32(scale * normal(rng)))
-        .collect()
+/// The layer's element types as the tests make and read them.
+trait Io: MoeIo {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Io for bf16 {
+    fn from_f32(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+}
+
+impl Io for f32 {
+    fn from_f32(v: f32) -> Self {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
 }
 
 fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
@@ -146,9 +165,10 @@ fn small(n_routed: usize, n_shared: usize) -> MoeShape {
     }
 }
 
-/// Runs one layer on the GPU and the reference and compares them.
+/// Runs one layer on the GPU and the reference and compares them; the reference sees the
+/// input exactly as uploaded.
 #[allow(clippy::too_many_arguments)]
-fn check_layer(
+fn check_layer<T: Io>(
     kernels: &MoeKernels,
     stream: &Stream,
     host: &HostExperts,
@@ -169,7 +189,9 @@ fn check_layer(
         },
         ..params
     };
-    let x = bf16_vec(rng, n_tokens * shape.hidden, 1.0);
+    let x: Vec<T> = (0..n_tokens * shape.hidden)
+        .map(|_| T::from_f32(normal(rng)))
+        .collect();
     let logits: Vec<f32> = (0..n_tokens * shape.n_routed)
         .map(|_| normal(rng))
         .collect();
@@ -177,7 +199,7 @@ fn check_layer(
 
     let mut ws = MoeWorkspace::new(device, shape, params.top_k, n_tokens).unwrap();
     ws.fill(0xff).unwrap();
-    let mut out: DeviceBuffer<bf16> = device.alloc_uninit(n_tokens * shape.hidden).unwrap();
+    let mut out: DeviceBuffer<T> = device.alloc_uninit(n_tokens * shape.hidden).unwrap();
     out.memset(0xff).unwrap();
     kernels
         .forward(
@@ -195,9 +217,9 @@ fn check_layer(
         )
         .unwrap();
     stream.synchronize().unwrap();
-    let got: Vec<f32> = out.to_vec().unwrap().iter().map(|v| v.to_f32()).collect();
+    let got: Vec<f32> = out.to_vec().unwrap().into_iter().map(T::to_f32).collect();
 
-    let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let x32: Vec<f32> = x.into_iter().map(T::to_f32).collect();
     let routes: Vec<_> = (0..n_tokens)
         .flat_map(|t| {
             route_noaux_tc(
@@ -232,7 +254,10 @@ fn check_layer(
         }
     }
 
-    let label = format!("{shape:?} {mode:?} {act:?} tokens {n_tokens}");
+    let label = format!(
+        "{shape:?} {mode:?} {act:?} {} I/O tokens {n_tokens}",
+        std::any::type_name::<T>()
+    );
     let unwritten = got.iter().filter(|v| !v.is_finite()).count();
     assert_eq!(
         unwritten, 0,
@@ -246,7 +271,7 @@ fn check_layer(
     );
 }
 
-fn run_layer_cases(cases: &[LayerCase], acts: &[ActivationQuant], seed: u64) {
+fn run_layer_cases<T: Io>(cases: &[LayerCase], acts: &[ActivationQuant], seed: u64) {
     for device in gpus() {
         let stream = device.create_stream().unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
@@ -258,7 +283,7 @@ fn run_layer_cases(cases: &[LayerCase], acts: &[ActivationQuant], seed: u64) {
             for &act in acts {
                 for mode in [SharedExpertMode::Fused, SharedExpertMode::Separate] {
                     for &n in case.tokens {
-                        check_layer(
+                        check_layer::<T>(
                             &kernels,
                             &stream,
                             &host,
@@ -300,10 +325,36 @@ fn layer_matches_reference_on_validated_and_other_expert_counts() {
             tokens: &[1, 3, 200],
         },
     ];
-    run_layer_cases(
+    run_layer_cases::<bf16>(
         &cases,
         &[W4A4, ActivationQuant::Mxfp4(ScaleRule::Ocp)],
         0x5eed_0001,
+    );
+}
+
+#[test]
+fn layer_with_f32_input_and_output_matches_reference() {
+    // The GPU model's path: f32 in and out, W4A4 quantizing the unrounded f32 input.
+    let cases = [
+        LayerCase {
+            shape: small(256, 1),
+            params: routing(8, 4, 8, 2.5),
+            tokens: &[1, 5, 64],
+        },
+        LayerCase {
+            shape: small(384, 1),
+            params: routing(1, 1, 8, 2.827),
+            tokens: &[1, 33],
+        },
+    ];
+    run_layer_cases::<f32>(
+        &cases,
+        &[
+            W4A4,
+            ActivationQuant::Mxfp4(ScaleRule::Ocp),
+            ActivationQuant::None,
+        ],
+        0x5eed_0006,
     );
 }
 
@@ -314,7 +365,7 @@ fn layer_with_bf16_activations_matches_reference() {
         params: routing(1, 1, 8, 2.827),
         tokens: &[1, 9, 300],
     }];
-    run_layer_cases(&cases, &[ActivationQuant::None], 0x5eed_0002);
+    run_layer_cases::<bf16>(&cases, &[ActivationQuant::None], 0x5eed_0002);
 }
 
 #[test]
@@ -332,7 +383,7 @@ fn full_width_experts_match_reference() {
         params: routing(1, 1, 8, 2.827),
         tokens: &[1, 8, 40],
     }];
-    run_layer_cases(&cases, &[W4A4, ActivationQuant::None], 0x5eed_0003);
+    run_layer_cases::<bf16>(&cases, &[W4A4, ActivationQuant::None], 0x5eed_0003);
 }
 
 #[test]
@@ -400,57 +451,60 @@ fn activation_quantization_matches_reference_exactly() {
         let stream = device.create_stream().unwrap();
         let kernels = MoeKernels::compile(&device, 256, 128).unwrap();
         let mut rng = StdRng::seed_from_u64(0x5eed_0005);
-        let (rows, cols) = (37, 256);
-        // Blocks of very different magnitudes, from denormal-range scales to large ones, and
-        // some all-zero blocks.
-        let x: Vec<bf16> = (0..rows * cols / 32)
-            .flat_map(|_| {
-                let magnitude = 2f32.powi(rng.random_range(-130..40));
-                let zero = rng.random_range(0..10) == 0;
-                (0..32)
-                    .map(|_| {
-                        bf16::from_f32(if zero {
-                            0.0
-                        } else {
-                            magnitude * normal(&mut rng)
-                        })
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
-        for rule in [ScaleRule::Even, ScaleRule::Ocp] {
-            let mut q = QuantizedActivations::alloc(&device, rows * cols).unwrap();
-            q.values.memset(0x7f).unwrap();
-            q.scales.memset(0xff).unwrap();
-            kernels
-                .quantize_bf16(
-                    &stream,
-                    &device.upload(&x).unwrap(),
-                    rows,
-                    cols,
-                    rule,
-                    &mut q,
-                )
-                .unwrap();
-            stream.synchronize().unwrap();
-            let (values, scales) = (q.values.to_vec().unwrap(), q.scales.to_vec().unwrap());
-            let want = fake_quantize_rows(&x32, cols, rule);
-            for (i, w) in want.iter().enumerate() {
-                let s = scales[i / 32];
-                assert_ne!(s, 0xff, "{rule:?}: scale {} unwritten", i / 32);
-                let scale = if s == 0 {
-                    f32::from_bits(0x0040_0000)
-                } else {
-                    f32::from_bits(u32::from(s) << 23)
-                };
-                let got = f32::from(values[i]) * 0.5 * scale;
-                assert_eq!(
-                    got, *w,
-                    "{rule:?}: element {i} (x = {}) quantized to {got}, reference {w}",
-                    x32[i]
-                );
-            }
+        check_quantize::<bf16>(&kernels, &stream, &mut rng);
+        check_quantize::<f32>(&kernels, &stream, &mut rng);
+    }
+}
+
+/// Quantizes rows of `T` on the GPU and checks every element against
+/// [`fake_quantize_rows`] of the same values.
+fn check_quantize<T: Io>(kernels: &MoeKernels, stream: &Stream, rng: &mut StdRng) {
+    let device = kernels.device();
+    let (rows, cols) = (37, 256);
+    // Blocks of very different magnitudes, from denormal-range scales to large ones, and
+    // some all-zero blocks.
+    let x: Vec<T> = (0..rows * cols / 32)
+        .flat_map(|_| {
+            let magnitude = 2f32.powi(rng.random_range(-130..40));
+            let zero = rng.random_range(0..10) == 0;
+            (0..32)
+                .map(|_| T::from_f32(if zero { 0.0 } else { magnitude * normal(rng) }))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let x32: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+    let ty = std::any::type_name::<T>();
+    for rule in [ScaleRule::Even, ScaleRule::Ocp] {
+        let mut q = QuantizedActivations::alloc(device, rows * cols).unwrap();
+        q.values.memset(0x7f).unwrap();
+        q.scales.memset(0xff).unwrap();
+        kernels
+            .quantize(
+                stream,
+                &device.upload(&x).unwrap(),
+                rows,
+                cols,
+                rule,
+                &mut q,
+            )
+            .unwrap();
+        stream.synchronize().unwrap();
+        let (values, scales) = (q.values.to_vec().unwrap(), q.scales.to_vec().unwrap());
+        let want = fake_quantize_rows(&x32, cols, rule);
+        for (i, w) in want.iter().enumerate() {
+            let s = scales[i / 32];
+            assert_ne!(s, 0xff, "{ty} {rule:?}: scale {} unwritten", i / 32);
+            let scale = if s == 0 {
+                f32::from_bits(0x0040_0000)
+            } else {
+                f32::from_bits(u32::from(s) << 23)
+            };
+            let got = f32::from(values[i]) * 0.5 * scale;
+            assert_eq!(
+                got, *w,
+                "{ty} {rule:?}: element {i} (x = {}) quantized to {got}, reference {w}",
+                x32[i]
+            );
         }
     }
 }

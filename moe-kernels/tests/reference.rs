@@ -4,7 +4,8 @@
 use moe_kernels::reference::{
     ActivationMode, ActivationQuant, ExpertRoute, Linear, Matrix, MlaCache, MlaDims, MlpWeights,
     Mxfp4Matrix, Rope, RoutingParams, ScaleRule, YarnParams, fake_quantize_rows, matmul,
-    mla_attention, mlp, moe_forward, mxfp4_linear, rmsnorm, route_noaux_tc, silu_mul,
+    mla_attention, mlp, moe_forward, mxfp4_linear, rmsnorm, route_noaux_tc, routing_margin,
+    silu_mul,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -462,6 +463,79 @@ fn routing_matches_brute_force() {
             for (g, w) in got.iter().zip(&want) {
                 assert!((f64::from(g.weight) - w.1).abs() <= 1e-6, "{g:?} vs {w:?}");
             }
+        }
+    }
+}
+
+#[test]
+fn routing_margin_is_the_gap_at_each_cut_and_smaller_perturbations_keep_the_choice() {
+    let mut r = rng(8);
+    for (n, n_group, topk_group, top_k) in [(256, 8, 4, 8), (384, 1, 1, 8), (64, 8, 3, 6)] {
+        let p = RoutingParams {
+            n_group,
+            topk_group,
+            top_k,
+            norm_topk_prob: true,
+            routed_scaling_factor: 2.5,
+            shared_slots: 0,
+        };
+        for _ in 0..50 {
+            let logits = values(&mut r, n, 4.0);
+            let bias = values(&mut r, n, 0.5);
+            let m = routing_margin(&logits, &bias, &p);
+            // The cuts recomputed in f64 from the brute-force routing's choice.
+            let biased =
+                |e: usize| 1.0 / (1.0 + (-f64::from(logits[e])).exp()) + f64::from(bias[e]);
+            let gs = n / n_group;
+            let group_score: Vec<f64> = (0..n_group)
+                .map(|g| {
+                    let mut v: Vec<f64> = (g * gs..(g + 1) * gs).map(biased).collect();
+                    v.sort_by(|a, b| b.total_cmp(a));
+                    v[0] + v[1]
+                })
+                .collect();
+            let mut ranked: Vec<usize> = (0..n_group).collect();
+            ranked.sort_by(|&a, &b| group_score[b].total_cmp(&group_score[a]));
+            let want_group = ranked.get(topk_group).map_or(f64::INFINITY, |&next| {
+                group_score[ranked[topk_group - 1]] - group_score[next]
+            });
+            let kept: Vec<usize> = (0..n)
+                .filter(|e| ranked[..topk_group].contains(&(e / gs)))
+                .collect();
+            let chosen: Vec<usize> = route_brute_force(&logits, &bias, &p)
+                .iter()
+                .map(|c| c.0)
+                .collect();
+            let mut candidates: Vec<f64> = kept.iter().map(|&e| biased(e)).collect();
+            candidates.sort_by(|a, b| b.total_cmp(a));
+            let want_top_k = candidates[top_k - 1] - candidates[top_k];
+            assert!(
+                (f64::from(m.top_k) - want_top_k).abs() <= 1e-6,
+                "{m:?} vs {want_top_k}"
+            );
+            if want_group.is_finite() {
+                assert!(
+                    (f64::from(m.group) - want_group).abs() <= 1e-6,
+                    "{m:?} vs {want_group}"
+                );
+            } else {
+                assert_eq!(m.group, f32::INFINITY);
+            }
+            // Any bias change below half the margin keeps the chosen experts (with the group
+            // gap halved: group scores move twice as far).
+            let half = 0.49 * m.min();
+            let nudged: Vec<f32> = bias
+                .iter()
+                .map(|b| b + r.random_range(-half..=half))
+                .collect();
+            let mut a: Vec<usize> = route_noaux_tc(&logits, &nudged, &p)
+                .iter()
+                .map(|c| c.expert)
+                .collect();
+            let mut b = chosen.clone();
+            a.sort_unstable();
+            b.sort_unstable();
+            assert_eq!(a, b, "margin {m:?}");
         }
     }
 }

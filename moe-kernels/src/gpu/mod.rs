@@ -5,11 +5,13 @@
 //! ([`crate::reference`]): same parameters, same meaning; only the data lives on the device.
 
 mod error;
+pub mod model_ops;
 mod moe;
 mod synthetic;
 
 pub use error::GpuError;
 pub use moe::{
-    MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing, SharedExpertMode,
+    MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,
+    SharedExpertMode,
 };
 pub use synthetic::Synthetic;

@@ -8,6 +8,13 @@
 //! runs the same kernels a second time over the shared slots only. Both compute
 //! [`crate::reference::moe_forward`] (plus, when separate, the shared MLP added after the
 //! routed scaling factor).
+//!
+//! The layer's input and output are bf16 or f32 ([`MoeIo`]): bf16 is the serving
+//! activation format; f32 lets a caller whose residual stream is f32 (the GPU model) quantize
+//! exactly the values the f32 reference quantizes. W4A4 quantizes the input as given, so an
+//! f32 input gives the reference's MXFP4 codes bit for bit; weight-only
+//! ([`ActivationQuant::None`]) multiplies an f32 input in f32 (W4A32, one token per gate_up
+//! tile so the f32 row fits shared memory; bf16 input keeps two).
 
 use half::bf16;
 use runtime_rocm::{
@@ -40,6 +47,35 @@ const MAX_GROUPS: usize = 64;
 const SHARED_MEM_LIMIT: usize = 48 * 1024;
 /// MX block size: elements per E8M0 scale.
 const BLOCK: usize = 32;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for f32 {}
+}
+
+/// Element type of a MoE layer's input and output ([`MoeKernels::forward`]) and of the rows
+/// [`MoeKernels::quantize`] reads: `bf16` or `f32`.
+pub trait MoeIo: bytemuck::Pod + sealed::Sealed {
+    /// True for `f32`: picks the kernel variants that read and write f32.
+    const IS_F32: bool;
+}
+
+impl MoeIo for bf16 {
+    const IS_F32: bool = false;
+}
+
+impl MoeIo for f32 {
+    const IS_F32: bool = true;
+}
+
+/// The kernels that read the layer's input or write its output, for one [`MoeIo`] type.
+#[derive(Debug)]
+struct IoKernels {
+    quantize: Function,
+    gate_up_w4a16: Function,
+    combine: Function,
+}
 
 /// The expert shapes of one MoE layer as the kernels see them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,13 +358,11 @@ pub struct MoeKernels {
     route: Function,
     route_all: Function,
     align: Function,
-    quantize_bf16: Function,
-    quantize_f32: Function,
+    io_bf16: IoKernels,
+    io_f32: IoKernels,
     gate_up_w4a4: Function,
-    gate_up_w4a16: Function,
     down_w4a4: Function,
     down_w4a16: Function,
-    combine: Function,
 }
 
 fn to_i32(parameter: &'static str, value: usize) -> Result<i32, GpuError> {
@@ -389,14 +423,28 @@ impl MoeKernels {
             route: f("moe_route_noaux_tc")?,
             route_all: f("moe_route_all")?,
             align: f("moe_align")?,
-            quantize_bf16: f("moe_quantize_bf16")?,
-            quantize_f32: f("moe_quantize_f32")?,
+            io_bf16: IoKernels {
+                quantize: f("moe_quantize_bf16")?,
+                gate_up_w4a16: f("moe_gate_up_w4a16")?,
+                combine: f("moe_combine_bf16")?,
+            },
+            io_f32: IoKernels {
+                quantize: f("moe_quantize_f32")?,
+                gate_up_w4a16: f("moe_gate_up_w4a16_f32")?,
+                combine: f("moe_combine_f32")?,
+            },
             gate_up_w4a4: f("moe_gate_up_w4a4")?,
-            gate_up_w4a16: f("moe_gate_up_w4a16")?,
             down_w4a4: f("moe_down_w4a4")?,
             down_w4a16: f("moe_down_w4a16")?,
-            combine: f("moe_combine")?,
         })
+    }
+
+    fn io<T: MoeIo>(&self) -> &IoKernels {
+        if T::IS_F32 {
+            &self.io_f32
+        } else {
+            &self.io_bf16
+        }
     }
 
     /// The device the kernels were compiled for.
@@ -510,12 +558,13 @@ impl MoeKernels {
         Ok(())
     }
 
-    /// Dynamic MXFP4 quantization of `rows` bf16 rows of `cols` values with `rule`: what
-    /// [`crate::reference::fake_quantize_rows`] computes, kept as codes and scales.
-    pub fn quantize_bf16(
+    /// Dynamic MXFP4 quantization of `rows` rows of `cols` values (bf16 or f32) with `rule`:
+    /// what [`crate::reference::fake_quantize_rows`] computes on the same values, kept as codes
+    /// and scales.
+    pub fn quantize<T: MoeIo>(
         &self,
         stream: &Stream,
-        x: &DeviceBuffer<bf16>,
+        x: &DeviceBuffer<T>,
         rows: usize,
         cols: usize,
         rule: ScaleRule,
@@ -533,7 +582,7 @@ impl MoeKernels {
             out.values.len() >= rows * cols,
             || format!("need room for {rows} rows × {cols}"),
         )?;
-        self.launch_quantize(stream, &self.quantize_bf16, x, rows, cols, rule, out)
+        self.launch_quantize(stream, &self.io::<T>().quantize, x, rows, cols, rule, out)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -563,28 +612,29 @@ impl MoeKernels {
         Ok(())
     }
 
-    /// One MoE layer for `n_tokens` tokens: `x` `[n_tokens][hidden]` bf16, router `logits`
-    /// `[n_tokens][n_routed]` and correction `bias` `[n_routed]` in f32; writes `out`
-    /// `[n_tokens][hidden]` bf16 =
+    /// One MoE layer for `n_tokens` tokens: `x` `[n_tokens][hidden]` (bf16 or f32, see
+    /// [`MoeIo`]; longer buffers are fine, only the first rows are read), router `logits`
+    /// `[n_tokens][n_routed]` and correction `bias` `[n_routed]` in f32; writes the first
+    /// `[n_tokens][hidden]` of `out`, of the same type as `x`, =
     /// `rsf · Σ_slots w · expert(x)` (+ the shared MLP when [`SharedExpertMode::Separate`]).
     ///
     /// `params.shared_slots` must be `n_shared` for [`SharedExpertMode::Fused`] and 0 for
     /// [`SharedExpertMode::Separate`]; `act` is the experts' activation spec (W4A4 with its
     /// scale rule, or none for bf16 activations).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward(
+    pub fn forward<T: MoeIo>(
         &self,
         stream: &Stream,
         weights: &MoeWeights,
         params: &RoutingParams,
         act: ActivationQuant,
         mode: SharedExpertMode,
-        x: &DeviceBuffer<bf16>,
+        x: &DeviceBuffer<T>,
         logits: &DeviceBuffer<f32>,
         bias: &DeviceBuffer<f32>,
         n_tokens: usize,
         ws: &mut MoeWorkspace,
-        out: &mut DeviceBuffer<bf16>,
+        out: &mut DeviceBuffer<T>,
     ) -> Result<(), GpuError> {
         let shape = weights.shape;
         check_param(
@@ -631,12 +681,13 @@ impl MoeKernels {
                 )
             },
         )?;
-        check_len("x", n_tokens * shape.hidden, x.len(), || {
-            format!("{n_tokens} tokens × hidden {}", shape.hidden)
-        })?;
-        check_len("out", n_tokens * shape.hidden, out.len(), || {
-            format!("{n_tokens} tokens × hidden {}", shape.hidden)
-        })?;
+        // Only the first `n_tokens` rows are read and written, so a caller can pass buffers
+        // sized for its largest batch.
+        for (name, len) in [("x", x.len()), ("out", out.len())] {
+            check_param(name, len, len >= n_tokens * shape.hidden, || {
+                format!("too short for {n_tokens} tokens × hidden {}", shape.hidden)
+            })?;
+        }
 
         let slots = params.top_k + params.shared_slots;
         let experts = shape.n_routed + params.shared_slots;
@@ -662,7 +713,7 @@ impl MoeKernels {
         if let ActivationQuant::Mxfp4(rule) = act {
             self.launch_quantize(
                 stream,
-                &self.quantize_bf16,
+                &self.io::<T>().quantize,
                 x,
                 n_tokens,
                 shape.hidden,
@@ -740,7 +791,7 @@ impl MoeKernels {
             (&ws.y, &ws.routed_groups, &ws.routed) // not read: zero slots
         };
         stream.launch(
-            &self.combine,
+            &self.io::<T>().combine,
             LaunchConfig {
                 grid: [
                     to_u32("n_tokens", n_tokens)?,
@@ -805,12 +856,12 @@ impl MoeKernels {
 
     /// gate_up → (quantize) → down over one grouping, writing `y` by sorted position.
     #[allow(clippy::too_many_arguments)]
-    fn experts_pass(
+    fn experts_pass<T: MoeIo>(
         &self,
         stream: &Stream,
         w: &MoeWeights,
         act: ActivationQuant,
-        x: &DeviceBuffer<bf16>,
+        x: &DeviceBuffer<T>,
         x_quant: &QuantizedActivations,
         g: &Grouping,
         pass: Pass,
@@ -864,7 +915,7 @@ impl MoeKernels {
                 mark(stream, marks, "gate_up")?;
                 self.launch_quantize(
                     stream,
-                    &self.quantize_f32,
+                    &self.io_f32.quantize,
                     h,
                     pairs,
                     self.inter,
@@ -891,7 +942,7 @@ impl MoeKernels {
             }
             ActivationQuant::None => {
                 stream.launch(
-                    &self.gate_up_w4a16,
+                    &self.io::<T>().gate_up_w4a16,
                     gate_up,
                     &[
                         &w.w13,

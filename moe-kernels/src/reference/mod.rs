@@ -29,4 +29,4 @@ pub use mxfp4::{
 };
 pub use norm::rmsnorm;
 pub use rope::{Rope, YarnParams};
-pub use routing::{ExpertRoute, RoutingParams, route_noaux_tc};
+pub use routing::{ExpertRoute, RoutingMargin, RoutingParams, route_noaux_tc, routing_margin};

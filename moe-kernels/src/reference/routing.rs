@@ -40,6 +40,38 @@ pub struct RoutingParams {
 ///    (`+ 1e-20`, as the reference does) when `norm_topk_prob`.
 /// 5. Append `shared_slots` slots `n_routed + j` with weight `1/rsf`.
 pub fn route_noaux_tc(logits: &[f32], bias: &[f32], p: &RoutingParams) -> Vec<ExpertRoute> {
+    validate(logits, bias, p);
+    let Selection {
+        scores,
+        mut candidates,
+        ..
+    } = select(logits, bias, p);
+    candidates.truncate(p.top_k);
+
+    let mut routes: Vec<ExpertRoute> = candidates
+        .iter()
+        .map(|&e| ExpertRoute {
+            expert: e,
+            weight: scores[e],
+        })
+        .collect();
+    if p.norm_topk_prob {
+        let sum = routes.iter().map(|r| r.weight).sum::<f32>() + 1e-20;
+        for r in &mut routes {
+            r.weight /= sum;
+        }
+    }
+    let shared_weight = 1.0 / p.routed_scaling_factor;
+    routes.extend((0..p.shared_slots).map(|j| ExpertRoute {
+        expert: logits.len() + j,
+        weight: shared_weight,
+    }));
+    routes
+}
+
+/// The router's preconditions (a programming error in the caller when broken: the model
+/// config was validated before any routing runs).
+fn validate(logits: &[f32], bias: &[f32], p: &RoutingParams) {
     let n = logits.len();
     assert_eq!(
         bias.len(),
@@ -50,17 +82,35 @@ pub fn route_noaux_tc(logits: &[f32], bias: &[f32], p: &RoutingParams) -> Vec<Ex
         p.n_group > 0 && n.is_multiple_of(p.n_group),
         "route_noaux_tc: bad n_group"
     );
-    let group_size = n / p.n_group;
-    assert!(group_size >= 2, "route_noaux_tc: groups need two experts");
+    assert!(
+        n / p.n_group >= 2,
+        "route_noaux_tc: groups need two experts"
+    );
     assert!(
         p.topk_group <= p.n_group,
         "route_noaux_tc: topk_group > n_group"
     );
     assert!(
-        p.top_k <= p.topk_group * group_size,
+        p.top_k <= p.topk_group * (n / p.n_group),
         "route_noaux_tc: top_k too large"
     );
+}
 
+/// The scores and ranked choices behind one token's routing.
+struct Selection {
+    /// `sigmoid(logit)` per expert.
+    scores: Vec<f32>,
+    /// `scores + bias` per expert.
+    biased: Vec<f32>,
+    /// Group scores (sum of each group's two largest biased scores), largest first.
+    ranked_group_scores: Vec<f32>,
+    /// Every expert of the kept groups, in descending order of the biased score.
+    candidates: Vec<usize>,
+}
+
+/// Steps 1–3 of [`route_noaux_tc`], before the candidates are cut to `top_k`.
+fn select(logits: &[f32], bias: &[f32], p: &RoutingParams) -> Selection {
+    let group_size = logits.len() / p.n_group;
     let scores: Vec<f32> = logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
     let biased: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
 
@@ -85,27 +135,55 @@ pub fn route_noaux_tc(logits: &[f32], bias: &[f32], p: &RoutingParams) -> Vec<Ex
         .flat_map(|g| g * group_size..(g + 1) * group_size)
         .collect();
     candidates.sort_by(|&a, &b| biased[b].total_cmp(&biased[a]).then(a.cmp(&b)));
-    candidates.truncate(p.top_k);
 
-    let mut routes: Vec<ExpertRoute> = candidates
-        .iter()
-        .map(|&e| ExpertRoute {
-            expert: e,
-            weight: scores[e],
-        })
-        .collect();
-    if p.norm_topk_prob {
-        let sum = routes.iter().map(|r| r.weight).sum::<f32>() + 1e-20;
-        for r in &mut routes {
-            r.weight /= sum;
-        }
+    let mut ranked_group_scores = group_scores;
+    ranked_group_scores.sort_by(|a, b| b.total_cmp(a));
+    Selection {
+        scores,
+        biased,
+        ranked_group_scores,
+        candidates,
     }
-    let shared_weight = 1.0 / p.routed_scaling_factor;
-    routes.extend((0..p.shared_slots).map(|j| ExpertRoute {
-        expert: n + j,
-        weight: shared_weight,
-    }));
-    routes
+}
+
+/// How close one token's routing is to choosing differently. A perturbation of every biased
+/// score by less than half of [`RoutingMargin::min`] cannot change which experts are chosen
+/// (their order within the top-k and their weights change continuously).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutingMargin {
+    /// Biased score of the `top_k`-th chosen expert minus that of the best candidate left
+    /// out (infinite when every candidate is chosen).
+    pub top_k: f32,
+    /// Score of the `topk_group`-th kept group minus that of the best dropped group
+    /// (infinite when every group is kept).
+    pub group: f32,
+}
+
+impl RoutingMargin {
+    /// The decision's margin in biased-score units: the top-k gap, or half the group gap if
+    /// smaller (a group score sums two biased scores, so it moves up to twice as far).
+    pub fn min(&self) -> f32 {
+        self.top_k.min(self.group / 2.0)
+    }
+}
+
+/// The [`RoutingMargin`] of the routing [`route_noaux_tc`] computes for the same inputs.
+pub fn routing_margin(logits: &[f32], bias: &[f32], p: &RoutingParams) -> RoutingMargin {
+    validate(logits, bias, p);
+    let sel = select(logits, bias, p);
+    let gap = |ranked: &[f32], k: usize| match ranked.get(k) {
+        Some(next) => ranked[k - 1] - next,
+        None => f32::INFINITY,
+    };
+    let ranked_biased: Vec<f32> = sel.candidates.iter().map(|&e| sel.biased[e]).collect();
+    RoutingMargin {
+        top_k: if p.top_k == 0 {
+            f32::INFINITY
+        } else {
+            gap(&ranked_biased, p.top_k)
+        },
+        group: gap(&sel.ranked_group_scores, p.topk_group),
+    }
 }
 
 /// Indices of the `k` largest values, largest first, ties to the lower index.

@@ -1,0 +1,93 @@
+//! The model on a GPU from `runtime-rocm`: memory planning, device weights, the latent KV
+//! cache on the device, and the forward pass built from `moe_kernels::gpu` launchers. The CPU
+//! [`crate::Model`] is the oracle it is tested against.
+//!
+//! What runs where: every op of the forward pass runs on the device (embedding gather,
+//! RMSNorm, linear layers, rope, latent-cache store, absorbed MLA attention, the MoE, the
+//! output head); the host computes the rotary cos/sin of each token's position (as the CPU
+//! reference does, in f64), uploads token ids and cache rows, and reads back the last
+//! token's logits of each chunk. Sampling is done on the host from those logits.
+
+mod cache;
+mod model;
+pub mod plan;
+mod weights;
+
+pub use cache::GpuKvCache;
+pub use model::{GpuModel, GpuOptions};
+pub use plan::{KvBudget, MemoryPlan, PlanError};
+
+use crate::kv_cache::SeqId;
+use crate::model::ForwardError;
+use crate::weights::WeightsError;
+use moe_kernels::gpu::GpuError;
+use thiserror::Error;
+
+/// Why the GPU model could not be built or a forward call failed.
+#[derive(Debug, Error)]
+pub enum GpuModelError {
+    /// The model does not fit on the device (nothing was allocated).
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A kernel launch, allocation, copy or compilation failed.
+    #[error(transparent)]
+    Gpu(#[from] GpuError),
+    /// The forward call was refused (same reasons as the CPU model's).
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    /// The weights have a layout the GPU path does not run.
+    #[error("GPU model: {0}")]
+    Unsupported(String),
+    /// The device given is the CPU.
+    #[error("the GPU model needs a GPU device; use model_deepseek::Model on the CPU")]
+    NotAGpu,
+    /// A sequence would outgrow its KV slab.
+    #[error("{seq}: {length} tokens exceed the KV slab of {max} tokens per sequence")]
+    SequenceFull {
+        /// The sequence.
+        seq: SeqId,
+        /// Cached plus new tokens.
+        length: usize,
+        /// Tokens per slab.
+        max: usize,
+    },
+    /// More new sequences than free KV slabs.
+    #[error("{new} new sequences but only {free} free KV slabs")]
+    NoFreeSlab {
+        /// New sequences in the call.
+        new: usize,
+        /// Free slabs.
+        free: usize,
+    },
+    /// More tokens than the workspace was sized for.
+    #[error("{tokens} tokens in one call exceed max_batch_tokens = {max}")]
+    BatchTooLarge {
+        /// Tokens in the call.
+        tokens: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl From<runtime_rocm::Error> for GpuModelError {
+    fn from(e: runtime_rocm::Error) -> Self {
+        GpuModelError::Gpu(e.into())
+    }
+}
+
+impl From<WeightsError> for GpuModelError {
+    fn from(e: WeightsError) -> Self {
+        GpuModelError::Unsupported(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The server moves the model and its cache into its engine task.
+    #[test]
+    fn model_and_cache_can_move_between_threads() {
+        fn send<T: Send>() {}
+        send::<super::GpuModel>();
+        send::<super::GpuKvCache>();
+    }
+}

@@ -1,0 +1,565 @@
+//! The forward pass on the GPU: the same graph as [`crate::Model`]'s, one launch per op, with
+//! the residual stream in f32, the MoE layer included (`moe_kernels::gpu` with f32 input and
+//! output), so W4A4 quantizes the same f32 values as the CPU model.
+
+use super::GpuModelError;
+use super::cache::GpuKvCache;
+use super::plan::{KvBudget, MemoryPlan, activation_widths};
+use super::weights::{DeviceFfn, DeviceMlp, DeviceMoe, DeviceQuery, DeviceWeights};
+use crate::config::ModelConfig;
+use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
+use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps};
+use moe_kernels::gpu::{MoeKernels, MoeWorkspace};
+use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
+use runtime_rocm::{Device, DeviceBuffer, Stream};
+use std::collections::HashSet;
+
+/// How a [`GpuModel`] is sized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// The KV cache [`GpuModel::new_cache`] allocates.
+    pub kv: KvBudget,
+    /// Most tokens (over all chunks) one forward call may take.
+    pub max_batch_tokens: usize,
+}
+
+/// f32 activation buffers for `max_batch_tokens` tokens.
+#[derive(Debug)]
+struct Activations {
+    x: DeviceBuffer<f32>,
+    normed: DeviceBuffer<f32>,
+    delta: DeviceBuffer<f32>,
+    q_a: DeviceBuffer<f32>,
+    q_a_normed: DeviceBuffer<f32>,
+    q: DeviceBuffer<f32>,
+    kv_a: DeviceBuffer<f32>,
+    latent: DeviceBuffer<f32>,
+    attn: DeviceBuffer<f32>,
+    quant: DeviceBuffer<f32>,
+    gate: DeviceBuffer<f32>,
+    up: DeviceBuffer<f32>,
+    act: DeviceBuffer<f32>,
+}
+
+impl Activations {
+    fn new(device: &Device, c: &ModelConfig, t: usize) -> Result<Self, GpuModelError> {
+        let widths = activation_widths(c);
+        let mut buffers = widths
+            .iter()
+            .map(|(_, w)| device.alloc_zeroed::<f32>(t * w))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter();
+        let mut next = || buffers.next().expect("one buffer per activation width");
+        Ok(Self {
+            x: next(),
+            normed: next(),
+            delta: next(),
+            q_a: next(),
+            q_a_normed: next(),
+            q: next(),
+            kv_a: next(),
+            latent: next(),
+            attn: next(),
+            quant: next(),
+            gate: next(),
+            up: next(),
+            act: next(),
+        })
+    }
+}
+
+/// Per-call inputs on the device.
+struct Call {
+    tokens: usize,
+    /// Cache row of each token.
+    rows: DeviceBuffer<i32>,
+    /// First cache row of each token's sequence.
+    base: DeviceBuffer<i32>,
+    /// Each token's position.
+    pos: DeviceBuffer<i32>,
+    cos: DeviceBuffer<f32>,
+    sin: DeviceBuffer<f32>,
+    /// Router logits, exactly sized for the MoE launcher.
+    router_logits: Option<DeviceBuffer<f32>>,
+}
+
+/// A [`Model`] resident on one GPU.
+#[derive(Debug)]
+pub struct GpuModel {
+    device: Device,
+    stream: Stream,
+    config: ModelConfig,
+    options: ForwardOptions,
+    gpu_options: GpuOptions,
+    plan: MemoryPlan,
+    ops: ModelOps,
+    moe: Option<(MoeKernels, MoeWorkspace)>,
+    weights: DeviceWeights,
+    rope: Rope,
+    dims: MlaDims,
+    acts: Activations,
+}
+
+impl GpuModel {
+    /// Plans the model's memory on `device`, refuses (before allocating anything) when it
+    /// does not fit the device's free memory, then compiles the kernels and uploads the
+    /// weights. The KV cache of `options.kv` is counted here and allocated by
+    /// [`Self::new_cache`].
+    pub fn new(device: &Device, model: &Model, options: GpuOptions) -> Result<Self, GpuModelError> {
+        if device.is_cpu() {
+            return Err(GpuModelError::NotAGpu);
+        }
+        let config = model.config().clone();
+        let plan = MemoryPlan::new(
+            &config,
+            model.weights(),
+            options.kv,
+            options.max_batch_tokens,
+        )?;
+        let (free, _) = device.memory_info()?;
+        plan.check_fits(&device.id().to_string(), free)?;
+        tracing::info!(
+            "GPU model on {}: weights {} MiB, KV cache {} MiB, workspace {} MiB",
+            device.id(),
+            plan.weights >> 20,
+            plan.kv_cache >> 20,
+            plan.workspace >> 20
+        );
+        let mode = model.options().activations;
+        let weights = DeviceWeights::upload(device, &config, model.weights(), mode)?;
+        let moe = match weights.layers.iter().find_map(|l| match &l.ffn {
+            DeviceFfn::Moe(m) => Some(m),
+            DeviceFfn::Dense(_) => None,
+        }) {
+            Some(m) => {
+                let kernels =
+                    MoeKernels::compile(device, config.hidden_size, config.moe_intermediate_size)?;
+                let ws = MoeWorkspace::new(
+                    device,
+                    m.experts.shape(),
+                    m.params.top_k,
+                    options.max_batch_tokens,
+                )?;
+                Some((kernels, ws))
+            }
+            None => None,
+        };
+        let dims = MlaDims {
+            heads: config.num_attention_heads,
+            qk_nope: config.qk_nope_head_dim,
+            qk_rope: config.qk_rope_head_dim,
+            v: config.v_head_dim,
+            kv_lora: config.kv_lora_rank,
+        };
+        Ok(Self {
+            device: device.clone(),
+            stream: device.create_stream()?,
+            ops: ModelOps::compile(device)?,
+            acts: Activations::new(device, &config, options.max_batch_tokens)?,
+            rope: config.rope(),
+            config,
+            options: model.options(),
+            gpu_options: options,
+            plan,
+            moe,
+            weights,
+            dims,
+        })
+    }
+
+    /// The memory plan the model was placed with.
+    pub fn plan(&self) -> MemoryPlan {
+        self.plan
+    }
+
+    /// The model's config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device it runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Allocates the KV cache of the planned budget.
+    pub fn new_cache(&self) -> Result<GpuKvCache, GpuModelError> {
+        Ok(GpuKvCache::new(
+            &self.device,
+            &self.config,
+            self.gpu_options.kv,
+        )?)
+    }
+
+    /// As [`Model::forward`]: append each chunk's tokens to its sequence's cache and return,
+    /// per chunk, the logits of its last token. Refused calls leave the cache unchanged.
+    pub fn forward(
+        &mut self,
+        chunks: &[SequenceChunk<'_>],
+        cache: &mut GpuKvCache,
+    ) -> Result<Vec<Vec<f32>>, GpuModelError> {
+        self.check(chunks, cache)?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let call = self.prepare(chunks, cache)?;
+        let t = call.tokens;
+        let h = self.config.hidden_size;
+        let ids: Vec<i32> = chunks
+            .iter()
+            .flat_map(|c| c.tokens.iter().map(|&tok| tok as i32))
+            .collect();
+        let ids = self.device.upload(&ids)?;
+        let embed = dense(&self.weights.embed);
+        self.ops
+            .gather_rows(&self.stream, embed, &ids, t, h, &mut self.acts.x)?;
+        let mut call = call;
+        for l in 0..self.weights.layers.len() {
+            self.layer(l, &mut call, cache)?;
+        }
+        for chunk in chunks {
+            cache.commit(chunk.seq, chunk.tokens.len());
+        }
+        self.logits(chunks)
+    }
+
+    fn check(&self, chunks: &[SequenceChunk<'_>], cache: &GpuKvCache) -> Result<(), GpuModelError> {
+        if !cache.matches(&self.config) {
+            return Err(ForwardError::CacheMismatch.into());
+        }
+        let vocab_size = self.config.vocab_size;
+        let mut seen = HashSet::new();
+        let mut new_sequences = 0;
+        for chunk in chunks {
+            let seq = chunk.seq;
+            if chunk.tokens.is_empty() {
+                return Err(ForwardError::EmptyChunk { seq }.into());
+            }
+            if !seen.insert(seq) {
+                return Err(ForwardError::DuplicateSequence { seq }.into());
+            }
+            if let Some((index, &token)) = chunk
+                .tokens
+                .iter()
+                .enumerate()
+                .find(|(_, t)| **t as usize >= vocab_size)
+            {
+                return Err(ForwardError::TokenOutOfVocab {
+                    seq,
+                    index,
+                    token,
+                    vocab_size,
+                }
+                .into());
+            }
+            let length = cache.seq_len(seq) + chunk.tokens.len();
+            if length > self.config.max_position_embeddings {
+                return Err(ForwardError::ContextTooLong {
+                    seq,
+                    length,
+                    max: self.config.max_position_embeddings,
+                }
+                .into());
+            }
+            let max = cache.budget().tokens_per_sequence;
+            if length > max {
+                return Err(GpuModelError::SequenceFull { seq, length, max });
+            }
+            new_sequences += usize::from(!cache.contains(seq));
+        }
+        if new_sequences > cache.free_sequences() {
+            return Err(GpuModelError::NoFreeSlab {
+                new: new_sequences,
+                free: cache.free_sequences(),
+            });
+        }
+        let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+        if tokens > self.gpu_options.max_batch_tokens {
+            return Err(GpuModelError::BatchTooLarge {
+                tokens,
+                max: self.gpu_options.max_batch_tokens,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes slabs for new sequences and uploads each token's cache row, position and
+    /// rotary cos/sin (computed on the host exactly as the CPU reference does).
+    fn prepare(
+        &self,
+        chunks: &[SequenceChunk<'_>],
+        cache: &mut GpuKvCache,
+    ) -> Result<Call, GpuModelError> {
+        let per_seq = cache.budget().tokens_per_sequence;
+        let (mut rows, mut base, mut pos) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        for chunk in chunks {
+            let slab = cache.slab(chunk.seq);
+            let first = slab.index * per_seq;
+            for p in slab.len..slab.len + chunk.tokens.len() {
+                rows.push((first + p) as i32);
+                base.push(first as i32);
+                pos.push(p as i32);
+                let (c, s) = self.rope.cos_sin(p);
+                cos.extend(c);
+                sin.extend(s);
+            }
+        }
+        let t = rows.len();
+        let d = &self.device;
+        let moe = self.moe.is_some();
+        let c = &self.config;
+        Ok(Call {
+            tokens: t,
+            rows: d.upload(&rows)?,
+            base: d.upload(&base)?,
+            pos: d.upload(&pos)?,
+            cos: d.upload(&cos)?,
+            sin: d.upload(&sin)?,
+            router_logits: moe
+                .then(|| d.alloc_zeroed(t * c.n_routed_experts))
+                .transpose()?,
+        })
+    }
+
+    fn layer(
+        &mut self,
+        l: usize,
+        call: &mut Call,
+        cache: &mut GpuKvCache,
+    ) -> Result<(), GpuModelError> {
+        let (s, ops, a) = (&self.stream, &self.ops, &mut self.acts);
+        let c = &self.config;
+        let t = call.tokens;
+        let h = c.hidden_size;
+        let layer = &self.weights.layers[l];
+        let mode = self.options.activations;
+        let eps = c.rms_norm_eps;
+
+        ops.rmsnorm(s, &a.x, h, &layer.input_norm, eps, t, &mut a.normed, h)?;
+        // Attention.
+        let w = &layer.attention;
+        let d = &self.dims;
+        let q_head = d.qk_nope + d.qk_rope;
+        match &w.query {
+            DeviceQuery::Lora { a: qa, norm, b } => {
+                let r = qa.out_features();
+                ops.linear(s, &a.normed, t, qa, mode, &mut a.quant, &mut a.q_a)?;
+                ops.rmsnorm(s, &a.q_a, r, norm, eps, t, &mut a.q_a_normed, r)?;
+                ops.linear(s, &a.q_a_normed, t, b, mode, &mut a.quant, &mut a.q)?;
+            }
+            DeviceQuery::Direct(q) => {
+                ops.linear(s, &a.normed, t, q, mode, &mut a.quant, &mut a.q)?;
+            }
+        }
+        let kv_width = d.kv_lora + d.qk_rope;
+        ops.linear(s, &a.normed, t, &w.kv_a, mode, &mut a.quant, &mut a.kv_a)?;
+        ops.rmsnorm(
+            s,
+            &a.kv_a,
+            kv_width,
+            &w.kv_a_norm,
+            eps,
+            t,
+            &mut a.latent,
+            d.kv_lora,
+        )?;
+        let latent = match w.kv_b_input {
+            ActivationQuant::Mxfp4(rule) => {
+                ops.fake_quantize(s, &a.latent, t * d.kv_lora, rule, &mut a.quant)?;
+                &a.quant
+            }
+            ActivationQuant::None => &a.latent,
+        };
+        let half = d.qk_rope / 2;
+        ops.rope(
+            s,
+            &mut a.q,
+            &call.cos,
+            &call.sin,
+            t,
+            d.heads,
+            d.heads * q_head,
+            q_head,
+            d.qk_nope,
+            half,
+        )?;
+        ops.rope(
+            s,
+            &mut a.kv_a,
+            &call.cos,
+            &call.sin,
+            t,
+            1,
+            kv_width,
+            kv_width,
+            d.kv_lora,
+            half,
+        )?;
+        let max_keys = cache.budget().tokens_per_sequence;
+        let (cache_latent, cache_rope) = &mut cache.layers[l];
+        ops.cache_store(
+            s,
+            latent,
+            &a.kv_a,
+            &call.rows,
+            t,
+            d.kv_lora,
+            d.qk_rope,
+            cache_latent,
+            cache_rope,
+        )?;
+        ops.mla_attention(
+            s,
+            &a.q,
+            cache_latent,
+            cache_rope,
+            &w.kv_b,
+            &call.base,
+            &call.pos,
+            t,
+            max_keys,
+            d,
+            c.softmax_scale(),
+            &mut a.attn,
+        )?;
+        ops.linear(s, &a.attn, t, &w.o_proj, mode, &mut a.quant, &mut a.delta)?;
+        ops.add(s, &mut a.x, &a.delta, t * h)?;
+
+        // Feed-forward.
+        ops.rmsnorm(s, &a.x, h, &layer.post_norm, eps, t, &mut a.normed, h)?;
+        match &layer.ffn {
+            DeviceFfn::Dense(m) => {
+                mlp(ops, s, a, m, t, mode)?;
+                ops.add(s, &mut a.x, &a.delta, t * h)?;
+            }
+            DeviceFfn::Moe(m) => {
+                let (kernels, ws) = self
+                    .moe
+                    .as_mut()
+                    .expect("MoE kernels built with MoE layers");
+                moe(ops, s, a, m, kernels, ws, call, t, h)?;
+                if let Some(shared) = &m.shared_mlp {
+                    mlp(ops, s, a, shared, t, mode)?;
+                    ops.add(s, &mut a.x, &a.delta, t * h)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Final norm and output head on the last token of each chunk; checks they are finite.
+    fn logits(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<Vec<Vec<f32>>, GpuModelError> {
+        let c = &self.config;
+        let (h, vocab) = (c.hidden_size, c.vocab_size);
+        let mut last = Vec::with_capacity(chunks.len());
+        let mut end = 0usize;
+        for chunk in chunks {
+            end += chunk.tokens.len();
+            last.push((end - 1) as i32);
+        }
+        let n = last.len();
+        let s = &self.stream;
+        let a = &mut self.acts;
+        let last = self.device.upload(&last)?;
+        // `delta` holds the last rows, `normed` their norm.
+        self.ops.gather_rows(s, &a.x, &last, n, h, &mut a.delta)?;
+        self.ops.rmsnorm(
+            s,
+            &a.delta,
+            h,
+            &self.weights.norm,
+            c.rms_norm_eps,
+            n,
+            &mut a.normed,
+            h,
+        )?;
+        let mut logits = self.device.alloc_zeroed::<f32>(n * vocab)?;
+        let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
+        self.ops.linear(
+            s,
+            &a.normed,
+            n,
+            head,
+            self.options.activations,
+            &mut a.quant,
+            &mut logits,
+        )?;
+        s.synchronize()?;
+        let host = logits.to_vec()?;
+        let mut out = Vec::with_capacity(n);
+        for (chunk, row) in chunks.iter().zip(host.chunks_exact(vocab)) {
+            if !row.iter().all(|v| v.is_finite()) {
+                return Err(ForwardError::NonFiniteLogits { seq: chunk.seq }.into());
+            }
+            out.push(row.to_vec());
+        }
+        Ok(out)
+    }
+}
+
+/// The f32 buffer of a dense layer (the embedding is always dense).
+fn dense(l: &DeviceLinear) -> &DeviceBuffer<f32> {
+    match l {
+        DeviceLinear::Dense { weight, .. } => weight,
+        DeviceLinear::Mxfp4 { .. } => unreachable!("the embedding is uploaded dense"),
+    }
+}
+
+/// `delta = down(silu(gate(normed)) · up(normed))`.
+fn mlp(
+    ops: &ModelOps,
+    s: &Stream,
+    a: &mut Activations,
+    m: &DeviceMlp,
+    t: usize,
+    mode: ActivationMode,
+) -> Result<(), GpuModelError> {
+    let inter = m.intermediate();
+    ops.linear(s, &a.normed, t, &m.gate, mode, &mut a.quant, &mut a.gate)?;
+    ops.linear(s, &a.normed, t, &m.up, mode, &mut a.quant, &mut a.up)?;
+    ops.silu_mul(s, &a.gate, &a.up, t * inter, &mut a.act)?;
+    ops.linear(s, &a.act, t, &m.down, mode, &mut a.quant, &mut a.delta)?;
+    Ok(())
+}
+
+/// `x += moe(normed)`: router logits, then the experts through `moe_kernels::gpu`, all in f32.
+#[allow(clippy::too_many_arguments)]
+fn moe(
+    ops: &ModelOps,
+    s: &Stream,
+    a: &mut Activations,
+    m: &DeviceMoe,
+    kernels: &MoeKernels,
+    ws: &mut MoeWorkspace,
+    call: &mut Call,
+    t: usize,
+    h: usize,
+) -> Result<(), GpuModelError> {
+    let missing = || GpuModelError::Unsupported("MoE buffers missing".into());
+    let logits = call.router_logits.as_mut().ok_or_else(missing)?;
+    ops.linear(
+        s,
+        &a.normed,
+        t,
+        &m.router,
+        ActivationMode::Unquantized,
+        &mut a.quant,
+        logits,
+    )?;
+    kernels.forward(
+        s,
+        &m.experts,
+        &m.params,
+        m.act,
+        m.mode,
+        &a.normed,
+        logits,
+        &m.bias,
+        t,
+        ws,
+        &mut a.delta,
+    )?;
+    ops.add(s, &mut a.x, &a.delta, t * h)?;
+    Ok(())
+}

@@ -1,0 +1,497 @@
+//! Device memory planning: how many bytes the weights, the KV cache and the workspace of a
+//! [`super::GpuModel`] take, and a clear refusal, before anything is allocated, when they do
+//! not fit the device.
+
+use crate::config::ModelConfig;
+use crate::loader::catalog::Role;
+use crate::loader::{LinearFormat, Plan};
+use crate::weights::{FeedForward, Linear, MlpWeights, ModelWeights, QueryWeights};
+use thiserror::Error;
+
+/// Bytes kept free for what the plan does not count: the driver context, loaded kernel code,
+/// allocator rounding.
+pub const DEFAULT_RESERVE_BYTES: u64 = 512 << 20;
+
+/// How much KV cache to set aside: `sequences` slabs of `tokens_per_sequence` tokens each (the
+/// cache is a contiguous slab per sequence, not paged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvBudget {
+    /// Sequences that can be live at once.
+    pub sequences: usize,
+    /// Most tokens (prompt plus generated) one sequence may hold.
+    pub tokens_per_sequence: usize,
+}
+
+impl KvBudget {
+    /// Tokens over all slabs.
+    pub fn tokens(&self) -> usize {
+        self.sequences * self.tokens_per_sequence
+    }
+}
+
+/// Why a model cannot be placed on a device.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// Weights, KV cache, workspace and reserve need more than the device has free.
+    #[error(
+        "does not fit on {device}: weights {weights} B + KV cache {kv_cache} B + workspace \
+         {workspace} B + reserve {reserve} B = {needed} B, but only {available} B are free"
+    )]
+    DoesNotFit {
+        /// The device, as `cuda:0` / `rocm:0`.
+        device: String,
+        /// Bytes of the weights.
+        weights: u64,
+        /// Bytes of the KV cache.
+        kv_cache: u64,
+        /// Bytes of the workspace.
+        workspace: u64,
+        /// Bytes kept free.
+        reserve: u64,
+        /// The sum.
+        needed: u64,
+        /// Free device memory.
+        available: u64,
+    },
+    /// A budget parameter is zero or beyond the model's context.
+    #[error("{parameter} = {value}: {reason}")]
+    Parameter {
+        /// Which parameter.
+        parameter: &'static str,
+        /// Its value.
+        value: usize,
+        /// What is allowed.
+        reason: String,
+    },
+}
+
+/// The device memory one model instance needs, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryPlan {
+    /// Weights as uploaded (dense f32, MXFP4 packed codes and scales; `kv_b_proj` dense f32,
+    /// since attention reads it dequantized).
+    pub weights: u64,
+    /// The latent KV cache (f32 latent and rope key, every layer).
+    pub kv_cache: u64,
+    /// Activations and scratch for `max_batch_tokens` tokens per forward call.
+    pub workspace: u64,
+    /// Kept free for what is not counted.
+    pub reserve: u64,
+}
+
+impl MemoryPlan {
+    /// The plan for `weights` of `config` with a KV budget and at most `max_batch_tokens`
+    /// tokens per forward call.
+    pub fn new(
+        config: &ModelConfig,
+        weights: &ModelWeights,
+        kv: KvBudget,
+        max_batch_tokens: usize,
+    ) -> Result<Self, PlanError> {
+        let slots = weights
+            .layers
+            .iter()
+            .filter_map(|l| match &l.feed_forward {
+                FeedForward::Moe(m) => Some(m.experts.len()),
+                FeedForward::Dense(_) => None,
+            })
+            .max();
+        Self::from_parts(
+            config,
+            device_weight_bytes(weights),
+            slots,
+            kv,
+            max_batch_tokens,
+        )
+    }
+
+    /// The plan for a checkpoint from its load plan, before any weight is read: a model that
+    /// cannot fit is refused without loading it. The MoE workspace is counted with the shared
+    /// expert's slots stacked next to the routed experts (exact when it has their format, a
+    /// few bytes over otherwise).
+    pub fn for_checkpoint(
+        plan: &Plan,
+        kv: KvBudget,
+        max_batch_tokens: usize,
+    ) -> Result<Self, PlanError> {
+        let c = &plan.config.model;
+        let slots = (c.n_routed_experts > 0).then(|| c.n_routed_experts + c.n_shared_experts);
+        Self::from_parts(c, planned_weight_bytes(plan), slots, kv, max_batch_tokens)
+    }
+
+    fn from_parts(
+        config: &ModelConfig,
+        weights: u64,
+        moe_slots: Option<usize>,
+        kv: KvBudget,
+        max_batch_tokens: usize,
+    ) -> Result<Self, PlanError> {
+        let positive = |parameter, value: usize| {
+            if value == 0 {
+                Err(PlanError::Parameter {
+                    parameter,
+                    value,
+                    reason: "must be at least 1".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("kv sequences", kv.sequences)?;
+        positive("kv tokens_per_sequence", kv.tokens_per_sequence)?;
+        positive("max_batch_tokens", max_batch_tokens)?;
+        if kv.tokens_per_sequence > config.max_position_embeddings {
+            return Err(PlanError::Parameter {
+                parameter: "kv tokens_per_sequence",
+                value: kv.tokens_per_sequence,
+                reason: format!(
+                    "beyond max_position_embeddings = {}",
+                    config.max_position_embeddings
+                ),
+            });
+        }
+        Ok(Self {
+            weights,
+            kv_cache: (kv.tokens() * kv_bytes_per_token(config)) as u64,
+            workspace: workspace_bytes(config, moe_slots, max_batch_tokens),
+            reserve: DEFAULT_RESERVE_BYTES,
+        })
+    }
+
+    /// Everything the plan needs, reserve included.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.workspace + self.reserve
+    }
+
+    /// `Ok` when the plan fits in `available` free bytes of `device`; else the numbers.
+    pub fn check_fits(&self, device: &str, available: u64) -> Result<(), PlanError> {
+        if self.total() <= available {
+            Ok(())
+        } else {
+            Err(PlanError::DoesNotFit {
+                device: device.to_owned(),
+                weights: self.weights,
+                kv_cache: self.kv_cache,
+                workspace: self.workspace,
+                reserve: self.reserve,
+                needed: self.total(),
+                available,
+            })
+        }
+    }
+}
+
+/// Bytes of one cached token over all layers (f32 latent and rope key).
+pub fn kv_bytes_per_token(config: &ModelConfig) -> usize {
+    config.num_hidden_layers * (config.kv_lora_rank + config.qk_rope_head_dim) * 4
+}
+
+fn linear_bytes(l: &Linear) -> u64 {
+    match l {
+        Linear::Dense(m) => (m.data.len() * 4) as u64,
+        Linear::Mxfp4 { weight, .. } => (weight.packed().len() + weight.scales().len()) as u64,
+    }
+}
+
+fn mlp_bytes(m: &MlpWeights) -> u64 {
+    linear_bytes(&m.gate_proj) + linear_bytes(&m.up_proj) + linear_bytes(&m.down_proj)
+}
+
+fn vec_bytes(v: &[f32]) -> u64 {
+    (v.len() * 4) as u64
+}
+
+/// Bytes the weights take on the device, as [`super::GpuModel`] uploads them.
+pub fn device_weight_bytes(w: &ModelWeights) -> u64 {
+    let mut total = vec_bytes(&w.embed_tokens.data) + vec_bytes(&w.norm);
+    total += w.lm_head.as_ref().map_or(0, linear_bytes);
+    for layer in &w.layers {
+        let a = &layer.attention;
+        total += vec_bytes(&layer.input_layernorm) + vec_bytes(&layer.post_attention_layernorm);
+        total += match &a.query {
+            QueryWeights::Lora {
+                q_a_proj,
+                q_a_layernorm,
+                q_b_proj,
+            } => linear_bytes(q_a_proj) + vec_bytes(q_a_layernorm) + linear_bytes(q_b_proj),
+            QueryWeights::Direct { q_proj } => linear_bytes(q_proj),
+        };
+        total += linear_bytes(&a.kv_a_proj_with_mqa) + vec_bytes(&a.kv_a_layernorm);
+        total += (a.kv_b_proj.out_features() * a.kv_b_proj.in_features() * 4) as u64;
+        total += linear_bytes(&a.o_proj);
+        total += match &layer.feed_forward {
+            FeedForward::Dense(m) => mlp_bytes(m),
+            FeedForward::Moe(moe) => {
+                vec_bytes(&moe.router.data)
+                    + vec_bytes(&moe.correction_bias)
+                    + moe.experts.iter().map(mlp_bytes).sum::<u64>()
+                    + moe.shared.as_ref().map_or(0, mlp_bytes)
+            }
+        };
+    }
+    total
+}
+
+/// Bytes the weights of a checkpoint's load plan will take on the device, as
+/// [`device_weight_bytes`] counts them once loaded: bf16 tensors widen to f32, MXFP4 layers
+/// keep codes and scales, `kv_b_proj` goes up dense; the multi-token-prediction layers (not
+/// run) are not counted.
+pub fn planned_weight_bytes(plan: &Plan) -> u64 {
+    let layers = plan.config.model.num_hidden_layers;
+    plan.expected
+        .iter()
+        .filter(|e| {
+            let layer = e
+                .canonical
+                .strip_prefix("model.layers.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            layer.is_none_or(|l| l < layers)
+        })
+        .map(|e| {
+            let elements: usize = e.shape.iter().product();
+            let dense = (elements * 4) as u64;
+            match (e.role, e.format) {
+                _ if e.canonical.ends_with("self_attn.kv_b_proj") => dense,
+                (Role::Linear, LinearFormat::Mxfp4 { .. }) => (elements / 2 + elements / 32) as u64,
+                _ => dense,
+            }
+        })
+        .sum()
+}
+
+/// Widest input of any linear layer (the activation fake-quantization scratch row).
+fn widest_input(c: &ModelConfig) -> usize {
+    [
+        c.hidden_size,
+        c.q_lora_rank.unwrap_or(0),
+        c.kv_lora_rank,
+        c.num_attention_heads * c.v_head_dim,
+        c.intermediate_size,
+        c.moe_intermediate_size * c.n_shared_experts.max(1),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
+}
+
+/// Per-token f32 activation widths of the forward pass (see `forward.rs`, which allocates
+/// exactly these buffers).
+pub(crate) fn activation_widths(c: &ModelConfig) -> [(&'static str, usize); 14] {
+    let mlp_width = c
+        .intermediate_size
+        .max(c.moe_intermediate_size * c.n_shared_experts);
+    [
+        ("x", c.hidden_size),
+        ("normed", c.hidden_size),
+        ("delta", c.hidden_size),
+        ("q_a", c.q_lora_rank.unwrap_or(1)),
+        ("q_a_normed", c.q_lora_rank.unwrap_or(1)),
+        ("q", c.num_attention_heads * c.qk_head_dim()),
+        ("kv_a", c.kv_lora_rank + c.qk_rope_head_dim),
+        ("latent", c.kv_lora_rank),
+        ("attn", c.num_attention_heads * c.v_head_dim),
+        ("quant scratch", widest_input(c)),
+        ("gate", mlp_width),
+        ("up", mlp_width),
+        ("act", mlp_width),
+        ("router logits", c.n_routed_experts.max(1)),
+    ]
+}
+
+/// Bytes of the workspace for `t` tokens per call.
+fn workspace_bytes(c: &ModelConfig, moe_slots: Option<usize>, t: usize) -> u64 {
+    let per_token: usize = activation_widths(c).iter().map(|(_, n)| n * 4).sum();
+    // Rope cos/sin, positions, cache rows, token ids, rows to take logits of.
+    let per_token_small = c.qk_rope_head_dim * 4 + 4 * 4;
+    // Logits of up to every token, and the last-row copy of the residual stream.
+    let logits = c.vocab_size * 4 + c.hidden_size * 4;
+    let moe = moe_slots.map_or(0, |slots| moe_workspace_bytes(c, slots, t));
+    ((per_token + per_token_small + logits) * t) as u64 + moe
+}
+
+/// What `moe_kernels::gpu::MoeWorkspace::new` allocates for `t` tokens and `slots` stacked
+/// experts (mirrored from its buffers); the MoE reads and writes the f32 activation buffers.
+fn moe_workspace_bytes(c: &ModelConfig, slots: usize, t: usize) -> u64 {
+    let (h, inter) = (c.hidden_size, c.moe_intermediate_size);
+    let n_shared = c.n_shared_experts;
+    let pairs = t * (c.num_experts_per_tok + n_shared);
+    let shared_pairs = (t * n_shared).max(1);
+    let grouping = |pairs: usize, experts: usize| (experts + 1 + 2 * pairs + experts + 1) * 4;
+    let bytes = t * h
+        + t * h / 32
+        + pairs * 8
+        + grouping(pairs, slots)
+        + shared_pairs * 8
+        + grouping(shared_pairs, n_shared.max(1))
+        + pairs * inter * 4
+        + pairs * inter
+        + pairs * inter / 32
+        + pairs * h * 4
+        + shared_pairs * h * 4;
+    bytes as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_config;
+    use crate::synthetic::{SyntheticSpec, synthetic_weights};
+
+    fn tiny() -> (ModelConfig, ModelWeights) {
+        let config = parse_config(
+            &serde_json::json!({
+                "architectures": ["DeepseekV3ForCausalLM"],
+                "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96,
+                "moe_intermediate_size": 32, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "q_lora_rank": 32, "kv_lora_rank": 32,
+                "qk_nope_head_dim": 16, "qk_rope_head_dim": 8, "v_head_dim": 16,
+                "n_routed_experts": 16, "n_shared_experts": 1, "num_experts_per_tok": 4,
+                "n_group": 1, "topk_group": 1, "routed_scaling_factor": 2.5,
+                "first_k_dense_replace": 1, "max_position_embeddings": 256,
+                "rms_norm_eps": 1e-6, "tie_word_embeddings": false
+            })
+            .to_string(),
+        )
+        .unwrap()
+        .model;
+        let weights = synthetic_weights(&config, &SyntheticSpec::quark_w4a4(), 7).unwrap();
+        (config, weights)
+    }
+
+    #[test]
+    fn counts_weights_kv_and_workspace() {
+        let (config, weights) = tiny();
+        let kv = KvBudget {
+            sequences: 3,
+            tokens_per_sequence: 100,
+        };
+        let plan = MemoryPlan::new(&config, &weights, kv, 16).unwrap();
+        // The KV cache: 300 tokens × 2 layers × (32 + 8) f32.
+        assert_eq!(plan.kv_cache, 300 * 2 * 40 * 4);
+        // Upload bytes differ from host bytes only in kv_b_proj, which goes up dense.
+        let kv_b_host: u64 = weights
+            .layers
+            .iter()
+            .map(|l| linear_bytes(&l.attention.kv_b_proj))
+            .sum();
+        let kv_b_dense = (2 * 4 * 32 * 32 * 4) as u64;
+        assert_eq!(
+            plan.weights,
+            weights.size_bytes() as u64 - kv_b_host + kv_b_dense
+        );
+        // The workspace grows linearly with the batch.
+        let bigger = MemoryPlan::new(&config, &weights, kv, 32).unwrap();
+        assert!(bigger.workspace > plan.workspace && bigger.workspace <= 2 * plan.workspace + 64);
+    }
+
+    #[test]
+    fn a_checkpoint_plan_counts_what_its_loaded_weights_take() {
+        use crate::fusion::FusionMode;
+        use crate::loader::{self, LoadOptions};
+        use crate::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
+        let kv = KvBudget {
+            sequences: 2,
+            tokens_per_sequence: 64,
+        };
+        for (layout, experts) in [(TinyLayout::DeepseekV3, 256), (TinyLayout::KimiK25, 384)] {
+            for shared in [SharedExperts::Quantized, SharedExperts::Bf16] {
+                for fusion in [FusionMode::Auto, FusionMode::Off] {
+                    let dir = tempfile::tempdir().unwrap();
+                    let spec = TinySpec {
+                        layout,
+                        shared_experts: shared,
+                        n_routed_experts: experts,
+                        ..TinySpec::default()
+                    };
+                    write_tiny_checkpoint(dir.path(), &spec).unwrap();
+                    let options = LoadOptions {
+                        fusion,
+                        ..LoadOptions::default()
+                    };
+                    let planned = loader::plan(dir.path(), &options).unwrap();
+                    let before = MemoryPlan::for_checkpoint(&planned, kv, 8).unwrap();
+                    let model = loader::load(dir.path(), &options).unwrap().model;
+                    let after = MemoryPlan::new(model.config(), model.weights(), kv, 8).unwrap();
+                    let case = format!("{layout:?} {shared:?} {fusion:?}");
+                    assert_eq!(before.weights, after.weights, "{case}");
+                    assert_eq!(before.kv_cache, after.kv_cache, "{case}");
+                    // The checkpoint plan assumes the shared slots are stacked.
+                    assert!(before.workspace >= after.workspace, "{case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_with_the_numbers_when_it_does_not_fit() {
+        let (config, weights) = tiny();
+        let kv = KvBudget {
+            sequences: 1000,
+            tokens_per_sequence: 256,
+        };
+        let plan = MemoryPlan::new(&config, &weights, kv, 64).unwrap();
+        // A fake device with exactly enough memory fits; one byte less does not.
+        assert!(plan.check_fits("cuda:0", plan.total()).is_ok());
+        let err = plan.check_fits("cuda:0", plan.total() - 1).unwrap_err();
+        assert_eq!(
+            err,
+            PlanError::DoesNotFit {
+                device: "cuda:0".into(),
+                weights: plan.weights,
+                kv_cache: plan.kv_cache,
+                workspace: plan.workspace,
+                reserve: DEFAULT_RESERVE_BYTES,
+                needed: plan.total(),
+                available: plan.total() - 1,
+            }
+        );
+        let text = err.to_string();
+        assert!(text.contains("KV cache") && text.contains(&plan.kv_cache.to_string()));
+    }
+
+    #[test]
+    fn rejects_empty_or_overlong_budgets() {
+        let (config, weights) = tiny();
+        let cases = [
+            (
+                KvBudget {
+                    sequences: 0,
+                    tokens_per_sequence: 8,
+                },
+                4,
+                "kv sequences",
+            ),
+            (
+                KvBudget {
+                    sequences: 1,
+                    tokens_per_sequence: 0,
+                },
+                4,
+                "kv tokens_per_sequence",
+            ),
+            (
+                KvBudget {
+                    sequences: 1,
+                    tokens_per_sequence: 257,
+                },
+                4,
+                "kv tokens_per_sequence",
+            ),
+            (
+                KvBudget {
+                    sequences: 1,
+                    tokens_per_sequence: 8,
+                },
+                0,
+                "max_batch_tokens",
+            ),
+        ];
+        for (kv, t, name) in cases {
+            match MemoryPlan::new(&config, &weights, kv, t) {
+                Err(PlanError::Parameter { parameter, .. }) => assert_eq!(parameter, name),
+                other => panic!("{kv:?} {t}: {other:?}"),
+            }
+        }
+    }
+}

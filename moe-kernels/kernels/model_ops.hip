@@ -1,0 +1,295 @@
+// Dense model ops for the DeepSeek-V3 forward pass on the GPU (HIP dialect): embedding / row
+// gather, RMSNorm, f32 and MXFP4 linear layers (simple GEMV-style: one wave per output
+// element), dynamic MXFP4 fake quantization of activations, interleaved rotary embedding,
+// latent-cache store, absorbed MLA attention, SwiGLU and residual adds. Everything is f32
+// except the bf16 hand-over to the MoE kernels.
+//
+// Defines (set by the launcher; part of the compile-cache key):
+//   WARP_SIZE     threads per wave, from the runtime; never assumed
+//   OPS_THREADS   threads per block of the block-wide kernels (a multiple of WARP_SIZE)
+// check-defines: OPS_THREADS=128
+
+#ifndef OPS_THREADS
+#define OPS_THREADS 256
+#endif
+#if (OPS_THREADS % WARP_SIZE) != 0
+#error "OPS_THREADS must be a multiple of WARP_SIZE"
+#endif
+#define OPS_WAVES (OPS_THREADS / WARP_SIZE)
+#define MX_BLOCK 32
+
+typedef unsigned char u8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ float wave_sum(float v) {
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v += __shfl_xor(v, o);
+    return v;
+}
+
+__device__ __forceinline__ float wave_max(float v) {
+    for (int o = WARP_SIZE / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor(v, o));
+    return v;
+}
+
+// Sum (or max) over the whole block; every thread gets the result. `scratch` holds OPS_WAVES.
+__device__ __forceinline__ float block_reduce(float v, float* scratch, bool is_max) {
+    int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    v = is_max ? wave_max(v) : wave_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[wave] = v;
+    __syncthreads();
+    float r = scratch[0];
+    for (int w = 1; w < OPS_WAVES; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
+    return r;
+}
+
+// E8M0 code -> 2^(code-127); code 0 is the float32 denormal 2^-127.
+__device__ __forceinline__ float e8m0_value(u32 code) {
+    return __uint_as_float(code ? code << 23 : 0x00400000u);
+}
+
+// E2M1 code (4 bits) -> value.
+__device__ __forceinline__ float e2m1_value(u32 c) {
+    return __uint_as_float(((c & 8u) << 28) | ((c & 7u) << 22)) * 0x1p126f;
+}
+
+// 2^n for -149 <= n <= 127, exactly.
+__device__ __forceinline__ float pow2i(int n) {
+    return n >= -126 ? __uint_as_float((u32)(n + 127) << 23) : __uint_as_float(1u << (n + 149));
+}
+
+// OCP MX shared exponent floor(log2 amax) - 2; with `even`, amax's mantissa is first rounded
+// to one bit ([1.75, 2) goes up). Clamped to the E8M0 range; zero gets the smallest scale.
+__device__ __forceinline__ int shared_exponent(float amax, int even) {
+    if (!(amax > 0.0f)) return -127;
+    u32 bits = __float_as_uint(amax);
+    int biased = (int)(bits >> 23);
+    u32 mant = bits & 0x7fffffu;
+    int lg;
+    if (biased == 0) {
+        int lead = 31 - __clz(mant);
+        lg = lead - 149;
+        mant = (mant << (23 - lead)) & 0x7fffffu;
+    } else {
+        lg = biased - 127;
+    }
+    if (even && mant >= 0x600000u) lg += 1;
+    int s = lg - 2;
+    return s < -127 ? -127 : (s > 127 ? 127 : s);
+}
+
+// Nearest E2M1 value (half to even, saturating at 6) of an already scaled value.
+__device__ __forceinline__ float e2m1_round(float v) {
+    float a = fabsf(v);
+    float q = a <= 0.25f ? 0.0f
+            : a < 0.75f  ? 0.5f
+            : a <= 1.25f ? 1.0f
+            : a < 1.75f  ? 1.5f
+            : a <= 2.5f  ? 2.0f
+            : a < 3.5f   ? 3.0f
+            : a <= 5.0f  ? 4.0f
+                         : 6.0f;
+    return copysignf(q, v);
+}
+
+// out[r] = table[ids[r]] for rows of `cols` values (embedding lookup, row selection).
+extern "C" __global__ void ops_gather_rows(const float* __restrict__ table, const int* __restrict__ ids,
+                                           int rows, int cols, float* __restrict__ out) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)rows * cols) return;
+    int r = (int)(i / cols), c = (int)(i % cols);
+    out[i] = table[(size_t)ids[r] * cols + c];
+}
+
+// RMSNorm of `rows` rows of `d` values read at x[r*x_stride ..], written at out[r*out_stride ..]:
+// out = w * (x * 1/sqrt(mean(x^2) + eps)). One block per row.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_rmsnorm(const float* __restrict__ x, int x_stride, const float* __restrict__ w, int d, float eps,
+            float* __restrict__ out, int out_stride) {
+    __shared__ float scratch[OPS_WAVES];
+    const float* xr = x + (size_t)blockIdx.x * x_stride;
+    float* orow = out + (size_t)blockIdx.x * out_stride;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < d; i += OPS_THREADS) ss = fmaf(xr[i], xr[i], ss);
+    ss = block_reduce(ss, scratch, false);
+    float inv = 1.0f / sqrtf(ss / (float)d + eps);
+    for (int i = threadIdx.x; i < d; i += OPS_THREADS) orow[i] = w[i] * (xr[i] * inv);
+}
+
+// out[m][n] = x[m][k] . w[n][k] (f32 weight). One wave per output element; blocks of
+// OPS_WAVES outputs along n, grid.y over rows.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, int k, int n,
+               float* __restrict__ out) {
+    int lane = threadIdx.x % WARP_SIZE;
+    int j = blockIdx.x * OPS_WAVES + threadIdx.x / WARP_SIZE;
+    int i = blockIdx.y;
+    if (j >= n || i >= m) return;
+    const float* xr = x + (size_t)i * k;
+    const float* wr = w + (size_t)j * k;
+    float acc = 0.0f;
+    for (int c = lane; c < k; c += WARP_SIZE) acc = fmaf(xr[c], wr[c], acc);
+    acc = wave_sum(acc);
+    if (lane == 0) out[(size_t)i * n + j] = acc;
+}
+
+// out[m][n] = x[m][k] . dequant(w)[n][k] with an MXFP4 weight: `packed` [n][k/2] (low nibble =
+// even element), `scales` [n][k/32] E8M0. Each lane takes one byte (two elements) at a time.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_mxfp4(const float* __restrict__ x, const u8* __restrict__ packed,
+                 const u8* __restrict__ scales, int m, int k, int n, float* __restrict__ out) {
+    int lane = threadIdx.x % WARP_SIZE;
+    int j = blockIdx.x * OPS_WAVES + threadIdx.x / WARP_SIZE;
+    int i = blockIdx.y;
+    if (j >= n || i >= m) return;
+    const float* xr = x + (size_t)i * k;
+    const u8* wr = packed + (size_t)j * (k / 2);
+    const u8* sr = scales + (size_t)j * (k / MX_BLOCK);
+    float acc = 0.0f;
+    for (int b = lane; b < k / 2; b += WARP_SIZE) {
+        u32 byte = wr[b];
+        float s = e8m0_value(sr[(2 * b) / MX_BLOCK]);
+        float lo = e2m1_value(byte & 15u) * s, hi = e2m1_value(byte >> 4) * s;
+        acc = fmaf(xr[2 * b], lo, acc);
+        acc = fmaf(xr[2 * b + 1], hi, acc);
+    }
+    acc = wave_sum(acc);
+    if (lane == 0) out[(size_t)i * n + j] = acc;
+}
+
+// Dynamic MXFP4 fake quantization of `n_blocks` blocks of 32 values: quantize with the shared
+// exponent rule (`even` = Quark's "even" mode, else plain OCP) and decode back. A block holding
+// NaN or infinity becomes all NaN. One thread per block.
+extern "C" __global__ void ops_fake_quantize(const float* __restrict__ x, int n_blocks, int even,
+                                             float* __restrict__ out) {
+    int b = blockIdx.x * blockDim.x + threadIdx.x;
+    if (b >= n_blocks) return;
+    const float* v = x + (size_t)b * MX_BLOCK;
+    float* o = out + (size_t)b * MX_BLOCK;
+    float amax = 0.0f;
+    bool finite = true;
+    for (int i = 0; i < MX_BLOCK; ++i) {
+        finite = finite && isfinite(v[i]);
+        amax = fmaxf(amax, fabsf(v[i]));
+    }
+    if (!finite) {
+        for (int i = 0; i < MX_BLOCK; ++i) o[i] = __uint_as_float(0x7fc00000u);
+        return;
+    }
+    int e = shared_exponent(amax, even);
+    float inv = pow2i(-e), scale = e8m0_value((u32)(e + 127));
+    for (int i = 0; i < MX_BLOCK; ++i) o[i] = e2m1_round(v[i] * inv) * scale;
+}
+
+// Interleaved (GPT-J) rotary embedding in place: for token t, vectors h < count at
+// x[t*row_stride + h*stride + offset ..], pair p = dims (2p, 2p+1) rotated by cos/sin[t][p].
+extern "C" __global__ void ops_rope(float* __restrict__ x, const float* __restrict__ cos_t,
+                                    const float* __restrict__ sin_t, int tokens, int count,
+                                    int row_stride, int stride, int offset, int half) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)tokens * count * half) return;
+    int p = (int)(i % half);
+    int h = (int)((i / half) % count);
+    int t = (int)(i / ((size_t)half * count));
+    float* v = x + (size_t)t * row_stride + (size_t)h * stride + offset + 2 * p;
+    float c = cos_t[(size_t)t * half + p], s = sin_t[(size_t)t * half + p];
+    float a = v[0], b = v[1];
+    v[0] = a * c - b * s;
+    v[1] = b * c + a * s;
+}
+
+// Appends each token's latent (`latent` [t][kv_lora]) and rotated rope key (columns
+// kv_lora.. of `kv_a` [t][kv_lora + rope]) to the cache rows `rows[t]`.
+extern "C" __global__ void ops_cache_store(const float* __restrict__ latent, const float* __restrict__ kv_a,
+                                           const int* __restrict__ rows, int tokens, int kv_lora,
+                                           int rope, float* __restrict__ cache_latent,
+                                           float* __restrict__ cache_rope) {
+    int width = kv_lora + rope;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)tokens * width) return;
+    int t = (int)(i / width), c = (int)(i % width);
+    size_t row = (size_t)rows[t];
+    if (c < kv_lora) {
+        cache_latent[row * kv_lora + c] = latent[(size_t)t * kv_lora + c];
+    } else {
+        cache_rope[row * rope + (c - kv_lora)] = kv_a[(size_t)t * width + c];
+    }
+}
+
+// Absorbed MLA attention (see moe_kernels::reference::mla_attention). One block per (token,
+// head): q [t][heads][nope + rope] (rope part rotated), the sequence's cache rows start at
+// base[t] and the token attends to keys 0..=pos[t]; kv_b [heads][nope + v][kv_lora];
+// out [t][heads][v]. Dynamic shared memory: 2*kv_lora + pos+1 floats.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_mla_attention(const float* __restrict__ q, const float* __restrict__ cache_latent,
+                  const float* __restrict__ cache_rope, const float* __restrict__ kv_b,
+                  const int* __restrict__ base, const int* __restrict__ pos, int heads, int nope,
+                  int rope, int vdim, int kv_lora, float scale, float* __restrict__ out) {
+    extern __shared__ float smem[];
+    __shared__ float scratch[OPS_WAVES];
+    float* q_lat = smem;
+    float* o_lat = smem + kv_lora;
+    float* scores = smem + 2 * kv_lora;
+    int t = blockIdx.x / heads, h = blockIdx.x % heads;
+    const float* qv = q + ((size_t)t * heads + h) * (nope + rope);
+    const float* w_uk = kv_b + (size_t)h * (nope + vdim) * kv_lora;
+    const float* w_uv = w_uk + (size_t)nope * kv_lora;
+    const float* lat = cache_latent + (size_t)base[t] * kv_lora;
+    const float* kpe = cache_rope + (size_t)base[t] * rope;
+    int keys = pos[t] + 1;
+
+    for (int c = threadIdx.x; c < kv_lora; c += OPS_THREADS) {
+        float a = 0.0f;
+        for (int n = 0; n < nope; ++n) a = fmaf(qv[n], w_uk[(size_t)n * kv_lora + c], a);
+        q_lat[c] = a;
+    }
+    __syncthreads();
+    float local_max = -__uint_as_float(0x7f800000u);
+    for (int k = threadIdx.x; k < keys; k += OPS_THREADS) {
+        const float* ck = lat + (size_t)k * kv_lora;
+        float s = 0.0f, r = 0.0f;
+        for (int c = 0; c < kv_lora; ++c) s = fmaf(q_lat[c], ck[c], s);
+        for (int c = 0; c < rope; ++c) r = fmaf(qv[nope + c], kpe[(size_t)k * rope + c], r);
+        float sc = (s + r) * scale;
+        scores[k] = sc;
+        local_max = fmaxf(local_max, sc);
+    }
+    float mx = block_reduce(local_max, scratch, true);
+    float local_sum = 0.0f;
+    for (int k = threadIdx.x; k < keys; k += OPS_THREADS) {
+        float e = expf(scores[k] - mx);
+        scores[k] = e;
+        local_sum += e;
+    }
+    float sum = block_reduce(local_sum, scratch, false);
+    __syncthreads();
+    for (int c = threadIdx.x; c < kv_lora; c += OPS_THREADS) {
+        float a = 0.0f;
+        for (int k = 0; k < keys; ++k) a = fmaf(scores[k], lat[(size_t)k * kv_lora + c], a);
+        o_lat[c] = a / sum;
+    }
+    __syncthreads();
+    float* o = out + ((size_t)t * heads + h) * vdim;
+    for (int j = threadIdx.x; j < vdim; j += OPS_THREADS) {
+        const float* wr = w_uv + (size_t)j * kv_lora;
+        float a = 0.0f;
+        for (int c = 0; c < kv_lora; ++c) a = fmaf(wr[c], o_lat[c], a);
+        o[j] = a;
+    }
+}
+
+// out = silu(gate) * up, silu(g) = g / (1 + e^-g).
+extern "C" __global__ void ops_silu_mul(const float* __restrict__ gate, const float* __restrict__ up,
+                                        int n, float* __restrict__ out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = gate[i];
+    out[i] = g / (1.0f + expf(-g)) * up[i];
+}
+
+// x += d.
+extern "C" __global__ void ops_add(float* __restrict__ x, const float* __restrict__ d, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] += d[i];
+}

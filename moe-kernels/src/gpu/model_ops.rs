@@ -1,0 +1,480 @@
+//! Launchers for the dense model ops in `kernels/model_ops.hip`: row gather, RMSNorm, f32 and
+//! MXFP4 linear layers (with dynamic MXFP4 activation quantization for W4A4), interleaved
+//! rotary embedding, latent-cache store, absorbed MLA attention, SwiGLU and residual adds.
+//!
+//! Each launcher computes what the CPU reference op of the same name computes
+//! ([`crate::reference`]), in f32, up to summation order. Buffers may be longer than a call
+//! needs (workspaces are sized for the largest batch); each is checked to be long enough.
+//! The linear kernels are simple and correct (one wave per output element), not fast: a
+//! tuned GEMM, or vendor BLAS (hipBLASLt / cuBLASLt loaded at run time), is the next step.
+
+use runtime_rocm::{
+    Defines, Device, DeviceBuffer, Function, KernelSource, LaunchConfig, Stream, kernel_source,
+};
+
+use super::error::{GpuError, check_param};
+use crate::reference::{ActivationMode, ActivationQuant, Linear, MlaDims, ScaleRule};
+
+const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/model_ops.hip");
+
+/// Threads per block of every launch (`OPS_THREADS`).
+const THREADS: u32 = 256;
+/// MX block size.
+const BLOCK: usize = 32;
+
+fn room<T: bytemuck::Pod>(
+    name: &'static str,
+    buffer: &DeviceBuffer<T>,
+    needed: usize,
+) -> Result<(), GpuError> {
+    check_param(name, buffer.len(), buffer.len() >= needed, || {
+        format!("buffer too short: {needed} elements needed")
+    })
+}
+
+fn int(parameter: &'static str, value: usize) -> Result<i32, GpuError> {
+    i32::try_from(value).map_err(|_| GpuError::Parameter {
+        parameter,
+        value: value.to_string(),
+        reason: "does not fit a 32-bit kernel argument".into(),
+    })
+}
+
+fn grid(parameter: &'static str, value: usize) -> Result<u32, GpuError> {
+    u32::try_from(value).map_err(|_| GpuError::Parameter {
+        parameter,
+        value: value.to_string(),
+        reason: "does not fit a 32-bit grid dimension".into(),
+    })
+}
+
+/// A linear layer's weight on the device, in the format the checkpoint stores it.
+#[derive(Debug)]
+pub enum DeviceLinear {
+    /// f32 `[out, in]`.
+    Dense {
+        /// The weight.
+        weight: DeviceBuffer<f32>,
+        /// Output features.
+        out: usize,
+        /// Input features.
+        input: usize,
+    },
+    /// MXFP4 `[out, in]`: packed codes `[out, in/2]`, E8M0 scales `[out, in/32]`.
+    Mxfp4 {
+        /// Packed E2M1 codes, low nibble = even element.
+        packed: DeviceBuffer<u8>,
+        /// E8M0 scales.
+        scales: DeviceBuffer<u8>,
+        /// Output features.
+        out: usize,
+        /// Input features.
+        input: usize,
+        /// How the layer's input is quantized at run time.
+        activations: ActivationQuant,
+    },
+}
+
+impl DeviceLinear {
+    /// Uploads a reference weight as it is stored.
+    pub fn upload(device: &Device, w: &Linear) -> Result<Self, GpuError> {
+        Ok(match w {
+            Linear::Dense(m) => DeviceLinear::Dense {
+                weight: device.upload(&m.data)?,
+                out: m.rows,
+                input: m.cols,
+            },
+            Linear::Mxfp4 {
+                weight,
+                activations,
+            } => DeviceLinear::Mxfp4 {
+                packed: device.upload(weight.packed())?,
+                scales: device.upload(weight.scales())?,
+                out: weight.rows(),
+                input: weight.cols(),
+                activations: *activations,
+            },
+        })
+    }
+
+    /// Output features.
+    pub fn out_features(&self) -> usize {
+        match self {
+            DeviceLinear::Dense { out, .. } | DeviceLinear::Mxfp4 { out, .. } => *out,
+        }
+    }
+
+    /// Input features.
+    pub fn in_features(&self) -> usize {
+        match self {
+            DeviceLinear::Dense { input, .. } | DeviceLinear::Mxfp4 { input, .. } => *input,
+        }
+    }
+}
+
+/// The dense model ops compiled for one device.
+#[derive(Debug)]
+pub struct ModelOps {
+    wave_size: u32,
+    gather_rows: Function,
+    rmsnorm: Function,
+    linear_f32: Function,
+    linear_mxfp4: Function,
+    fake_quantize: Function,
+    rope: Function,
+    cache_store: Function,
+    mla_attention: Function,
+    silu_mul: Function,
+    add: Function,
+}
+
+impl ModelOps {
+    /// Compiles (or loads from the kernel cache) the ops for `device`.
+    pub fn compile(device: &Device) -> Result<Self, GpuError> {
+        if device.is_cpu() {
+            return Err(GpuError::NotAGpu {
+                device: device.id(),
+            });
+        }
+        let module = device.compile(&SOURCE, &Defines::new().set("OPS_THREADS", THREADS))?;
+        let f = |name: &str| module.function(name);
+        Ok(ModelOps {
+            wave_size: device.info().wave_size,
+            gather_rows: f("ops_gather_rows")?,
+            rmsnorm: f("ops_rmsnorm")?,
+            linear_f32: f("ops_linear_f32")?,
+            linear_mxfp4: f("ops_linear_mxfp4")?,
+            fake_quantize: f("ops_fake_quantize")?,
+            rope: f("ops_rope")?,
+            cache_store: f("ops_cache_store")?,
+            mla_attention: f("ops_mla_attention")?,
+            silu_mul: f("ops_silu_mul")?,
+            add: f("ops_add")?,
+        })
+    }
+
+    /// `out[r] = table[ids[r]]` for `rows` rows of `cols` values (embedding lookup; picking
+    /// the rows to take logits of). Ids must be below the table's row count.
+    pub fn gather_rows(
+        &self,
+        stream: &Stream,
+        table: &DeviceBuffer<f32>,
+        ids: &DeviceBuffer<i32>,
+        rows: usize,
+        cols: usize,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), GpuError> {
+        room("ids", ids, rows)?;
+        room("out", out, rows * cols)?;
+        stream.launch(
+            &self.gather_rows,
+            LaunchConfig::linear(rows * cols, THREADS),
+            &[table, ids, &int("rows", rows)?, &int("cols", cols)?, out],
+        )?;
+        Ok(())
+    }
+
+    /// [`crate::reference::rmsnorm`] of `rows` rows of `weight.len()` values read every
+    /// `x_stride` values of `x`, written every `out_stride` values of `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm(
+        &self,
+        stream: &Stream,
+        x: &DeviceBuffer<f32>,
+        x_stride: usize,
+        weight: &DeviceBuffer<f32>,
+        eps: f32,
+        rows: usize,
+        out: &mut DeviceBuffer<f32>,
+        out_stride: usize,
+    ) -> Result<(), GpuError> {
+        let d = weight.len();
+        check_param("x_stride", x_stride, x_stride >= d, || {
+            format!("at least the row width {d}")
+        })?;
+        room("x", x, rows.saturating_sub(1) * x_stride + d)?;
+        room("out", out, rows.saturating_sub(1) * out_stride + d)?;
+        if rows == 0 {
+            return Ok(());
+        }
+        stream.launch(
+            &self.rmsnorm,
+            LaunchConfig {
+                grid: [grid("rows", rows)?, 1, 1],
+                block: [THREADS, 1, 1],
+                shared_mem_bytes: 0,
+            },
+            &[
+                x,
+                &int("x_stride", x_stride)?,
+                weight,
+                &int("d", d)?,
+                &eps,
+                out,
+                &int("out_stride", out_stride)?,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// [`crate::reference::linear`]: `out[m, out] = act(x)[m, in] · Wᵀ`, where a W4A4 layer
+    /// fake-quantizes its input into `scratch` first (when `mode` allows it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear(
+        &self,
+        stream: &Stream,
+        x: &DeviceBuffer<f32>,
+        m: usize,
+        w: &DeviceLinear,
+        mode: ActivationMode,
+        scratch: &mut DeviceBuffer<f32>,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), GpuError> {
+        let (n, k) = (w.out_features(), w.in_features());
+        room("x", x, m * k)?;
+        room("out", out, m * n)?;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let waves = THREADS / self.wave_size;
+        let config = LaunchConfig {
+            grid: [
+                grid("out features", n.div_ceil(waves as usize))?,
+                grid("m", m)?,
+                1,
+            ],
+            block: [THREADS, 1, 1],
+            shared_mem_bytes: 0,
+        };
+        let (mi, ki, ni) = (int("m", m)?, int("in", k)?, int("out", n)?);
+        match w {
+            DeviceLinear::Dense { weight, .. } => {
+                stream.launch(&self.linear_f32, config, &[x, weight, &mi, &ki, &ni, out])?
+            }
+            DeviceLinear::Mxfp4 {
+                packed,
+                scales,
+                activations,
+                ..
+            } => {
+                let input = match (activations, mode) {
+                    (ActivationQuant::Mxfp4(rule), ActivationMode::Quantized) => {
+                        self.fake_quantize(stream, x, m * k, *rule, scratch)?;
+                        &*scratch
+                    }
+                    _ => x,
+                };
+                stream.launch(
+                    &self.linear_mxfp4,
+                    config,
+                    &[input, packed, scales, &mi, &ki, &ni, out],
+                )?
+            }
+        }
+        Ok(())
+    }
+
+    /// [`crate::reference::fake_quantize_rows`] of the first `elements` values of `x` (a
+    /// multiple of 32; rows of any multiple of 32 quantize the same per block).
+    pub fn fake_quantize(
+        &self,
+        stream: &Stream,
+        x: &DeviceBuffer<f32>,
+        elements: usize,
+        rule: ScaleRule,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), GpuError> {
+        check_param("elements", elements, elements.is_multiple_of(BLOCK), || {
+            format!("a multiple of {BLOCK}")
+        })?;
+        room("x", x, elements)?;
+        room("out", out, elements)?;
+        let blocks = elements / BLOCK;
+        let even = i32::from(rule == ScaleRule::Even);
+        stream.launch(
+            &self.fake_quantize,
+            LaunchConfig::linear(blocks, THREADS),
+            &[x, &int("blocks", blocks)?, &even, out],
+        )?;
+        Ok(())
+    }
+
+    /// [`crate::reference::Rope::rotate`] for `tokens` tokens at once: token `t`'s vectors
+    /// `h < count` start at `t·row_stride + h·stride + offset`; `cos`/`sin` are
+    /// `[tokens, half]` (the reference's `cos_sin` of each token's position).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        stream: &Stream,
+        x: &mut DeviceBuffer<f32>,
+        cos: &DeviceBuffer<f32>,
+        sin: &DeviceBuffer<f32>,
+        tokens: usize,
+        count: usize,
+        row_stride: usize,
+        stride: usize,
+        offset: usize,
+        half: usize,
+    ) -> Result<(), GpuError> {
+        check_param(
+            "offset",
+            offset,
+            offset + 2 * half <= stride || count == 1,
+            || "vectors overlap".into(),
+        )?;
+        room("cos", cos, tokens * half)?;
+        room("sin", sin, tokens * half)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        room(
+            "x",
+            x,
+            (tokens - 1) * row_stride + (count - 1) * stride + offset + 2 * half,
+        )?;
+        stream.launch(
+            &self.rope,
+            LaunchConfig::linear(tokens * count * half, THREADS),
+            &[
+                x,
+                cos,
+                sin,
+                &int("tokens", tokens)?,
+                &int("count", count)?,
+                &int("row_stride", row_stride)?,
+                &int("stride", stride)?,
+                &int("offset", offset)?,
+                &int("half", half)?,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Writes token `t`'s latent (`latent[t]`, `kv_lora` values) and rope key (columns
+    /// `kv_lora..` of `kv_a[t]`) to cache row `rows[t]`. Rows must be inside the cache.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cache_store(
+        &self,
+        stream: &Stream,
+        latent: &DeviceBuffer<f32>,
+        kv_a: &DeviceBuffer<f32>,
+        rows: &DeviceBuffer<i32>,
+        tokens: usize,
+        kv_lora: usize,
+        rope: usize,
+        cache_latent: &mut DeviceBuffer<f32>,
+        cache_rope: &mut DeviceBuffer<f32>,
+    ) -> Result<(), GpuError> {
+        room("latent", latent, tokens * kv_lora)?;
+        room("kv_a", kv_a, tokens * (kv_lora + rope))?;
+        room("rows", rows, tokens)?;
+        stream.launch(
+            &self.cache_store,
+            LaunchConfig::linear(tokens * (kv_lora + rope), THREADS),
+            &[
+                latent,
+                kv_a,
+                rows,
+                &int("tokens", tokens)?,
+                &int("kv_lora", kv_lora)?,
+                &int("rope", rope)?,
+                cache_latent,
+                cache_rope,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// [`crate::reference::mla_attention`] for `tokens` queries of any sequences: query `t`
+    /// reads the cache rows `base[t] ..= base[t] + pos[t]`; `max_keys` bounds `pos[t] + 1`
+    /// (it sizes the kernel's shared memory); `kv_b` is `kv_b_proj` as f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_attention(
+        &self,
+        stream: &Stream,
+        q: &DeviceBuffer<f32>,
+        cache_latent: &DeviceBuffer<f32>,
+        cache_rope: &DeviceBuffer<f32>,
+        kv_b: &DeviceBuffer<f32>,
+        base: &DeviceBuffer<i32>,
+        pos: &DeviceBuffer<i32>,
+        tokens: usize,
+        max_keys: usize,
+        dims: &MlaDims,
+        softmax_scale: f32,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), GpuError> {
+        let d = dims;
+        room("q", q, tokens * d.heads * (d.qk_nope + d.qk_rope))?;
+        room("kv_b", kv_b, d.heads * (d.qk_nope + d.v) * d.kv_lora)?;
+        room("base", base, tokens)?;
+        room("pos", pos, tokens)?;
+        room("out", out, tokens * d.heads * d.v)?;
+        if tokens == 0 {
+            return Ok(());
+        }
+        let smem = (2 * d.kv_lora + max_keys) * size_of::<f32>();
+        stream.launch(
+            &self.mla_attention,
+            LaunchConfig {
+                grid: [grid("tokens × heads", tokens * d.heads)?, 1, 1],
+                block: [THREADS, 1, 1],
+                shared_mem_bytes: grid("attention shared memory", smem)?,
+            },
+            &[
+                q,
+                cache_latent,
+                cache_rope,
+                kv_b,
+                base,
+                pos,
+                &int("heads", d.heads)?,
+                &int("qk_nope", d.qk_nope)?,
+                &int("qk_rope", d.qk_rope)?,
+                &int("v", d.v)?,
+                &int("kv_lora", d.kv_lora)?,
+                &softmax_scale,
+                out,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// [`crate::reference::silu_mul`] of the first `n` values.
+    pub fn silu_mul(
+        &self,
+        stream: &Stream,
+        gate: &DeviceBuffer<f32>,
+        up: &DeviceBuffer<f32>,
+        n: usize,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), GpuError> {
+        room("gate", gate, n)?;
+        room("up", up, n)?;
+        room("out", out, n)?;
+        stream.launch(
+            &self.silu_mul,
+            LaunchConfig::linear(n, THREADS),
+            &[gate, up, &int("n", n)?, out],
+        )?;
+        Ok(())
+    }
+
+    /// `x[..n] += d[..n]`.
+    pub fn add(
+        &self,
+        stream: &Stream,
+        x: &mut DeviceBuffer<f32>,
+        d: &DeviceBuffer<f32>,
+        n: usize,
+    ) -> Result<(), GpuError> {
+        room("x", x, n)?;
+        room("d", d, n)?;
+        stream.launch(
+            &self.add,
+            LaunchConfig::linear(n, THREADS),
+            &[x, d, &int("n", n)?],
+        )?;
+        Ok(())
+    }
+}
