@@ -1,9 +1,7 @@
 //! `cargo xtask bench-serve [ARGS]`: the HTTP load benchmark on the built-in model
 //! (`server/examples/bench_serve.rs`), built in release mode like the server it measures.
 
-use std::process::Command;
-
-use anyhow::{Context, bail};
+use crate::release_run::cargo_run_release;
 
 /// Options of `cargo xtask bench-serve`.
 #[derive(clap::Args)]
@@ -15,22 +13,10 @@ pub struct Args {
 
 /// Builds and runs the benchmark, which prints its table.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "server",
-            "--example",
-            "bench_serve",
-            "--",
-        ])
-        .args(&args.bench_args)
-        .status()
-        .context("starting cargo run")?;
-    if !status.success() {
-        bail!("the serving benchmark failed ({status})");
-    }
-    Ok(())
+    cargo_run_release(
+        "server",
+        &["--example", "bench_serve"],
+        &args.bench_args,
+        "the serving benchmark",
+    )
 }

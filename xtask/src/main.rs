@@ -6,6 +6,7 @@ mod bench_cpu_decode;
 mod bench_serve;
 mod check_kernels;
 mod device_check;
+mod release_run;
 mod serve;
 mod test;
 mod tiny_model;

@@ -4,9 +4,7 @@
 //! it is one to two orders of magnitude slower, which a first user would take for the
 //! server's speed. The first build takes longer; later ones are incremental.
 
-use std::process::Command;
-
-use anyhow::{Context, bail};
+use crate::release_run::cargo_run_release;
 
 /// Options of `cargo xtask serve`.
 #[derive(clap::Args)]
@@ -18,23 +16,12 @@ pub struct Args {
 
 /// Builds and runs the server; returns when it exits.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "run",
-            "--release",
-            "-p",
-            "server",
-            "--bin",
-            "mxserve",
-            "--",
-            "serve",
-        ])
-        .args(&args.serve_args)
-        .status()
-        .context("starting cargo run")?;
-    if !status.success() {
-        bail!("mxserve serve exited with {status}");
-    }
-    Ok(())
+    let mut serve_args = vec!["serve".to_owned()];
+    serve_args.extend(args.serve_args);
+    cargo_run_release(
+        "server",
+        &["--bin", "mxserve"],
+        &serve_args,
+        "mxserve serve",
+    )
 }
