@@ -268,3 +268,49 @@ fn default_model_id(dir: &Path) -> String {
         |n| n.to_string_lossy().into_owned(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model_deepseek::tiny::builtin::{builtin_spec, ensure_tiny_checkpoint};
+
+    fn options(dir: &Path, kv_capacity_tokens: Option<usize>) -> LaunchOptions {
+        LaunchOptions {
+            model_dir: dir.to_path_buf(),
+            model_id: None,
+            fusion: FusionMode::Auto,
+            limits: EngineLimits {
+                max_batch_tokens: 64,
+                max_running: 4,
+                max_waiting: 4,
+            },
+            kv_capacity_tokens,
+            max_body_bytes: 1 << 20,
+        }
+    }
+
+    /// The GPU cache is one full-context slab per sequence: a capacity below one context is
+    /// refused by name before any weight is read or any device memory is asked for.
+    #[test]
+    fn gpu_kv_capacity_below_one_context_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tiny");
+        ensure_tiny_checkpoint(&dir, &builtin_spec()).unwrap();
+        let load = LoadOptions {
+            fusion: FusionMode::Auto,
+            activations: ActivationMode::Quantized,
+        };
+        let context = loader::plan(&dir, &load)
+            .unwrap()
+            .config
+            .model
+            .max_position_embeddings;
+        let err = plan_gpu(&options(&dir, Some(context - 1)), &load, &Device::cpu())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("at least {context} tokens")),
+            "unexpected error: {err}"
+        );
+    }
+}
