@@ -8,6 +8,7 @@ pub mod detokenizer;
 pub mod engine;
 pub mod error;
 pub mod generate;
+pub mod gpu_backend;
 pub mod launch;
 pub mod logprobs;
 pub mod metrics;

@@ -25,17 +25,21 @@ impl ModelBackend {
     }
 }
 
+/// The scheduler's chunks in the model's terms (shared with the GPU backend).
+pub(crate) fn model_chunks<'a>(chunks: &[StepChunk<'a>]) -> Vec<SequenceChunk<'a>> {
+    chunks
+        .iter()
+        .map(|c| SequenceChunk {
+            seq: SeqId(c.seq.0),
+            tokens: c.tokens,
+        })
+        .collect()
+}
+
 impl Backend for ModelBackend {
     fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
-        let chunks: Vec<SequenceChunk<'_>> = chunks
-            .iter()
-            .map(|c| SequenceChunk {
-                seq: SeqId(c.seq.0),
-                tokens: c.tokens,
-            })
-            .collect();
         self.model
-            .forward(&chunks, &mut self.cache)
+            .forward(&model_chunks(chunks), &mut self.cache)
             .map_err(|e| BackendError(e.to_string()))
     }
 

@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use model_deepseek::fusion::FusionMode;
+use runtime_rocm::{Device, DeviceSpec};
 use server::engine::EngineLimits;
-use server::launch::{LaunchOptions, launch};
+use server::launch::{LaunchOptions, launch_on};
 
 /// The id the built-in model is served under.
 const BUILTIN_MODEL_ID: &str = "mxserve-tiny";
@@ -114,16 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match args.device {
-        DeviceArg::Auto => tracing::info!(
-            "device auto: serving on the CPU; the GPU forward pass is not wired into the server yet, so no GPU is used even if present"
-        ),
-        DeviceArg::Cpu => tracing::info!("device: CPU"),
-        DeviceArg::Rocm(_) | DeviceArg::Cuda(_) => bail!(
-            "--device {}: the GPU model path is not available in the server yet; use --device cpu (or auto)",
-            args.device
-        ),
-    }
+    let device = open_device(args.device)?;
     let (model_dir, model_id) = match &args.model {
         Some(dir) => (dir.clone(), args.model_id.clone()),
         None => {
@@ -160,7 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .progress_chars("=> "),
     );
     bar.set_message(model_dir.display().to_string());
-    let launched = launch(&options, &mut |p| {
+    let launched = launch_on(&options, &device, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
     })
@@ -196,7 +188,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             .await
             .with_context(|| format!("listening on {addr}"))?;
         let addr = listener.local_addr()?;
-        print_banner(addr, &state.model.id);
+        print_banner(addr, &state.model.id, &launched.device);
         server::server::serve(
             listener,
             state,
@@ -215,14 +207,42 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Opens the device to serve on. `auto` takes the first GPU that opens (runtime-rocm logs why
+/// each candidate was passed over) and the CPU otherwise; a named GPU that cannot be opened is
+/// an error, never a silent fall back to the CPU.
+fn open_device(arg: DeviceArg) -> anyhow::Result<Device> {
+    let spec = match arg {
+        DeviceArg::Auto => DeviceSpec::Auto,
+        DeviceArg::Cpu => DeviceSpec::Cpu,
+        DeviceArg::Rocm(n) => DeviceSpec::Rocm(n),
+        DeviceArg::Cuda(n) => DeviceSpec::Cuda(n),
+    };
+    let device = Device::open(spec).with_context(|| format!("--device {arg}"))?;
+    let info = device.info();
+    match (arg, device.is_cpu()) {
+        (DeviceArg::Auto, true) => {
+            tracing::info!("device auto: no GPU opened, serving on the CPU reference forward pass")
+        }
+        (DeviceArg::Auto, false) => tracing::info!(
+            "device auto: serving on {} ({}, {}), the first GPU that opened",
+            info.id,
+            info.name,
+            info.arch
+        ),
+        (_, true) => tracing::info!("device: CPU"),
+        (_, false) => tracing::info!("device: {} ({}, {})", info.id, info.name, info.arch),
+    }
+    Ok(device)
+}
+
 fn spinner(message: &str) -> ProgressBar {
     let spinner = ProgressBar::new_spinner().with_message(message.to_string());
     spinner.enable_steady_tick(Duration::from_millis(120));
     spinner
 }
 
-fn print_banner(addr: SocketAddr, model: &str) {
-    println!("mxserve is serving `{model}` on http://{addr}");
+fn print_banner(addr: SocketAddr, model: &str, device: &str) {
+    println!("mxserve is serving `{model}` on http://{addr} (device: {device})");
     println!("try:");
     println!(
         "  curl http://{addr}/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{{\"model\": \"{model}\", \"messages\": [{{\"role\": \"user\", \"content\": \"Hello!\"}}], \"max_tokens\": 32}}'"
