@@ -5,6 +5,7 @@
 mod bench_cpu_decode;
 mod check_kernels;
 mod device_check;
+mod fuzz;
 mod test;
 mod tiny_model;
 
@@ -29,6 +30,8 @@ enum Task {
     CheckKernels(check_kernels::Args),
     /// Build the runtime's GPU check programs and stage them for the device machine.
     DeviceCheck(device_check::Args),
+    /// Write the fuzz seed corpus, or run every fuzz target briefly (nightly + cargo-fuzz).
+    Fuzz(fuzz::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
         Task::CheckKernels(args) => check_kernels::run(args),
         Task::DeviceCheck(args) => device_check::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
     }
 }
