@@ -3,9 +3,11 @@
 //! Each task lives in a module of its own, named for the task.
 
 mod bench_cpu_decode;
+mod bench_serve;
 mod check_kernels;
 mod device_check;
 mod fuzz;
+mod serve;
 mod test;
 mod tiny_model;
 
@@ -22,6 +24,10 @@ struct Cli {
 enum Task {
     /// Run the whole test suite as CI does (the README's test command).
     Test(test::Args),
+    /// Build and run `mxserve serve` (with no arguments: the built-in model on 127.0.0.1:8000).
+    Serve(serve::Args),
+    /// HTTP load benchmark on the built-in model at concurrency 1, 8 and 64.
+    BenchServe(bench_serve::Args),
     /// Write a tiny synthetic checkpoint (real expert counts, tiny dims, MXFP4).
     TinyModel(tiny_model::Args),
     /// Decode tokens/s of the CPU forward pass on a synthetic model, and peak memory.
@@ -37,6 +43,8 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Test(args) => test::run(args),
+        Task::Serve(args) => serve::run(args),
+        Task::BenchServe(args) => bench_serve::run(args),
         Task::TinyModel(args) => tiny_model::run(args),
         Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
         Task::CheckKernels(args) => check_kernels::run(args),
