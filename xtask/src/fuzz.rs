@@ -8,14 +8,16 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, config::config_json};
+use serde_json::{Value, json};
 
 /// Every fuzz target, in the order `run` takes them.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "quark_config",
     "config_json",
     "safetensors_header",
     "checkpoint_dir",
     "mxfp4",
+    "http_request",
 ];
 
 /// Options of `cargo xtask fuzz`.
@@ -209,6 +211,56 @@ fn write_seeds(root: &Path) -> anyhow::Result<()> {
             encode.extend(v.to_le_bytes());
         }
         mx.put(&format!("encode-{name}"), &encode)?;
+    }
+    // HTTP bodies: first byte even = chat, odd = completions.
+    let http = Seeds::new(root, "http_request")?;
+    let bodies: [(&str, u8, Value); 6] = [
+        (
+            "chat",
+            0,
+            json!({"model": "mxserve-tiny", "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Hello there"}],
+                "max_tokens": 8, "temperature": 0.7, "top_p": 0.9, "seed": 3}),
+        ),
+        (
+            "chat-stream-parts",
+            0,
+            json!({"model": "mxserve-tiny", "stream": true,
+                "stream_options": {"include_usage": true}, "n": 2, "stop": ["\n", "."],
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "a"},
+                                                          {"type": "text", "text": "é ☃"}]},
+                             {"role": "assistant", "content": "b"},
+                             {"role": "user", "content": "c"}]}),
+        ),
+        (
+            "chat-bad-n",
+            0,
+            json!({"model": "mxserve-tiny", "n": 1000, "max_completion_tokens": 0,
+                "messages": [{"role": "tool", "content": "x"}], "top_k": -5}),
+        ),
+        (
+            "completion",
+            1,
+            json!({"model": "mxserve-tiny", "prompt": "Once upon a time", "max_tokens": 16}),
+        ),
+        (
+            "completion-many",
+            1,
+            json!({"model": "mxserve-tiny", "prompt": ["a", "bc", ""], "n": 3, "top_k": 4,
+                "logprobs": null, "stream": false}),
+        ),
+        (
+            "completion-huge-max-tokens",
+            1,
+            json!({"model": "other", "prompt": "x", "max_tokens": 4294967295u32,
+                "temperature": 2.5}),
+        ),
+    ];
+    for (name, endpoint, body) in bodies {
+        let mut bytes = vec![endpoint];
+        bytes.extend(serde_json::to_vec(&body)?);
+        http.put(name, &bytes)?;
     }
     println!(
         "seed corpus written under {}",
