@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use model_deepseek::ActivationMode;
 use model_deepseek::fusion::FusionMode;
-use model_deepseek::loader::{self, Activations, LoadOptions, Progress};
+use model_deepseek::loader::{self, LoadOptions, Progress};
 
 use crate::engine::{self, EngineLimits};
 use crate::metrics::Metrics;
@@ -80,7 +81,7 @@ pub fn launch(
     let codec = Arc::new(TextCodec::load(dir)?);
     let load_options = LoadOptions {
         fusion: options.fusion,
-        activations: Activations::Quantized,
+        activations: ActivationMode::Quantized,
     };
     let loaded = loader::load_with_progress(dir, &load_options, progress).map_err(|source| {
         LaunchError::Load {
