@@ -8,6 +8,7 @@ mod check_kernels;
 mod device_check;
 mod fuzz;
 mod serve;
+mod soak;
 mod test;
 mod tiny_model;
 
@@ -38,6 +39,8 @@ enum Task {
     DeviceCheck(device_check::Args),
     /// Write the fuzz seed corpus, or run every fuzz target briefly (nightly + cargo-fuzz).
     Fuzz(fuzz::Args),
+    /// Soak the server: C streaming clients for N minutes, bad requests, disconnects, SIGTERM.
+    Soak(soak::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Task::CheckKernels(args) => check_kernels::run(args),
         Task::DeviceCheck(args) => device_check::run(args),
         Task::Fuzz(args) => fuzz::run(args),
+        Task::Soak(args) => soak::run(args),
     }
 }
