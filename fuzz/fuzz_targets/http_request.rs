@@ -31,7 +31,11 @@ static CODEC: LazyLock<TextCodec> = LazyLock::new(|| {
 });
 
 fn check_rejection(e: &ApiError) {
-    assert!(e.status.is_client_error(), "a bad body gave {}: {e:?}", e.status);
+    assert!(
+        e.status.is_client_error(),
+        "a bad body gave {}: {e:?}",
+        e.status
+    );
 }
 
 fn check_spec(spec: &GenerationSpec) {
@@ -43,7 +47,10 @@ fn check_spec(spec: &GenerationSpec) {
 
 fn check_ids(ids: &[u32]) {
     let vocab = CODEC.tokenizer().get_vocab_size(true) as u32;
-    assert!(ids.iter().all(|&id| id < vocab), "token id outside the vocabulary");
+    assert!(
+        ids.iter().all(|&id| id < vocab),
+        "token id outside the vocabulary"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -23,15 +23,24 @@ fn decode(data: &[u8]) {
         return;
     };
     let blocks = usize::from(*blocks % 16);
-    let n_scales = (blocks + usize::from(*skew % 3)).saturating_sub(1).min(rest.len());
-    let n_scales = if skew & 0x80 == 0 { blocks.min(rest.len()) } else { n_scales };
+    let n_scales = (blocks + usize::from(*skew % 3))
+        .saturating_sub(1)
+        .min(rest.len());
+    let n_scales = if skew & 0x80 == 0 {
+        blocks.min(rest.len())
+    } else {
+        n_scales
+    };
     let (scales, packed) = rest.split_at(n_scales);
     let elements = blocks * BLOCK;
     let mut out = vec![0f32; elements];
     let result = mxfp4::dequantize_f32(packed, scales, &mut out);
     let mut out_bf16 = vec![bf16::ZERO; elements];
     let result_bf16 = mxfp4::dequantize_bf16(packed, scales, &mut out_bf16);
-    assert_eq!(result, result_bf16, "f32 and bf16 paths disagree on the error");
+    assert_eq!(
+        result, result_bf16,
+        "f32 and bf16 paths disagree on the error"
+    );
     let lengths_ok = packed.len() == elements / 2 && scales.len() == blocks;
     match result {
         Err(CodecError::NanScale { index }) => {
@@ -49,14 +58,22 @@ fn decode(data: &[u8]) {
                 assert!(code < 16);
                 let want = reference(code, scales[i / BLOCK]);
                 assert_eq!(out[i].to_bits(), want.to_bits(), "element {i}");
-                assert_eq!(out_bf16[i].to_f32().to_bits(), want.to_bits(), "bf16 element {i}");
+                assert_eq!(
+                    out_bf16[i].to_f32().to_bits(),
+                    want.to_bits(),
+                    "bf16 element {i}"
+                );
             }
         }
     }
 }
 
 fn encode(data: &[u8]) {
-    let rule = if data.first().is_some_and(|b| b & 1 == 1) { ScaleRule::Even } else { ScaleRule::Ocp };
+    let rule = if data.first().is_some_and(|b| b & 1 == 1) {
+        ScaleRule::Even
+    } else {
+        ScaleRule::Ocp
+    };
     let values: Vec<f32> = data
         .get(1..)
         .unwrap_or_default()
@@ -82,7 +99,11 @@ fn encode(data: &[u8]) {
             mxfp4::dequantize_f32(&packed, &scales, &mut decoded)
                 .expect("quantize never writes a NaN scale");
             for (i, (d, f)) in decoded.iter().zip(&fake).enumerate() {
-                assert_eq!(d.to_bits(), f.to_bits(), "element {i}: quantize→dequantize ≠ fake_quantize");
+                assert_eq!(
+                    d.to_bits(),
+                    f.to_bits(),
+                    "element {i}: quantize→dequantize ≠ fake_quantize"
+                );
             }
         }
     }

@@ -56,14 +56,20 @@ fuzz_target!(|data: &[u8]| {
         .expect("a fixed, valid rule set")
     };
     let fused = FusedModules::new(&[
-        ("fused_qkv_a_proj_with_mqa", &["q_a_proj", "kv_a_proj_with_mqa"]),
+        (
+            "fused_qkv_a_proj_with_mqa",
+            &["q_a_proj", "kv_a_proj_with_mqa"],
+        ),
         ("gate_up_proj", &["gate_proj", "up_proj"]),
     ]);
     let Ok(resolver) = SchemeResolver::new(config, fused, &mapper) else {
         return;
     };
     for layer in 0..3 {
-        for name in layer_names(layer).iter().chain(["lm_head".to_owned()].iter()) {
+        for name in layer_names(layer)
+            .iter()
+            .chain(["lm_head".to_owned()].iter())
+        {
             let first = resolver.scheme_for(&mapper.map(name)).ok();
             let again = resolver.scheme_for(&mapper.map(name)).ok();
             assert_eq!(first, again, "resolution of {name} is not deterministic");

@@ -20,9 +20,18 @@ fuzz_target!(|data: &[u8]| {
     for e in &entries {
         assert_eq!(e.range.start, cursor, "{} leaves a gap or overlaps", e.name);
         let elements: usize = e.shape.iter().product();
-        assert_eq!(e.range.len(), elements * e.dtype.size(), "{} has the wrong size", e.name);
+        assert_eq!(
+            e.range.len(),
+            elements * e.dtype.size(),
+            "{} has the wrong size",
+            e.name
+        );
         assert!(e.range.end <= data.len(), "{} is out of bounds", e.name);
         cursor = e.range.end;
     }
-    assert_eq!(cursor, data.len(), "accepted a file with undescribed trailing bytes");
+    assert_eq!(
+        cursor,
+        data.len(),
+        "accepted a file with undescribed trailing bytes"
+    );
 });

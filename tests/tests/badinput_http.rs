@@ -416,10 +416,13 @@ fn launch_options(dir: &std::path::Path) -> LaunchOptions {
     }
 }
 
+/// Whether a launch error is the one a case wants.
+type LaunchCheck = fn(&LaunchError) -> bool;
+
 #[test]
 fn a_tokenizer_file_that_does_not_parse_is_a_named_launch_error() {
     let source = model_dir();
-    let cases: [(&str, &str, fn(&LaunchError) -> bool); 3] = [
+    let cases: [(&str, &str, LaunchCheck); 3] = [
         (
             "tokenizer.json",
             "{\"model\": {\"type\": \"BPE\", \"vocab\": [",
