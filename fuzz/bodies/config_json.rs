@@ -31,10 +31,10 @@ pub fn run(data: &[u8]) {
         let _ = catalog::layer(model, layer);
     }
     for mode in [FusionMode::Auto, FusionMode::On, FusionMode::Off] {
-        if let Ok(plan) = fusion_for_config(text, mode) {
-            if mode == FusionMode::Off {
-                assert!(!plan.model.fused, "fusion off but the plan fuses");
-            }
+        if let Ok(plan) = fusion_for_config(text, mode)
+            && mode == FusionMode::Off
+        {
+            assert!(!plan.model.fused, "fusion off but the plan fuses");
         }
     }
 }
