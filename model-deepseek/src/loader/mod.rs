@@ -19,7 +19,6 @@ mod report;
 
 use std::path::{Path, PathBuf};
 
-
 use crate::ActivationMode;
 use crate::config::{CheckpointConfig, Layout, ModelConfig, parse_config};
 use crate::fusion::{self, FusionMode, FusionPlan, LayerFormats, MoeFacts};
