@@ -268,7 +268,8 @@ impl ModelConfig {
 
     /// Check the config for impossible values; every error names the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let positive: [(&'static str, usize); 11] = [
+        // `n_group` is checked even without MoE layers: `experts_per_group` divides by it.
+        let positive: [(&'static str, usize); 12] = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
             ("intermediate_size", self.intermediate_size),
@@ -280,6 +281,7 @@ impl ModelConfig {
             ("v_head_dim", self.v_head_dim),
             ("max_position_embeddings", self.max_position_embeddings),
             ("moe_layer_freq", self.moe_layer_freq),
+            ("n_group", self.n_group),
         ];
         for (field, value) in positive {
             if value == 0 {

@@ -206,3 +206,26 @@ fn missing_fields_take_the_reference_defaults() {
     adjusted.model_type = None;
     assert_eq!(c, adjusted);
 }
+
+/// Regression (fuzz target `config_json`): a config whose layers are all dense skipped the MoE
+/// checks, so `n_group = 0` was accepted and `experts_per_group()` divided by zero.
+#[test]
+fn n_group_zero_is_refused_even_without_moe_layers() {
+    let mut config: Value = serde_json::from_str(&fixture("deepseek_v3.json")).unwrap();
+    let layers = config["num_hidden_layers"].as_u64().unwrap();
+    config["first_k_dense_replace"] = json!(layers);
+    config["n_group"] = json!(0);
+    match parse_config(&config.to_string()) {
+        Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "n_group"),
+        other => panic!("n_group = 0 gave {other:?}"),
+    }
+    // The same dense config with a valid group count parses, and its derived values are
+    // defined.
+    config["n_group"] = json!(8);
+    let parsed = parse_config(&config.to_string()).unwrap();
+    assert_eq!(
+        parsed.model.experts_per_group(),
+        parsed.model.n_routed_experts / 8
+    );
+    assert!((0..parsed.model.num_hidden_layers).all(|l| !parsed.model.is_moe_layer(l)));
+}

@@ -84,6 +84,21 @@ impl ApiError {
         }
     }
 
+    /// 408: the client did not send its whole body in time (a slow or stalled client).
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("request_timeout"),
+            message: format!(
+                "the request body did not arrive within {} s",
+                limit.as_secs_f64()
+            ),
+            retry_after: None,
+        }
+    }
+
     /// 429: too many waiting requests.
     pub fn busy(message: impl Into<String>) -> Self {
         Self {

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
@@ -103,7 +103,12 @@ where
     Ok(response)
 }
 
-/// Reads a request body, refusing more than `limit` bytes (413).
+/// How long a client gets to send a whole request body once its headers are in; a slow or
+/// stalled client (slowloris) must not hold a connection and a task forever.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads a request body, refusing more than `limit` bytes (413) or one that does not arrive
+/// within [`BODY_READ_TIMEOUT`] (408).
 async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, ApiError>
 where
     B: Body<Data = Bytes>,
@@ -112,7 +117,10 @@ where
     if body.size_hint().lower() > limit as u64 {
         return Err(ApiError::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(BODY_READ_TIMEOUT, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::timeout(BODY_READ_TIMEOUT))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e)
             if e.downcast_ref::<http_body_util::LengthLimitError>()

@@ -8,6 +8,8 @@ mod check_kernels;
 mod device_check;
 mod release_run;
 mod serve;
+mod fuzz;
+mod soak;
 mod test;
 mod tiny_model;
 
@@ -36,6 +38,10 @@ enum Task {
     CheckKernels(check_kernels::Args),
     /// Build the runtime's GPU check programs and stage them for the device machine.
     DeviceCheck(device_check::Args),
+    /// Write the fuzz seed corpus, or run every fuzz target briefly (nightly + cargo-fuzz).
+    Fuzz(fuzz::Args),
+    /// Soak the server: C streaming clients for N minutes, bad requests, disconnects, SIGTERM.
+    Soak(soak::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
         Task::CheckKernels(args) => check_kernels::run(args),
         Task::DeviceCheck(args) => device_check::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
+        Task::Soak(args) => soak::run(args),
     }
 }
