@@ -191,6 +191,7 @@ async fn a_client_that_goes_away_frees_its_sequence() {
     let addr = server.addr;
     let max_tokens = 300;
     let seed = seed_that_runs_to_length(addr, "a long story", max_tokens).await;
+    wait_until_idle(addr).await;
     let generated_before = gauge(addr, "mxserve_generated_tokens_total").await;
     let body = json!({"model": MODEL, "prompt": "a long story", "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": true}).to_string();
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -272,6 +273,7 @@ async fn past_the_shutdown_deadline_a_stream_is_cancelled_with_an_error() {
     // max_tokens, which takes ten times longer than the 20 ms deadline.
     let max_tokens = 300;
     let seed = seed_that_runs_to_length(addr, "a long story", max_tokens).await;
+    wait_until_idle(addr).await;
     let body = json!({"model": MODEL, "prompt": "a long story", "max_tokens": max_tokens, "temperature": 0.8, "seed": seed, "stream": true});
     let stream = tokio::spawn(async move {
         client::stream(addr, "/v1/completions", &body)
@@ -285,6 +287,7 @@ async fn past_the_shutdown_deadline_a_stream_is_cancelled_with_an_error() {
     }
     server.shutdown().await;
     let reply = stream.await.unwrap();
+    assert_eq!(reply.status, 200, "the stream was refused: {}", reply.stray);
     let data: Vec<&str> = reply.events.iter().map(|e| e.data.as_str()).collect();
     assert_eq!(data.last(), Some(&"[DONE]"));
     let error: Value = serde_json::from_str(data[data.len() - 2]).unwrap();
@@ -316,4 +319,15 @@ async fn seed_that_runs_to_length(
         }
     }
     panic!("no seed in 0..40 completes {prompt:?} to {max_tokens} tokens");
+}
+
+/// Waits until no sequence runs. A reply can reach its client a moment before the engine
+/// counts its sequence as finished, so a test that watches the running gauge for *its* request
+/// must first see the gauge settle at zero.
+async fn wait_until_idle(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gauge(addr, "mxserve_running_sequences").await != 0.0 {
+        assert!(Instant::now() < deadline, "the server never became idle");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
