@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use model_deepseek::fusion::FusionMode;
 use server::engine::EngineLimits;
-use server::launch::{LaunchOptions, launch};
+use runtime_rocm::Device;
+use server::launch::{LaunchOptions, launch_on};
 use server::routes::AppState;
 use tokio::sync::oneshot;
 
@@ -57,6 +58,16 @@ pub async fn start_with_deadline(
     max_body_bytes: usize,
     deadline: Duration,
 ) -> TestServer {
+    start_on(Device::cpu(), limits, max_body_bytes, deadline).await
+}
+
+/// As [`start_with_deadline`], with the model on `device`.
+pub async fn start_on(
+    device: Device,
+    limits: EngineLimits,
+    max_body_bytes: usize,
+    deadline: Duration,
+) -> TestServer {
     let options = LaunchOptions {
         model_dir: model_dir(),
         model_id: Some(MODEL.into()),
@@ -65,7 +76,7 @@ pub async fn start_with_deadline(
         kv_capacity_tokens: Some(64 * 1024),
         max_body_bytes,
     };
-    let launched = tokio::task::spawn_blocking(move || launch(&options, &mut |_| {}))
+    let launched = tokio::task::spawn_blocking(move || launch_on(&options, &device, &mut |_| {}))
         .await
         .unwrap()
         .expect("launching the server");
