@@ -1,14 +1,17 @@
-//! `cargo xtask device-check`: builds the runtime's device programs here and stages them for
-//! the GPU machine, then prints the carry list and the command to run there.
+//! `cargo xtask device-check`: builds every program that needs a GPU here (the device machine
+//! has no Rust), stages them in one folder, then prints the carry list and the command that
+//! runs them all there.
 //!
 //! Staged: `runtime_check` (the runtime-rocm example: correctness against the CPU, disk-cache
 //! hit on its second run, device-to-device copy bandwidth, 10 000 alloc/free cycles, a failing
-//! launch) and the `runtime_gpu` integration-test binary.
+//! launch), every GPU integration-test binary (each skips with a message on a machine without
+//! a GPU, so here they pass vacuously and only the device run counts), and the benchmarks.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+use crate::cargo_build;
 
 /// Options of `cargo xtask device-check`.
 #[derive(clap::Args)]
@@ -26,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .expect("xtask lives inside the workspace");
     let stage = root.join(&args.stage);
     std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
-    let builds: [&[&str]; 2] = [
+    let builds: [&[&str]; 5] = [
         &[
             "build",
             "--release",
@@ -42,11 +45,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "tests",
             "--test",
             "runtime_gpu",
+            "--test",
+            "server_gpu",
             "--no-run",
+        ],
+        &[
+            "test",
+            "--release",
+            "-p",
+            "moe-kernels",
+            "--test",
+            "gpu_moe",
+            "--test",
+            "gpu_model_ops",
+            "--no-run",
+        ],
+        &[
+            "test",
+            "--release",
+            "-p",
+            "model-deepseek",
+            "--test",
+            "gpu_forward",
+            "--no-run",
+        ],
+        &[
+            "build",
+            "--release",
+            "-p",
+            "moe-kernels",
+            "--bin",
+            "moe-bench",
         ],
     ];
     for build in builds {
-        for (name, path) in executables(root, build)? {
+        for (name, path) in cargo_build::executables(root, build)? {
             let target = stage.join(&name);
             std::fs::copy(&path, &target).with_context(|| format!("copying {}", path.display()))?;
             println!("staged {}", target.display());
@@ -56,37 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("\ncarry: [\"{dir}\"]");
     println!(
         "command: export MXSERVE_KERNEL_CACHE=/tmp/kc; {dir}/runtime_check && {dir}/runtime_check \
-         && {dir}/runtime_gpu --test-threads=1"
+         && for t in runtime_gpu gpu_moe gpu_model_ops gpu_forward server_gpu; do \
+         {dir}/$t --test-threads=1 || exit; done; {dir}/moe-bench --help"
     );
     Ok(())
-}
-
-/// Runs one cargo build and returns (name, path) of each executable it produced.
-fn executables(root: &Path, args: &[&str]) -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(root)
-        .args(args)
-        .arg("--message-format=json")
-        .stderr(Stdio::inherit())
-        .output()
-        .context("starting cargo")?;
-    if !output.status.success() {
-        bail!("cargo {} failed ({})", args.join(" "), output.status);
-    }
-    let mut found = Vec::new();
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let message: serde_json::Value =
-            serde_json::from_str(line).context("parsing cargo's JSON output")?;
-        if let (Some(path), Some(name)) = (
-            message["executable"].as_str(),
-            message["target"]["name"].as_str(),
-        ) {
-            found.push((name.to_owned(), PathBuf::from(path)));
-        }
-    }
-    if found.is_empty() {
-        bail!("cargo {} produced no executable", args.join(" "));
-    }
-    Ok(found)
 }

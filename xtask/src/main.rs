@@ -4,6 +4,7 @@
 
 mod bench_cpu_decode;
 mod bench_serve;
+mod cargo_build;
 mod check_kernels;
 mod device_check;
 mod fuzz;

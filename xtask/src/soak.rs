@@ -229,16 +229,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn build(root: &Path) -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(root)
-        .args(["build", "--release", "-p", "server", "--bin", "mxserve"])
-        .status()
-        .context("starting cargo build")?;
-    if !status.success() {
-        bail!("building mxserve failed ({status})");
-    }
-    Ok(root.join("target/release/mxserve"))
+    let built = cargo_build::executables(
+        root,
+        &["build", "--release", "-p", "server", "--bin", "mxserve"],
+    )?;
+    built
+        .into_iter()
+        .find(|(name, _)| name == "mxserve")
+        .map(|(_, path)| path)
+        .context("cargo built no mxserve")
 }
 
 fn start_server(binary: &Path, args: &Args, log: &Path) -> anyhow::Result<Child> {

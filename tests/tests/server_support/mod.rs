@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use model_deepseek::fusion::FusionMode;
-use server::engine::EngineLimits;
 use runtime_rocm::Device;
+use server::engine::EngineLimits;
 use server::launch::{LaunchOptions, launch_on};
 use server::routes::AppState;
 use tokio::sync::oneshot;
