@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::cargo_build;
+
 /// The id the built-in model is served under.
 const MODEL: &str = "mxserve-tiny";
 /// Allowed growth of resident memory from the warmed-up level to the end.
