@@ -295,6 +295,63 @@ impl GpuApi for CudaGpu {
             .map_err(api_error)
     }
 
+    unsafe fn stream_begin_capture(&self, stream: Handle) -> ApiResult<()> {
+        self.bind()?;
+        // SAFETY: caller passes a live, non-default stream.
+        unsafe {
+            sys::cuStreamBeginCapture_v2(
+                stream as sys::CUstream,
+                sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+        }
+        .result()
+        .map_err(api_error)
+    }
+
+    unsafe fn stream_end_capture(&self, stream: Handle) -> ApiResult<Handle> {
+        self.bind()?;
+        let mut graph = std::ptr::null_mut();
+        // SAFETY: caller passes a stream that is capturing; valid out-pointer.
+        unsafe { sys::cuStreamEndCapture(stream as sys::CUstream, &mut graph) }
+            .result()
+            .map_err(api_error)?;
+        Ok(graph as Handle)
+    }
+
+    unsafe fn graph_instantiate(&self, graph: Handle) -> ApiResult<Handle> {
+        self.bind()?;
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: caller passes a live graph; valid out-pointer.
+        unsafe { sys::cuGraphInstantiateWithFlags(&mut exec, graph as sys::CUgraph, 0) }
+            .result()
+            .map_err(api_error)?;
+        Ok(exec as Handle)
+    }
+
+    unsafe fn graph_destroy(&self, graph: Handle) -> ApiResult<()> {
+        self.bind()?;
+        // SAFETY: caller passes a live graph.
+        unsafe { sys::cuGraphDestroy(graph as sys::CUgraph) }
+            .result()
+            .map_err(api_error)
+    }
+
+    unsafe fn graph_launch(&self, exec: Handle, stream: Handle) -> ApiResult<()> {
+        self.bind()?;
+        // SAFETY: caller passes a live executable graph and stream.
+        unsafe { sys::cuGraphLaunch(exec as sys::CUgraphExec, stream as sys::CUstream) }
+            .result()
+            .map_err(api_error)
+    }
+
+    unsafe fn graph_exec_destroy(&self, exec: Handle) -> ApiResult<()> {
+        self.bind()?;
+        // SAFETY: caller passes a live executable graph.
+        unsafe { sys::cuGraphExecDestroy(exec as sys::CUgraphExec) }
+            .result()
+            .map_err(api_error)
+    }
+
     unsafe fn module_load(&self, image: &[u8]) -> ApiResult<Handle> {
         self.bind()?;
         // SAFETY: `image` is a cubin produced by NVRTC for this device (or read from the cache,

@@ -84,6 +84,16 @@ pub(crate) trait GpuApi: Send + Sync + std::fmt::Debug {
     unsafe fn event_synchronize(&self, event: Handle) -> ApiResult<()>;
     unsafe fn event_elapsed_ms(&self, start: Handle, end: Handle) -> ApiResult<f32>;
 
+    /// Starts capturing `stream`'s work into a graph, in thread-local mode: an unsafe call
+    /// from this thread during the capture (a synchronous copy) fails instead of running.
+    unsafe fn stream_begin_capture(&self, stream: Handle) -> ApiResult<()>;
+    /// Ends the capture and returns the graph (it must be destroyed).
+    unsafe fn stream_end_capture(&self, stream: Handle) -> ApiResult<Handle>;
+    unsafe fn graph_instantiate(&self, graph: Handle) -> ApiResult<Handle>;
+    unsafe fn graph_destroy(&self, graph: Handle) -> ApiResult<()>;
+    unsafe fn graph_launch(&self, exec: Handle, stream: Handle) -> ApiResult<()>;
+    unsafe fn graph_exec_destroy(&self, exec: Handle) -> ApiResult<()>;
+
     unsafe fn module_load(&self, image: &[u8]) -> ApiResult<Handle>;
     unsafe fn module_unload(&self, module: Handle) -> ApiResult<()>;
     unsafe fn module_function(&self, module: Handle, name: &CStr) -> ApiResult<Handle>;

@@ -12,7 +12,8 @@
 //! [`DeviceBuffer<T>`] owns device memory (a host vector on the CPU device) and frees it on
 //! drop; copies host↔device and device↔device, synchronous or queued on a [`Stream`];
 //! `memset`. [`Stream::record_event`] gives [`Event`]s, and [`Event::elapsed_ms`] the device
-//! time between two of them.
+//! time between two of them. [`Stream::capture`] records the work a closure queues into a
+//! [`Graph`] that replays it with one launch.
 //!
 //! # Kernels
 //! Kernel sources are HIP C++ files (`*.hip`) following the [`KernelSource`] convention:
@@ -76,6 +77,7 @@ mod cuda;
 mod device;
 mod error;
 mod gpu;
+mod graph;
 mod hip;
 mod kernel;
 mod spec;
@@ -84,6 +86,7 @@ mod stream;
 pub use buffer::DeviceBuffer;
 pub use device::{Device, DeviceId, DeviceInfo, Enumeration, Unavailable, enumerate};
 pub use error::{Error, Result, Vendor};
+pub use graph::Graph;
 pub use kernel::cache::{CACHE_DIR_ENV, KernelCache};
 pub use kernel::compile::{
     CUDA_INCLUDE_ENV, CheckOutput, CheckResult, HIPCC_ENV, Target, Toolchain, check, check_tree,

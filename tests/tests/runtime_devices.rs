@@ -115,3 +115,26 @@ fn kernels_do_not_compile_for_the_cpu() {
         "{err}"
     );
 }
+
+#[test]
+fn graphs_are_not_captured_on_the_cpu() {
+    let stream = Device::cpu().create_stream().unwrap();
+    let mut ran = false;
+    let err = stream
+        .capture(|_| {
+            ran = true;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Unsupported {
+                device: DeviceId::Cpu,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!ran, "the closure ran although nothing could be captured");
+}

@@ -17,6 +17,8 @@ pub(crate) const HIP_SUCCESS: HipError = 0;
 pub(crate) const HIP_ERROR_NO_DEVICE: HipError = 100;
 pub(crate) const HIPRTC_SUCCESS: HiprtcResult = 0;
 pub(crate) const HIPRTC_ERROR_COMPILATION: HiprtcResult = 6;
+/// `hipStreamCaptureModeThreadLocal`, the same value in HIP 5.x through 7.x (and CUDA).
+pub(crate) const STREAM_CAPTURE_MODE_THREAD_LOCAL: c_int = 1;
 /// `hipDeviceAttributeMultiprocessorCount`, the same value in HIP 5.x through 7.x.
 pub(crate) const ATTR_MULTIPROCESSOR_COUNT: c_int = 63;
 /// `hipDeviceAttributeMaxSharedMemoryPerBlock`, the same value in HIP 5.x through 7.x.
@@ -74,6 +76,12 @@ hip_api!(Runtime {
     hipStreamCreate: fn(*mut *mut c_void) -> HipError;
     hipStreamDestroy: fn(*mut c_void) -> HipError;
     hipStreamSynchronize: fn(*mut c_void) -> HipError;
+    hipStreamBeginCapture: fn(*mut c_void, c_int) -> HipError;
+    hipStreamEndCapture: fn(*mut c_void, *mut *mut c_void) -> HipError;
+    hipGraphInstantiate: fn(*mut *mut c_void, *mut c_void, *mut *mut c_void, *mut c_char, usize) -> HipError;
+    hipGraphDestroy: fn(*mut c_void) -> HipError;
+    hipGraphLaunch: fn(*mut c_void, *mut c_void) -> HipError;
+    hipGraphExecDestroy: fn(*mut c_void) -> HipError;
     hipEventCreate: fn(*mut *mut c_void) -> HipError;
     hipEventDestroy: fn(*mut c_void) -> HipError;
     hipEventRecord: fn(*mut c_void, *mut c_void) -> HipError;

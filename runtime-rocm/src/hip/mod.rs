@@ -367,6 +367,63 @@ impl GpuApi for HipGpu {
         self.ok(unsafe { (self.hip.runtime.hipStreamSynchronize)(handle as *mut c_void) })
     }
 
+    unsafe fn stream_begin_capture(&self, stream: Handle) -> ApiResult<()> {
+        self.bind()?;
+        // SAFETY: caller passes a live, non-default stream.
+        self.ok(unsafe {
+            (self.hip.runtime.hipStreamBeginCapture)(
+                stream as *mut c_void,
+                ffi::STREAM_CAPTURE_MODE_THREAD_LOCAL,
+            )
+        })
+    }
+
+    unsafe fn stream_end_capture(&self, stream: Handle) -> ApiResult<Handle> {
+        self.bind()?;
+        let mut graph = std::ptr::null_mut();
+        // SAFETY: caller passes a stream that is capturing; valid out-pointer.
+        self.ok(unsafe {
+            (self.hip.runtime.hipStreamEndCapture)(stream as *mut c_void, &mut graph)
+        })?;
+        Ok(graph as Handle)
+    }
+
+    unsafe fn graph_instantiate(&self, graph: Handle) -> ApiResult<Handle> {
+        self.bind()?;
+        let mut exec = std::ptr::null_mut();
+        // SAFETY: caller passes a live graph; valid out-pointer; no error node or log wanted.
+        self.ok(unsafe {
+            (self.hip.runtime.hipGraphInstantiate)(
+                &mut exec,
+                graph as *mut c_void,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        })?;
+        Ok(exec as Handle)
+    }
+
+    unsafe fn graph_destroy(&self, graph: Handle) -> ApiResult<()> {
+        self.bind()?;
+        // SAFETY: caller passes a live graph.
+        self.ok(unsafe { (self.hip.runtime.hipGraphDestroy)(graph as *mut c_void) })
+    }
+
+    unsafe fn graph_launch(&self, exec: Handle, stream: Handle) -> ApiResult<()> {
+        self.bind()?;
+        // SAFETY: caller passes a live executable graph and stream.
+        self.ok(unsafe {
+            (self.hip.runtime.hipGraphLaunch)(exec as *mut c_void, stream as *mut c_void)
+        })
+    }
+
+    unsafe fn graph_exec_destroy(&self, exec: Handle) -> ApiResult<()> {
+        self.bind()?;
+        // SAFETY: caller passes a live executable graph.
+        self.ok(unsafe { (self.hip.runtime.hipGraphExecDestroy)(exec as *mut c_void) })
+    }
+
     fn event_create(&self) -> ApiResult<Handle> {
         self.bind()?;
         let mut out = std::ptr::null_mut();
