@@ -32,20 +32,26 @@ impl Stream {
     /// it as a [`Graph`]. Synchronous copies, allocations that synchronize, and work queued
     /// on other streams are not captured: a synchronous call from this thread during the
     /// capture fails, and so does the capture. Not available on the CPU device (nothing is
-    /// queued there) nor on a device's default stream (it cannot be captured).
-    pub fn capture(&self, record: impl FnOnce(&Stream) -> Result<()>) -> Result<Graph> {
+    /// queued there) nor on a device's default stream (it cannot be captured). `record` may
+    /// fail with its caller's own error type; that error is returned as it is.
+    pub fn capture<E: From<Error>>(
+        &self,
+        record: impl FnOnce(&Stream) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Graph, E> {
         let device = self.device().clone();
         let Some(gpu) = device.gpu() else {
             return Err(Error::Unsupported {
                 operation: "graph capture".into(),
                 device: device.id(),
-            });
+            }
+            .into());
         };
         if self.raw() == 0 {
             return Err(Error::Unsupported {
                 operation: "graph capture on the default stream".into(),
                 device: device.id(),
-            });
+            }
+            .into());
         }
         // SAFETY: `raw` is a live stream of this device (not the default one).
         device.check(
@@ -68,15 +74,17 @@ impl Stream {
                 }
                 return Err(e);
             }
-            (Ok(()), Err(e)) => return Err(e),
+            (Ok(()), Err(e)) => return Err(e.into()),
         };
         // SAFETY: `graph` is live; it is destroyed once instantiated (the executable graph
         // does not depend on it).
         let exec = device.check(unsafe { gpu.graph_instantiate(graph) }, "instantiate graph");
         // SAFETY: as above.
         let destroyed = device.check(unsafe { gpu.graph_destroy(graph) }, "destroy graph");
-        let exec = exec?;
-        let graph = Graph { device, exec };
+        let graph = Graph {
+            device,
+            exec: exec?,
+        };
         destroyed?;
         Ok(graph)
     }

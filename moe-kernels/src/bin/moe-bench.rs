@@ -7,19 +7,23 @@
 //! weights rotate over several copies of the layer (9 GB each), so neither the L2 cache nor a
 //! fixed expert set flatters the numbers. Fused and unfused runs are interleaved.
 //!
+//! With `--graph`, each layer is also captured into a graph (`runtime_rocm::Graph`) and
+//! replayed, which removes the launch gaps between its kernels: the "graph µs" column.
+//!
 //! ```text
 //! moe-bench [--device cuda:0] [--batches 1,8,32,128,512,2048,16384] [--iters 40]
 //!           [--copies 2] [--act w4a4|w4a16] [--anchor PATH|none] [--budget-ms 4000]
+//!           [--breakdown] [--graph]
 //! ```
 
 use std::process::{Command, ExitCode};
 
 use half::bf16;
 use moe_kernels::gpu::{
-    MoeKernels, MoeShape, MoeWeights, MoeWorkspace, SharedExpertMode, Synthetic,
+    GpuError, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, SharedExpertMode, Synthetic,
 };
 use moe_kernels::reference::{ActivationQuant, RoutingParams, ScaleRule};
-use runtime_rocm::{Device, DeviceBuffer, Stream};
+use runtime_rocm::{Device, DeviceBuffer, Graph, Stream};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -44,6 +48,7 @@ struct Args {
     anchor: Option<String>,
     budget_ms: f64,
     breakdown: bool,
+    graph: bool,
 }
 
 fn parse_args() -> Result<Args> {
@@ -56,6 +61,7 @@ fn parse_args() -> Result<Args> {
         anchor: Some("moe-kernels/bench/anchor_grouped_mm.py".into()),
         budget_ms: 4000.0,
         breakdown: false,
+        graph: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +92,7 @@ fn parse_args() -> Result<Args> {
                 }
             }
             "--breakdown" => args.breakdown = true,
+            "--graph" => args.graph = true,
             "--anchor" => {
                 let v = value()?;
                 args.anchor = (v != "none").then_some(v);
@@ -136,6 +143,16 @@ fn run_anchor(script: &str, batches: &[usize]) -> Result<Vec<(usize, bool, f64)>
     Ok(found)
 }
 
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    a / gcd(a, b) * b
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
@@ -168,6 +185,8 @@ struct Measured {
     batch: usize,
     mode: SharedExpertMode,
     median_s: f64,
+    /// Median of the graph replays (`--graph`).
+    graph_s: Option<f64>,
     experts: f64,
     iters: usize,
 }
@@ -321,6 +340,51 @@ fn run() -> Result<()> {
                 .collect();
             breakdowns.push((batch, stages));
         }
+        // Graphs over one period of the (weight copy, logit set) rotation, replayed in the
+        // same interleaved order as the stream runs.
+        let mut graph_times = [None; MODES.len()];
+        if args.graph {
+            let period = lcm(copies.len(), LOGIT_SETS);
+            // A workspace of their own: the graphs keep its pointers, and stage marks stay off.
+            let mut ws = MoeWorkspace::new(&device, SHAPE, TOP_K, batch)?;
+            let mut graphs: Vec<Vec<Graph>> = MODES.iter().map(|_| Vec::new()).collect();
+            for i in 0..period {
+                for (m, mode) in MODES.into_iter().enumerate() {
+                    graphs[m].push(stream.capture::<GpuError>(|s| {
+                        kernels.forward(
+                            s,
+                            &copies[i % copies.len()],
+                            &routing_params(mode),
+                            args.act,
+                            mode,
+                            &x,
+                            &logits[i % LOGIT_SETS],
+                            &bias,
+                            batch,
+                            &mut ws,
+                            &mut out,
+                        )
+                    })?);
+                }
+            }
+            let mut samples: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+            for i in 0..WARMUP + iters {
+                for m in 0..MODES.len() {
+                    let start = stream.record_event()?;
+                    // SAFETY: every buffer the graphs use lives until the end of this batch
+                    // size, and each replay is waited for.
+                    unsafe { graphs[m][i % period].launch(&stream) }?;
+                    let end = stream.record_event()?;
+                    end.synchronize()?;
+                    if i >= WARMUP {
+                        samples[m].push(f64::from(start.elapsed_ms(&end)?) * 1e-3);
+                    }
+                }
+            }
+            for (m, times) in samples.iter_mut().enumerate() {
+                graph_times[m] = Some(median(times));
+            }
+        }
         for (m, mode) in MODES.into_iter().enumerate() {
             let mut times: Vec<f64> = samples[m].iter().map(|s| s.0).collect();
             let experts = samples[m].iter().map(|s| s.1 as f64).sum::<f64>() / iters as f64;
@@ -328,6 +392,7 @@ fn run() -> Result<()> {
                 batch,
                 mode,
                 median_s: median(&mut times),
+                graph_s: graph_times[m],
                 experts,
                 iters,
             });
@@ -350,9 +415,9 @@ fn run() -> Result<()> {
     );
     println!();
     println!(
-        "| B | mode | iters | time µs | experts touched | GB touched | TB/s | % of copy | TFLOP/s | anchor µs | speed-up | fusion gain |"
+        "| B | mode | iters | time µs | graph µs | experts touched | GB touched | TB/s | % of copy | TFLOP/s | anchor µs | speed-up | fusion gain |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &results {
         let bytes = r.experts * SHAPE.bytes_per_expert() as f64;
         let bw = bytes / r.median_s;
@@ -376,11 +441,14 @@ fn run() -> Result<()> {
             String::new()
         };
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.3} | {:.3} | {:.1}% | {:.1} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {} | {:.1} | {:.3} | {:.3} | {:.1}% | {:.1} | {} | {} | {} |",
             r.batch,
             if fused { "fused" } else { "separate" },
             r.iters,
             r.median_s * 1e6,
+            r.graph_s
+                .map(|g| format!("{:.1}", g * 1e6))
+                .unwrap_or_else(|| "-".into()),
             r.experts,
             bytes * 1e-9,
             bw * 1e-12,
