@@ -253,17 +253,14 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 // Routing: noaux_tc (sigmoid scores, correction bias for selection only, group-limited top-k,
 // weights from the unbiased scores) with `shared_slots` fused shared slots appended.
 //
-// One wave per token (ROUTE_THREADS / WARP_SIZE tokens per block), so the top-k rounds are
-// wave shuffles without block barriers; dynamic shared memory: 2 * n_experts floats per wave.
-// Expert e belongs to lane e % WARP_SIZE, which alone reads and writes its shared entries
-// after the scores are in place.
+// One block per token; dynamic shared memory: 2 * n_experts floats.
 // Output rows have `top_k + shared_slots` slots: the routed experts in descending order of
 // the biased score (ties to the lower index), then the shared slots n_experts + j with weight
 // 1/rsf (rsf itself is applied once, by the combine). Routed weights are the unbiased scores,
 // divided by their sum (+1e-20) when `norm_topk_prob`.
 
 #ifndef ROUTE_THREADS
-#define ROUTE_THREADS 128
+#define ROUTE_THREADS 256
 #endif
 #ifndef ROUTE_MAX_TOPK
 #define ROUTE_MAX_TOPK 64
@@ -271,7 +268,6 @@ __device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f +
 #ifndef ROUTE_MAX_GROUPS
 #define ROUTE_MAX_GROUPS 64
 #endif
-#define ROUTE_WAVES (ROUTE_THREADS / WARP_SIZE)
 
 __device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi) {
     if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
@@ -283,75 +279,77 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
                    float routed_scaling_factor, int shared_slots,
                    int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
     extern __shared__ float route_smem[];
-    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
-    float* score = route_smem + (size_t)wave * 2 * n_experts;  // unbiased sigmoid scores
-    float* choice = score + n_experts;  // biased scores; -inf once excluded or taken
-    __shared__ float group_score[ROUTE_WAVES][ROUTE_MAX_GROUPS];
-    __shared__ int group_keep[ROUTE_WAVES][ROUTE_MAX_GROUPS];
-    __shared__ int chosen[ROUTE_WAVES][ROUTE_MAX_TOPK];
+    float* score = route_smem;               // unbiased sigmoid scores
+    float* choice = route_smem + n_experts;  // biased scores; -inf once excluded or taken
+    __shared__ float red_v[ROUTE_THREADS / WARP_SIZE];
+    __shared__ int red_i[ROUTE_THREADS / WARP_SIZE];
+    __shared__ int chosen[ROUTE_MAX_TOPK];
+    __shared__ float group_score[ROUTE_MAX_GROUPS];
+    __shared__ int group_keep[ROUTE_MAX_GROUPS];
 
-    const int t = blockIdx.x * ROUTE_WAVES + wave;
-    // Waves past the last token still meet the block barriers of the group stage.
-    const bool valid = t < n_tokens;
-    if (valid) {
-        const float* row = logits + (size_t)t * n_experts;
-        for (int e = lane; e < n_experts; e += WARP_SIZE) {
-            float s = 1.0f / (1.0f + expf(-row[e]));
-            score[e] = s;
-            choice[e] = s + bias[e];
-        }
+    const int t = blockIdx.x;
+    if (t >= n_tokens) return;
+    const float* row = logits + (size_t)t * n_experts;
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {
+        float s = 1.0f / (1.0f + expf(-row[e]));
+        score[e] = s;
+        choice[e] = s + bias[e];
     }
-    __syncthreads();  // the scores are read across lanes below (groups, and the weights)
+    __syncthreads();
 
     if (topk_group < n_group) {
         const int per_group = n_experts / n_group;
-        if (valid) {
-            for (int g = lane; g < n_group; g += WARP_SIZE) {
-                float a = MOE_NEG_INF, b = MOE_NEG_INF;  // the group's two largest biased scores
-                for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
-                    float v = choice[e];
-                    if (v > a) { b = a; a = v; } else if (v > b) { b = v; }
-                }
-                group_score[wave][g] = a + b;
+        for (int g = threadIdx.x; g < n_group; g += blockDim.x) {
+            float a = MOE_NEG_INF, b = MOE_NEG_INF;  // the group's two largest biased scores
+            for (int e = g * per_group; e < (g + 1) * per_group; ++e) {
+                float v = choice[e];
+                if (v > a) { b = a; a = v; } else if (v > b) { b = v; }
             }
+            group_score[g] = a + b;
         }
         __syncthreads();
-        if (valid && lane == 0) {
-            for (int g = 0; g < n_group; ++g) group_keep[wave][g] = 0;
+        if (threadIdx.x == 0) {
+            for (int g = 0; g < n_group; ++g) group_keep[g] = 0;
             for (int k = 0; k < topk_group; ++k) {
                 int best = -1;
                 for (int g = 0; g < n_group; ++g)
-                    if (!group_keep[wave][g] && (best < 0 || group_score[wave][g] > group_score[wave][best])) best = g;
-                group_keep[wave][best] = 1;
+                    if (!group_keep[g] && (best < 0 || group_score[g] > group_score[best])) best = g;
+                group_keep[best] = 1;
             }
         }
         __syncthreads();
-        if (valid)
-            for (int e = lane; e < n_experts; e += WARP_SIZE)
-                if (!group_keep[wave][e / per_group]) choice[e] = MOE_NEG_INF;
+        for (int e = threadIdx.x; e < n_experts; e += blockDim.x)
+            if (!group_keep[e / per_group]) choice[e] = MOE_NEG_INF;
+        __syncthreads();
     }
-    if (!valid) return;  // no block barrier below
 
+    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    const int n_waves = blockDim.x / WARP_SIZE;
     for (int k = 0; k < top_k; ++k) {
         float v = MOE_NEG_INF;
         int i = 0x7fffffff;
-        for (int e = lane; e < n_experts; e += WARP_SIZE) argmax_merge(v, i, choice[e], e);
+        for (int e = threadIdx.x; e < n_experts; e += blockDim.x) argmax_merge(v, i, choice[e], e);
 #pragma unroll
         for (int off = WARP_SIZE / 2; off > 0; off >>= 1)
             argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
-        // Every lane now holds the same winner; its owner retires it.
-        if (lane == i % WARP_SIZE) choice[i] = MOE_NEG_INF;
-        if (lane == 0) chosen[wave][k] = i;
+        if (lane == 0) { red_v[wave] = v; red_i[wave] = i; }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < n_waves; ++w) argmax_merge(v, i, red_v[w], red_i[w]);
+            chosen[k] = i;
+            choice[i] = MOE_NEG_INF;
+        }
+        __syncthreads();
     }
 
-    if (lane == 0) {
+    if (threadIdx.x == 0) {
         const int slots = top_k + shared_slots;
         float sum = 0.0f;
-        for (int k = 0; k < top_k; ++k) sum += score[chosen[wave][k]];
+        for (int k = 0; k < top_k; ++k) sum += score[chosen[k]];
         const float denom = sum + 1e-20f;
         for (int k = 0; k < top_k; ++k) {
-            float s = score[chosen[wave][k]];
-            topk_ids[(size_t)t * slots + k] = chosen[wave][k];
+            float s = score[chosen[k]];
+            topk_ids[(size_t)t * slots + k] = chosen[k];
             topk_weights[(size_t)t * slots + k] = norm_topk_prob ? s / denom : s;
         }
         for (int j = 0; j < shared_slots; ++j) {

@@ -39,8 +39,8 @@ const DOWN_ROWS: u32 = 2;
 const DOWN_ROWS_NARROW: u32 = 4;
 /// Largest pass (tokens) that takes the narrow down projection.
 const NARROW_MAX_TOKENS: usize = 8;
-/// Threads of the routing kernel (`ROUTE_THREADS`, its launch bound); one wave per token.
-const ROUTE_THREADS: u32 = 128;
+/// Threads of the routing kernel (`ROUTE_THREADS`, its launch bound).
+const ROUTE_THREADS: u32 = 256;
 /// Threads of the single-block align kernel (`ALIGN_THREADS`).
 const ALIGN_THREADS: u32 = 1024;
 /// Threads per block of the elementwise kernels.
@@ -522,13 +522,11 @@ impl MoeKernels {
             params.routed_scaling_factor.is_normal(),
             || "must be a finite non-zero number".into(),
         )?;
-        let waves = (ROUTE_THREADS / self.device.info().wave_size) as usize;
-        let per_wave = 2 * size_of::<f32>();
-        let smem = waves * n_routed * per_wave;
+        let smem = 2 * n_routed * size_of::<f32>();
         check_param("n_routed", n_routed, smem <= SHARED_MEM_LIMIT, || {
             format!(
                 "at most {} experts fit the routing kernel's shared memory",
-                SHARED_MEM_LIMIT / (waves * per_wave)
+                SHARED_MEM_LIMIT / 8
             )
         })?;
         check_len("logits", n_tokens * n_routed, logits.len(), || {
@@ -544,7 +542,7 @@ impl MoeKernels {
             || format!("need room for {n_tokens} tokens × {slots} slots"),
         )?;
         let config = LaunchConfig {
-            grid: [to_u32("n_tokens", n_tokens.div_ceil(waves))?, 1, 1],
+            grid: [to_u32("n_tokens", n_tokens)?, 1, 1],
             block: [ROUTE_THREADS, 1, 1],
             shared_mem_bytes: smem as u32,
         };
