@@ -43,18 +43,12 @@ typedef unsigned int u32;
 #ifndef MOE_DOWN_ROWS
 #define MOE_DOWN_ROWS 2
 #endif
-// The narrow down projection (few tokens per expert: decode) trades token slots for rows, so
-// each lane keeps twice the weight bytes in flight.
-#ifndef MOE_DOWN_ROWS_NARROW
-#define MOE_DOWN_ROWS_NARROW 4
-#endif
 // Pairs whose activations meet one decoded weight fragment (and are staged in shared memory
 // together). Larger tiles cost registers and shared memory, and with them waves in flight.
 #define GATE_UP_TOKS_A4 3
 #define GATE_UP_TOKS_A16 2
 #define DOWN_TOKS_A4 8
 #define DOWN_TOKS_A16 2
-#define DOWN_TOKS_NARROW 2
 #define MOE_THREADS (MOE_WARPS * WARP_SIZE)
 // 16-byte weight chunks (32 elements) per lane along one row.
 #define H_CHUNKS (MOE_HIDDEN / MX_BLOCK)
@@ -639,31 +633,32 @@ moe_gate_up_w4a16_f32(const u8* __restrict__ w13, const u8* __restrict__ s13, in
     gate_up_body<false, true>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
-// Down projection, ROWS output rows per wave (in registers). The pairs of the expert are
-// contiguous in sorted order, TOKS of their activation rows (quantized hq, hs for W4A4, f32 h
-// for W4A16; [pairs][I]) staged in shared memory per tile.
+// Down projection, MOE_DOWN_ROWS output rows per wave (in registers). The pairs of the expert
+// are contiguous in sorted order, TOKS of their activation rows (quantized hq, hs for W4A4,
+// f32 h for W4A16; [pairs][I]) staged in shared memory per tile.
 // Output y[sorted position][H] in f32, unweighted: the combine applies the routing weights.
-template <bool A4, int ROWS, int TOKS>
+template <bool A4>
 __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base,
                                           const void* __restrict__ act, const u8* __restrict__ act_scale,
                                           const int* __restrict__ offsets, const int* __restrict__ active,
                                           const int* __restrict__ n_active, float* __restrict__ y) {
+    constexpr int TOKS = A4 ? DOWN_TOKS_A4 : DOWN_TOKS_A16;
     constexpr int ROW_VECS = (A4 ? MOE_INTER : 4 * MOE_INTER) / 16;
     __shared__ uint4 stage[TOKS * ROW_VECS];
     __shared__ u8 stage_scale[A4 ? TOKS * I_CHUNKS : 1];
     ExpertRange r;
     if (!expert_of_block(offsets, active, n_active, r)) return;
     const int lane = threadIdx.x % WARP_SIZE;
-    const int row0 = (blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE) * ROWS;
+    const int row0 = (blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE) * MOE_DOWN_ROWS;
     const bool valid = row0 < MOE_HIDDEN;  // waves past the last row still meet every barrier
     const size_t row_bytes = MOE_INTER / 2;
     const size_t e = (size_t)(r.e + expert_base);
 
-    uint4 w[ROWS][I_PER_LANE];
-    float sw[ROWS][I_PER_LANE];
+    uint4 w[MOE_DOWN_ROWS][I_PER_LANE];
+    float sw[MOE_DOWN_ROWS][I_PER_LANE];
     if (valid) {
 #pragma unroll
-        for (int k = 0; k < ROWS; ++k) {
+        for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
             int row = min(row0 + k, MOE_HIDDEN - 1);  // a clamped duplicate row is computed, not stored
 #pragma unroll
             for (int i = 0; i < I_PER_LANE; ++i) {
@@ -686,9 +681,9 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
                 stage_scale[v] = act_scale[(size_t)p0 * I_CHUNKS + v];
         __syncthreads();
         if (!valid) continue;
-        float acc[ROWS][TOKS];
+        float acc[MOE_DOWN_ROWS][TOKS];
 #pragma unroll
-        for (int k = 0; k < ROWS; ++k)
+        for (int k = 0; k < MOE_DOWN_ROWS; ++k)
 #pragma unroll
             for (int q = 0; q < TOKS; ++q) acc[k][q] = 0.0f;
 #pragma unroll
@@ -696,7 +691,7 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
             int c = lane + i * WARP_SIZE;
             if (c >= I_CHUNKS) break;
 #pragma unroll
-            for (int k = 0; k < ROWS; ++k) {
+            for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
                 if (A4) {
                     int wq[8];
                     decode_chunk_i8(w[k][i], wq);
@@ -718,7 +713,7 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
             }
         }
 #pragma unroll
-        for (int k = 0; k < ROWS; ++k)
+        for (int k = 0; k < MOE_DOWN_ROWS; ++k)
 #pragma unroll
             for (int q = 0; q < TOKS; ++q) {
                 if (q >= n) break;  // uniform across the wave
@@ -731,24 +726,14 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_down_w4a4(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const i8* __restrict__ hq,
               const u8* __restrict__ hs, const int* __restrict__ offsets, const int* __restrict__ active,
               const int* __restrict__ n_active, float* __restrict__ y) {
-    down_body<true, MOE_DOWN_ROWS, DOWN_TOKS_A4>(w2, s2, expert_base, hq, hs, offsets, active, n_active, y);
-}
-
-// As moe_down_w4a4 for passes of few tokens per expert; its grid has MOE_DOWN_ROWS_NARROW
-// rows per wave.
-extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
-moe_down_w4a4_narrow(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base,
-                     const i8* __restrict__ hq, const u8* __restrict__ hs, const int* __restrict__ offsets,
-                     const int* __restrict__ active, const int* __restrict__ n_active, float* __restrict__ y) {
-    down_body<true, MOE_DOWN_ROWS_NARROW, DOWN_TOKS_NARROW>(w2, s2, expert_base, hq, hs, offsets, active,
-                                                            n_active, y);
+    down_body<true>(w2, s2, expert_base, hq, hs, offsets, active, n_active, y);
 }
 
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_down_w4a16(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const float* __restrict__ h,
                const int* __restrict__ offsets, const int* __restrict__ active, const int* __restrict__ n_active,
                float* __restrict__ y) {
-    down_body<false, MOE_DOWN_ROWS, DOWN_TOKS_A16>(w2, s2, expert_base, h, nullptr, offsets, active, n_active, y);
+    down_body<false>(w2, s2, expert_base, h, nullptr, offsets, active, n_active, y);
 }
 
 // ---------------------------------------------------------------------------------------------

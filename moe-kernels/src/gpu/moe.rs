@@ -33,12 +33,6 @@ const WARPS: u32 = 8;
 const _: () = assert!(WARPS.is_multiple_of(2));
 /// Output rows per wave of the down projection (`MOE_DOWN_ROWS`).
 const DOWN_ROWS: u32 = 2;
-/// Output rows per wave of the narrow W4A4 down projection (`MOE_DOWN_ROWS_NARROW`), which
-/// serves passes of at most [`NARROW_MAX_TOKENS`] tokens: at decode sizes an expert holds one
-/// or two tokens, so registers go to weight rows in flight rather than to token slots.
-const DOWN_ROWS_NARROW: u32 = 4;
-/// Largest pass (tokens) that takes the narrow down projection.
-const NARROW_MAX_TOKENS: usize = 8;
 /// Threads of the routing kernel (`ROUTE_THREADS`, its launch bound).
 const ROUTE_THREADS: u32 = 256;
 /// Threads of the single-block align kernel (`ALIGN_THREADS`).
@@ -368,7 +362,6 @@ pub struct MoeKernels {
     io_f32: IoKernels,
     gate_up_w4a4: Function,
     down_w4a4: Function,
-    down_w4a4_narrow: Function,
     down_w4a16: Function,
 }
 
@@ -417,7 +410,6 @@ impl MoeKernels {
             .set("MOE_INTER", inter)
             .set("MOE_WARPS", WARPS)
             .set("MOE_DOWN_ROWS", DOWN_ROWS)
-            .set("MOE_DOWN_ROWS_NARROW", DOWN_ROWS_NARROW)
             .set("ROUTE_THREADS", ROUTE_THREADS)
             .set("ROUTE_MAX_TOPK", MAX_SLOTS)
             .set("ROUTE_MAX_GROUPS", MAX_GROUPS)
@@ -443,7 +435,6 @@ impl MoeKernels {
             },
             gate_up_w4a4: f("moe_gate_up_w4a4")?,
             down_w4a4: f("moe_down_w4a4")?,
-            down_w4a4_narrow: f("moe_down_w4a4_narrow")?,
             down_w4a16: f("moe_down_w4a16")?,
         })
     }
@@ -892,21 +883,13 @@ impl MoeKernels {
             block: [threads, 1, 1],
             shared_mem_bytes: 0,
         };
-        let down_grid = |rows: u32| -> Result<LaunchConfig, GpuError> {
-            Ok(LaunchConfig {
-                grid: [
-                    to_u32("hidden", self.hidden.div_ceil((WARPS * rows) as usize))?,
-                    expert_blocks,
-                    1,
-                ],
-                ..gate_up
-            })
-        };
-        let down = down_grid(DOWN_ROWS)?;
-        let (down_w4a4, down_w4a4_grid) = if pass.n_tokens <= NARROW_MAX_TOKENS {
-            (&self.down_w4a4_narrow, down_grid(DOWN_ROWS_NARROW)?)
-        } else {
-            (&self.down_w4a4, down)
+        let down = LaunchConfig {
+            grid: [
+                to_u32("hidden", self.hidden.div_ceil((WARPS * DOWN_ROWS) as usize))?,
+                expert_blocks,
+                1,
+            ],
+            ..gate_up
         };
         let base = to_i32("expert base", pass.base)?;
         let slots = to_i32("slots", pass.slots)?;
@@ -941,8 +924,8 @@ impl MoeKernels {
                 )?;
                 mark(stream, marks, "quantize h")?;
                 stream.launch(
-                    down_w4a4,
-                    down_w4a4_grid,
+                    &self.down_w4a4,
+                    down,
                     &[
                         &w.w2,
                         &w.s2,
