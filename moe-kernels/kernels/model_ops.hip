@@ -200,7 +200,8 @@ extern "C" __global__ void ops_rope(float* __restrict__ x, const float* __restri
 }
 
 // Appends each token's latent (`latent` [t][kv_lora]) and rotated rope key (columns
-// kv_lora.. of `kv_a` [t][kv_lora + rope]) to the cache rows `rows[t]`.
+// kv_lora.. of `kv_a` [t][kv_lora + rope]) to the cache rows `rows[t]` (the host maps each
+// position through its sequence's block table).
 extern "C" __global__ void ops_cache_store(const float* __restrict__ latent, const float* __restrict__ kv_a,
                                            const int* __restrict__ rows, int tokens, int kv_lora,
                                            int rope, float* __restrict__ cache_latent,
@@ -217,15 +218,24 @@ extern "C" __global__ void ops_cache_store(const float* __restrict__ latent, con
     }
 }
 
-// Absorbed MLA attention (see moe_kernels::reference::mla_attention). One block per (token,
-// head): q [t][heads][nope + rope] (rope part rotated), the sequence's cache rows start at
-// base[t] and the token attends to keys 0..=pos[t]; kv_b [heads][nope + v][kv_lora];
-// out [t][heads][v]. Dynamic shared memory: 2*kv_lora + pos+1 floats.
+// Absorbed MLA attention (see moe_kernels::reference::mla_attention) over a paged latent cache.
+// One block per (token, head): q [t][heads][nope + rope] (rope part rotated); token t attends to
+// keys 0..=pos[t] of its sequence, whose block table is tables[table_off[t] ..]: key j lives in
+// cache row tables[table_off[t] + (j >> block_shift)] * 2^block_shift + (j & (2^block_shift - 1)).
+// kv_b [heads][nope + v][kv_lora]; out [t][heads][v]. Dynamic shared memory: 2*kv_lora + pos+1
+// floats. The arithmetic (and its order) is the same as over one contiguous slab: only the
+// address of key j changes.
+__device__ __forceinline__ size_t paged_row(const int* __restrict__ table, int j, int block_shift) {
+    int mask = (1 << block_shift) - 1;
+    return ((size_t)table[j >> block_shift] << block_shift) + (size_t)(j & mask);
+}
+
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_mla_attention(const float* __restrict__ q, const float* __restrict__ cache_latent,
                   const float* __restrict__ cache_rope, const float* __restrict__ kv_b,
-                  const int* __restrict__ base, const int* __restrict__ pos, int heads, int nope,
-                  int rope, int vdim, int kv_lora, float scale, float* __restrict__ out) {
+                  const int* __restrict__ tables, const int* __restrict__ table_off,
+                  const int* __restrict__ pos, int block_shift, int heads, int nope, int rope,
+                  int vdim, int kv_lora, float scale, float* __restrict__ out) {
     extern __shared__ float smem[];
     __shared__ float scratch[OPS_WAVES];
     float* q_lat = smem;
@@ -235,9 +245,9 @@ ops_mla_attention(const float* __restrict__ q, const float* __restrict__ cache_l
     const float* qv = q + ((size_t)t * heads + h) * (nope + rope);
     const float* w_uk = kv_b + (size_t)h * (nope + vdim) * kv_lora;
     const float* w_uv = w_uk + (size_t)nope * kv_lora;
-    const float* lat = cache_latent + (size_t)base[t] * kv_lora;
-    const float* kpe = cache_rope + (size_t)base[t] * rope;
+    const int* table = tables + table_off[t];
     int keys = pos[t] + 1;
+    int block_tokens = 1 << block_shift;
 
     for (int c = threadIdx.x; c < kv_lora; c += OPS_THREADS) {
         float a = 0.0f;
@@ -247,10 +257,12 @@ ops_mla_attention(const float* __restrict__ q, const float* __restrict__ cache_l
     __syncthreads();
     float local_max = -__uint_as_float(0x7f800000u);
     for (int k = threadIdx.x; k < keys; k += OPS_THREADS) {
-        const float* ck = lat + (size_t)k * kv_lora;
+        size_t row = paged_row(table, k, block_shift);
+        const float* ck = cache_latent + row * kv_lora;
+        const float* kpe = cache_rope + row * rope;
         float s = 0.0f, r = 0.0f;
         for (int c = 0; c < kv_lora; ++c) s = fmaf(q_lat[c], ck[c], s);
-        for (int c = 0; c < rope; ++c) r = fmaf(qv[nope + c], kpe[(size_t)k * rope + c], r);
+        for (int c = 0; c < rope; ++c) r = fmaf(qv[nope + c], kpe[c], r);
         float sc = (s + r) * scale;
         scores[k] = sc;
         local_max = fmaxf(local_max, sc);
@@ -265,8 +277,13 @@ ops_mla_attention(const float* __restrict__ q, const float* __restrict__ cache_l
     float sum = block_reduce(local_sum, scratch, false);
     __syncthreads();
     for (int c = threadIdx.x; c < kv_lora; c += OPS_THREADS) {
+        // Keys in ascending order, a block at a time: one table read per block.
         float a = 0.0f;
-        for (int k = 0; k < keys; ++k) a = fmaf(scores[k], lat[(size_t)k * kv_lora + c], a);
+        for (int k0 = 0; k0 < keys; k0 += block_tokens) {
+            const float* lat = cache_latent + ((size_t)table[k0 >> block_shift] << block_shift) * kv_lora;
+            int end = min(block_tokens, keys - k0);
+            for (int k = 0; k < end; ++k) a = fmaf(scores[k0 + k], lat[(size_t)k * kv_lora + c], a);
+        }
         o_lat[c] = a / sum;
     }
     __syncthreads();

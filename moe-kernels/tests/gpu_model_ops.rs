@@ -7,7 +7,7 @@
 //! 1e-4 leaves room for the longest sums. W4A4 layers quantize identical f32 inputs with the
 //! same rule, so they too match to f32 rounding.
 
-use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps};
+use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps, PagedKeys, mla_max_keys};
 use moe_kernels::reference::{
     ActivationMode, ActivationQuant, Linear, Matrix, MlaCache, MlaDims, Mxfp4Matrix, Rope,
     ScaleRule, YarnParams, fake_quantize_rows, linear, mla_attention, rmsnorm, silu_mul,
@@ -223,7 +223,9 @@ fn norm_rope_attention_and_elementwise_match_the_reference() {
     .unwrap();
     check("rope", &q_dev, &want);
 
-    // Absorbed MLA attention: two sequences in one cache, queries at several positions.
+    // Absorbed MLA attention over a paged cache: two sequences whose blocks of 8 rows are
+    // scattered through the cache out of order (a partly filled last block included), queries
+    // at several positions, block boundaries among them.
     let dims = MlaDims {
         heads,
         qk_nope: nope,
@@ -231,17 +233,41 @@ fn norm_rope_attention_and_elementwise_match_the_reference() {
         v: 128,
         kv_lora: 512,
     };
-    let slab = 40;
-    let latent = normal(&mut rng, 2 * slab * dims.kv_lora, 1.0);
-    let rope_key = normal(&mut rng, 2 * slab * dims.qk_rope, 1.0);
+    let block = 8;
+    let total_blocks = 12;
+    let rows = total_blocks * block;
+    let latent = normal(&mut rng, rows * dims.kv_lora, 1.0);
+    let rope_key = normal(&mut rng, rows * dims.qk_rope, 1.0);
     let kv_b = normal(&mut rng, heads * (nope + dims.v) * dims.kv_lora, 0.05);
-    let queries = [(0usize, 0usize), (0, 39), (1, 7), (1, 20), (0, 12)];
+    let tables: [Vec<usize>; 2] = [vec![7, 2, 10, 0, 5], vec![11, 3, 1]];
+    let queries = [
+        (0usize, 0usize),
+        (0, 39),
+        (1, 7),
+        (1, 8),
+        (1, 20),
+        (0, 12),
+        (0, 23),
+    ];
     let q = normal(&mut rng, queries.len() * heads * q_head, 1.0);
     let mut want = vec![0f32; queries.len() * heads * dims.v];
     for (i, &(seq, pos)) in queries.iter().enumerate() {
+        // The reference reads one contiguous slab: gather the sequence's rows in order.
+        let gather = |data: &[f32], width: usize| -> Vec<f32> {
+            (0..=pos)
+                .flat_map(|j| {
+                    let row = tables[seq][j / block] * block + j % block;
+                    data[row * width..(row + 1) * width].iter().copied()
+                })
+                .collect()
+        };
+        let (lat, kpe) = (
+            gather(&latent, dims.kv_lora),
+            gather(&rope_key, dims.qk_rope),
+        );
         let cache = MlaCache {
-            latent: &latent[seq * slab * dims.kv_lora..(seq + 1) * slab * dims.kv_lora],
-            rope_key: &rope_key[seq * slab * dims.qk_rope..(seq + 1) * slab * dims.qk_rope],
+            latent: &lat,
+            rope_key: &kpe,
         };
         mla_attention(
             &q[i * heads * q_head..(i + 1) * heads * q_head],
@@ -253,28 +279,109 @@ fn norm_rope_attention_and_elementwise_match_the_reference() {
             &mut want[i * heads * dims.v..(i + 1) * heads * dims.v],
         );
     }
-    let base: Vec<i32> = queries
+    let flat: Vec<i32> = tables.iter().flatten().map(|&b| b as i32).collect();
+    let offsets: Vec<i32> = queries
         .iter()
-        .map(|&(seq, _)| (seq * slab) as i32)
+        .map(|&(seq, _)| if seq == 0 { 0 } else { tables[0].len() as i32 })
         .collect();
     let pos: Vec<i32> = queries.iter().map(|&(_, p)| p as i32).collect();
+    let (flat, offsets, pos) = (
+        device.upload(&flat).unwrap(),
+        device.upload(&offsets).unwrap(),
+        device.upload(&pos).unwrap(),
+    );
+    let keys = PagedKeys {
+        tables: &flat,
+        table_offsets: &offsets,
+        positions: &pos,
+        block_tokens: block,
+        max_keys: 40,
+    };
     let mut out = poisoned(&device, want.len());
+    let (latent, rope_key) = (
+        device.upload(&latent).unwrap(),
+        device.upload(&rope_key).unwrap(),
+    );
+    let kv_b = device.upload(&kv_b).unwrap();
+    let q = device.upload(&q).unwrap();
     ops.mla_attention(
         &s,
-        &device.upload(&q).unwrap(),
-        &device.upload(&latent).unwrap(),
-        &device.upload(&rope_key).unwrap(),
-        &device.upload(&kv_b).unwrap(),
-        &device.upload(&base).unwrap(),
-        &device.upload(&pos).unwrap(),
+        &q,
+        &latent,
+        &rope_key,
+        &kv_b,
+        &keys,
         queries.len(),
-        slab,
         &dims,
         0.07,
         &mut out,
     )
     .unwrap();
     check("mla_attention", &out, &want);
+    // The cache store writes each token to its own (scattered) row and nothing else.
+    let stored = [13usize, 2, 95, 40];
+    let fresh_latent = normal(&mut rng, stored.len() * dims.kv_lora, 1.0);
+    let kv_a = normal(&mut rng, stored.len() * (dims.kv_lora + dims.qk_rope), 1.0);
+    let mut cache_latent = device.upload(&vec![0f32; rows * dims.kv_lora]).unwrap();
+    let mut cache_rope = device.upload(&vec![0f32; rows * dims.qk_rope]).unwrap();
+    let row_ids: Vec<i32> = stored.iter().map(|&r| r as i32).collect();
+    ops.cache_store(
+        &s,
+        &device.upload(&fresh_latent).unwrap(),
+        &device.upload(&kv_a).unwrap(),
+        &device.upload(&row_ids).unwrap(),
+        stored.len(),
+        dims.kv_lora,
+        dims.qk_rope,
+        &mut cache_latent,
+        &mut cache_rope,
+    )
+    .unwrap();
+    let (mut want_latent, mut want_rope) = (
+        vec![0f32; rows * dims.kv_lora],
+        vec![0f32; rows * dims.qk_rope],
+    );
+    let width = dims.kv_lora + dims.qk_rope;
+    for (t, &r) in stored.iter().enumerate() {
+        want_latent[r * dims.kv_lora..(r + 1) * dims.kv_lora]
+            .copy_from_slice(&fresh_latent[t * dims.kv_lora..(t + 1) * dims.kv_lora]);
+        want_rope[r * dims.qk_rope..(r + 1) * dims.qk_rope]
+            .copy_from_slice(&kv_a[t * width + dims.kv_lora..(t + 1) * width]);
+    }
+    s.synchronize().unwrap();
+    assert_eq!(
+        cache_latent.to_vec().unwrap(),
+        want_latent,
+        "cache_store latent"
+    );
+    assert_eq!(
+        cache_rope.to_vec().unwrap(),
+        want_rope,
+        "cache_store rope key"
+    );
+
+    // More keys than shared memory holds is refused by name, before launching.
+    let limit = ops.max_keys(dims.kv_lora);
+    assert_eq!(limit, mla_max_keys(&device, dims.kv_lora));
+    let too_many = PagedKeys {
+        max_keys: limit + 1,
+        ..keys
+    };
+    let err = ops
+        .mla_attention(
+            &s,
+            &q,
+            &latent,
+            &rope_key,
+            &kv_b,
+            &too_many,
+            queries.len(),
+            &dims,
+            0.07,
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("max_keys"), "{err}");
 
     // SwiGLU.
     let n = 3000;

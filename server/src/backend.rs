@@ -37,6 +37,12 @@ pub trait Backend: Send + 'static {
     /// How many tokens the KV cache holds right now.
     fn kv_used_tokens(&self) -> usize;
 
+    /// The cache's allocation unit in tokens: a sequence of `n` tokens takes `n` rounded up
+    /// to a multiple of it (1 for a cache that allocates token by token).
+    fn kv_block_tokens(&self) -> usize {
+        1
+    }
+
     /// The longest sequence (prompt + completion) the model supports.
     fn context_length(&self) -> usize;
 

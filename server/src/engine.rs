@@ -38,7 +38,8 @@ pub enum SubmitError {
         /// The configured limit.
         limit: usize,
     },
-    /// One sequence would need more KV-cache tokens than the whole cache holds.
+    /// One sequence would need more KV-cache tokens (whole blocks of the cache) than the
+    /// whole cache holds.
     #[error("prompt plus max_tokens needs {needed} KV-cache tokens but the cache holds {capacity}")]
     TooLarge {
         /// Tokens needed.
@@ -74,6 +75,8 @@ pub struct EngineHandle {
     shared: Arc<Shared>,
     max_waiting: usize,
     kv_capacity: usize,
+    /// The cache's allocation unit: requests need whole blocks.
+    kv_block_tokens: usize,
     context_length: usize,
     vocab_size: usize,
 }
@@ -98,7 +101,7 @@ impl EngineHandle {
         }
         if let Some(needed) = requests
             .iter()
-            .map(|r| r.prompt.len() + r.max_tokens)
+            .map(|r| (r.prompt.len() + r.max_tokens).next_multiple_of(self.kv_block_tokens))
             .find(|&n| n > self.kv_capacity)
         {
             return Err(SubmitError::TooLarge {
@@ -195,6 +198,7 @@ pub fn spawn<B: Backend>(
         shared: shared.clone(),
         max_waiting: limits.max_waiting,
         kv_capacity: backend.kv_capacity_tokens(),
+        kv_block_tokens: backend.kv_block_tokens().max(1),
         context_length: backend.context_length(),
         vocab_size: backend.vocab_size(),
     };
@@ -226,7 +230,7 @@ struct Engine<B> {
     shared: Arc<Shared>,
     waiting: VecDeque<Sequence>,
     running: Vec<Sequence>,
-    /// KV-cache tokens promised to running sequences.
+    /// KV-cache tokens promised to running sequences (whole blocks of the backend's cache).
     reserved: usize,
     next_id: u64,
     shutting_down: bool,
@@ -314,7 +318,14 @@ impl<B: Backend> Engine<B> {
 
     fn release(&mut self, seq: &Sequence) {
         self.backend.release(seq.id);
-        self.reserved -= seq.reserved_tokens();
+        self.reserved -= self.reservation(seq);
+    }
+
+    /// KV-cache tokens `seq` may take at most: prompt plus `max_tokens`, in whole blocks of
+    /// the backend's cache.
+    fn reservation(&self, seq: &Sequence) -> usize {
+        seq.reserved_tokens()
+            .next_multiple_of(self.backend.kv_block_tokens().max(1))
     }
 
     /// Frees sequences whose clients went away.
@@ -340,14 +351,14 @@ impl<B: Backend> Engine<B> {
         let capacity = self.backend.kv_capacity_tokens();
         while let Some(front) = self.waiting.front() {
             if self.running.len() >= self.limits.max_running
-                || self.reserved + front.reserved_tokens() > capacity
+                || self.reserved + self.reservation(front) > capacity
             {
                 break;
             }
             let seq = self.waiting.pop_front().expect("front exists");
             self.shared.waiting.fetch_sub(1, Ordering::SeqCst);
             self.metrics.queue_time.observe(seq.arrived().elapsed());
-            self.reserved += seq.reserved_tokens();
+            self.reserved += self.reservation(&seq);
             self.running.push(seq);
         }
     }
@@ -491,10 +502,12 @@ mod tests {
         steps: usize,
     }
 
-    /// A backend that keeps each sequence's tokens as its "KV cache".
+    /// A backend that keeps each sequence's tokens as its "KV cache", taken in blocks of
+    /// `block` tokens.
     struct FakeModel {
         seqs: HashMap<SequenceId, Vec<u32>>,
         capacity: usize,
+        block: usize,
         record: Arc<Mutex<Record>>,
         step_delay: Duration,
     }
@@ -532,7 +545,13 @@ mod tests {
             self.capacity
         }
         fn kv_used_tokens(&self) -> usize {
-            self.seqs.values().map(Vec::len).sum()
+            self.seqs
+                .values()
+                .map(|s| s.len().next_multiple_of(self.block))
+                .sum()
+        }
+        fn kv_block_tokens(&self) -> usize {
+            self.block
         }
         fn context_length(&self) -> usize {
             4096
@@ -547,10 +566,20 @@ mod tests {
         limits: EngineLimits,
         step_delay: Duration,
     ) -> (EngineHandle, Arc<Mutex<Record>>) {
+        start_in_blocks(capacity, 1, limits, step_delay)
+    }
+
+    fn start_in_blocks(
+        capacity: usize,
+        block: usize,
+        limits: EngineLimits,
+        step_delay: Duration,
+    ) -> (EngineHandle, Arc<Mutex<Record>>) {
         let record = Arc::new(Mutex::new(Record::default()));
         let backend = FakeModel {
             seqs: HashMap::new(),
             capacity,
+            block,
             record: record.clone(),
             step_delay,
         };
@@ -684,6 +713,52 @@ mod tests {
             assert!(matches!(finish(rx).1, SequenceEvent::Finished { .. }));
         }
         assert_eq!(record.lock().unwrap().max_sequences, 1);
+    }
+
+    #[test]
+    fn admission_reserves_whole_blocks_of_a_paged_cache() {
+        let limits = EngineLimits {
+            max_batch_tokens: 64,
+            max_running: 8,
+            max_waiting: 10,
+        };
+        // 10 + 20 = 30 tokens each, but 64 in blocks: two of six fit in 128 at a time (six
+        // would by token count). The fake backend fails a step that overfills its blocks.
+        let (engine, record) = start_in_blocks(128, 64, limits, Duration::ZERO);
+        let rxs: Vec<_> = (0..6)
+            .map(|i| {
+                let (r, rx) = request(vec![i; 10], 20);
+                engine.submit(vec![r]).unwrap();
+                rx
+            })
+            .collect();
+        for rx in rxs {
+            assert!(matches!(finish(rx).1, SequenceEvent::Finished { .. }));
+        }
+        let r = record.lock().unwrap();
+        assert_eq!(r.max_sequences, 2);
+        assert!(r.max_used <= 128);
+    }
+
+    #[test]
+    fn a_request_that_fits_by_tokens_but_not_by_blocks_is_refused_not_queued_forever() {
+        let limits = EngineLimits {
+            max_batch_tokens: 64,
+            max_running: 8,
+            max_waiting: 10,
+        };
+        let (engine, _) = start_in_blocks(100, 64, limits, Duration::ZERO);
+        // 80 tokens <= 100, but two blocks of 64 > 100.
+        assert_eq!(
+            engine.submit(vec![request(vec![1; 50], 30).0]),
+            Err(SubmitError::TooLarge {
+                needed: 128,
+                capacity: 100
+            })
+        );
+        let (r, rx) = request(vec![1; 30], 30);
+        engine.submit(vec![r]).unwrap();
+        assert!(matches!(finish(rx).1, SequenceEvent::Finished { .. }));
     }
 
     #[test]

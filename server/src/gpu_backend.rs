@@ -1,10 +1,10 @@
 //! The [`Backend`] for a DeepSeek-V3-family model on a GPU: [`GpuModel`]'s forward pass over
-//! its device KV cache. The cache gives each live sequence one slab of
-//! `tokens_per_sequence` tokens, so the backend reports that as its context length and the
-//! server runs at most `sequences` sequences at once.
+//! its paged device KV cache. Sequences take blocks of [`KV_BLOCK_TOKENS`] tokens as they
+//! grow, so the scheduler reserves whole blocks; the context length is the model's (or the
+//! attention kernel's limit on this device, when lower).
 
 use model_deepseek::SeqId;
-use model_deepseek::gpu::{GpuKvCache, GpuModel};
+use model_deepseek::gpu::{GpuKvCache, GpuModel, KV_BLOCK_TOKENS};
 
 use crate::backend::{Backend, BackendError, SequenceId, StepChunk};
 use crate::model_backend::model_chunks;
@@ -39,13 +39,17 @@ impl Backend for GpuBackend {
         self.cache.budget().tokens()
     }
 
-    /// Whole slabs: a live sequence takes its slab's memory however short it is.
+    /// Whole blocks: a partly filled block counts in full.
     fn kv_used_tokens(&self) -> usize {
-        self.cache.num_sequences() * self.cache.budget().tokens_per_sequence
+        self.cache.used_tokens()
+    }
+
+    fn kv_block_tokens(&self) -> usize {
+        KV_BLOCK_TOKENS
     }
 
     fn context_length(&self) -> usize {
-        self.cache.budget().tokens_per_sequence
+        self.model.context_length()
     }
 
     fn vocab_size(&self) -> usize {

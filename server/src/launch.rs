@@ -8,7 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use model_deepseek::ActivationMode;
 use model_deepseek::fusion::FusionMode;
-use model_deepseek::gpu::{GpuModel, GpuModelError, GpuOptions, KvBudget, MemoryPlan};
+use model_deepseek::gpu::{
+    GpuModel, GpuModelError, GpuOptions, KV_BLOCK_TOKENS, KvBudget, MemoryPlan, context_length,
+};
 use model_deepseek::loader::{self, LoadOptions, Progress};
 use runtime_rocm::Device;
 
@@ -31,7 +33,8 @@ pub struct LaunchOptions {
     pub fusion: FusionMode,
     /// Scheduling limits.
     pub limits: EngineLimits,
-    /// KV-cache capacity in tokens; default: `max_running` full contexts.
+    /// KV-cache capacity in tokens; default: `max_running` full contexts (on a GPU: at most
+    /// what the device's free memory holds; see [`gpu_kv_budget`]).
     pub kv_capacity_tokens: Option<usize>,
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
@@ -96,7 +99,7 @@ pub fn launch_on(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Launched, LaunchError> {
     let dir = &options.model_dir;
-    let mut limits = options.limits;
+    let limits = options.limits;
     if limits.max_batch_tokens == 0 || limits.max_running == 0 {
         return Err(LaunchError::Limits(
             "max batch tokens and max running sequences must be at least 1".into(),
@@ -114,10 +117,7 @@ pub fn launch_on(
     let gpu_kv = if device.is_cpu() {
         None
     } else {
-        let budget = plan_gpu(options, &load_options, device)?;
-        // One slab per running sequence: never run more sequences than there are slabs.
-        limits.max_running = limits.max_running.min(budget.sequences);
-        Some(budget)
+        Some(plan_gpu(options, &load_options, device)?)
     };
     let loaded = loader::load_with_progress(dir, &load_options, progress).map_err(|source| {
         LaunchError::Load {
@@ -202,9 +202,8 @@ pub fn launch_on(
     })
 }
 
-/// The GPU KV budget for `options` (one slab of the model's context per sequence, as many
-/// slabs as `max_running`, or as `kv_capacity_tokens` holds), checked against the device's
-/// free memory from the checkpoint's load plan.
+/// The GPU KV budget for `options`, checked against the device's free memory from the
+/// checkpoint's load plan (before any weight is read); see [`gpu_kv_budget`].
 fn plan_gpu(
     options: &LaunchOptions,
     load_options: &LoadOptions,
@@ -215,21 +214,8 @@ fn plan_gpu(
         dir: dir.clone(),
         source,
     })?;
-    let context = plan.config.model.max_position_embeddings;
-    let sequences = match options.kv_capacity_tokens {
-        Some(tokens) => tokens / context.max(1),
-        None => options.limits.max_running,
-    };
-    if sequences == 0 {
-        return Err(LaunchError::Limits(format!(
-            "on a GPU the KV cache holds one full context ({context} tokens) per sequence: \
-             the KV-cache capacity must be at least {context} tokens"
-        )));
-    }
-    let kv = KvBudget {
-        sequences,
-        tokens_per_sequence: context,
-    };
+    let config = &plan.config.model;
+    let context = context_length(device, config);
     let gpu_error = |source: GpuModelError| LaunchError::Gpu {
         device: device.id().to_string(),
         source,
@@ -237,19 +223,59 @@ fn plan_gpu(
     let (free, _) = device
         .memory_info()
         .map_err(|e| gpu_error(GpuModelError::from(e)))?;
-    let memory = MemoryPlan::for_checkpoint(&plan, kv, options.limits.max_batch_tokens)
+    let batch = options.limits.max_batch_tokens;
+    let one_block = MemoryPlan::for_checkpoint(&plan, KvBudget { blocks: 1 }, batch)
         .map_err(|e| gpu_error(e.into()))?;
+    let kv = gpu_kv_budget(
+        options.kv_capacity_tokens,
+        options.limits.max_running,
+        context,
+        one_block.kv_blocks_fitting(config, free),
+    )?;
+    let memory = MemoryPlan::for_checkpoint(&plan, kv, batch).map_err(|e| gpu_error(e.into()))?;
     memory
         .check_fits(&device.id().to_string(), free)
         .map_err(|e| gpu_error(e.into()))?;
     tracing::info!(
-        sequences,
-        tokens_per_sequence = context,
+        kv_capacity_tokens = kv.tokens(),
+        kv_blocks = kv.blocks,
+        kv_block_tokens = KV_BLOCK_TOKENS,
+        kv_cache_bytes = memory.kv_cache,
+        context_length = context,
         needed_bytes = memory.total(),
         free_bytes = free,
-        "GPU KV cache: one slab per sequence"
+        "GPU KV cache: a pool of blocks shared by all sequences"
     );
     Ok(kv)
+}
+
+/// The GPU KV cache is a pool of blocks of [`KV_BLOCK_TOKENS`] tokens that sequences take as
+/// they grow. Its size: `requested` tokens rounded up to whole blocks when given; otherwise
+/// `max_running` full contexts, or fewer when the device's free memory holds only
+/// `fitting_blocks`. Either way it must hold one full `context`, so every request the API
+/// accepts (prompt plus completion up to the context) fits on its own: a requested capacity
+/// below that is refused here, a default below it is set to one context, which the memory
+/// check then refuses with the numbers.
+fn gpu_kv_budget(
+    requested: Option<usize>,
+    max_running: usize,
+    context: usize,
+    fitting_blocks: usize,
+) -> Result<KvBudget, LaunchError> {
+    let one_context = KvBudget::for_tokens(context);
+    match requested {
+        Some(tokens) if tokens < context => Err(LaunchError::Limits(format!(
+            "the GPU KV cache must hold one full context: the KV-cache capacity must be at \
+             least {context} tokens, not {tokens}"
+        ))),
+        Some(tokens) => Ok(KvBudget::for_tokens(tokens)),
+        None => {
+            let wanted = KvBudget::for_tokens(max_running.saturating_mul(context));
+            Ok(KvBudget {
+                blocks: wanted.blocks.min(fitting_blocks).max(one_context.blocks),
+            })
+        }
+    }
 }
 
 /// `cpu`, or the GPU's id and name.
@@ -272,45 +298,36 @@ fn default_model_id(dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use model_deepseek::tiny::builtin::{builtin_spec, ensure_tiny_checkpoint};
 
-    fn options(dir: &Path, kv_capacity_tokens: Option<usize>) -> LaunchOptions {
-        LaunchOptions {
-            model_dir: dir.to_path_buf(),
-            model_id: None,
-            fusion: FusionMode::Auto,
-            limits: EngineLimits {
-                max_batch_tokens: 64,
-                max_running: 4,
-                max_waiting: 4,
-            },
-            kv_capacity_tokens,
-            max_body_bytes: 1 << 20,
-        }
-    }
-
-    /// The GPU cache is one full-context slab per sequence: a capacity below one context is
-    /// refused by name before any weight is read or any device memory is asked for.
+    /// The GPU pool must hold one full context: a capacity below one context is refused by
+    /// name before any weight is read or any device memory is asked for.
     #[test]
     fn gpu_kv_capacity_below_one_context_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("tiny");
-        ensure_tiny_checkpoint(&dir, &builtin_spec()).unwrap();
-        let load = LoadOptions {
-            fusion: FusionMode::Auto,
-            activations: ActivationMode::Quantized,
-        };
-        let context = loader::plan(&dir, &load)
-            .unwrap()
-            .config
-            .model
-            .max_position_embeddings;
-        let err = plan_gpu(&options(&dir, Some(context - 1)), &load, &Device::cpu())
+        let context = 2560;
+        let err = gpu_kv_budget(Some(context - 1), 4, context, 1000)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains(&format!("at least {context} tokens")),
             "unexpected error: {err}"
         );
+        // One context exactly is enough; capacities round up to whole blocks.
+        let kv = gpu_kv_budget(Some(context + 1), 4, context, 0).unwrap();
+        assert_eq!(kv.tokens(), (context + 1).next_multiple_of(KV_BLOCK_TOKENS));
+        assert!(gpu_kv_budget(Some(context), 4, context, 0).is_ok());
+    }
+
+    /// By default the pool is `max_running` contexts, or what the device holds if less, and
+    /// never below one context (the memory check refuses that with the numbers).
+    #[test]
+    fn the_default_gpu_pool_is_capped_by_memory_and_floored_at_one_context() {
+        let context: usize = 2560;
+        let per_context = context.div_ceil(KV_BLOCK_TOKENS);
+        let plenty = gpu_kv_budget(None, 4, context, 1 << 20).unwrap();
+        assert_eq!(plenty.blocks, 4 * per_context);
+        let tight = gpu_kv_budget(None, 4, context, 2 * per_context + 7).unwrap();
+        assert_eq!(tight.blocks, 2 * per_context + 7);
+        let starved = gpu_kv_budget(None, 4, context, 3).unwrap();
+        assert_eq!(starved.blocks, per_context);
     }
 }

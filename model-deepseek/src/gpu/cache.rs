@@ -1,23 +1,18 @@
-//! The latent KV cache on the device: per layer, one f32 latent array and one rope-key array
-//! of `sequences × tokens_per_sequence` rows. Each live sequence owns one contiguous slab of
-//! `tokens_per_sequence` rows (not paged: a short sequence still reserves a whole slab; a
-//! block table per sequence is the next step).
+//! The paged latent KV cache on the device. Per layer, one f32 latent array
+//! `[rows, kv_lora_rank]` and one rope-key array `[rows, qk_rope_head_dim]`, where
+//! `rows = blocks × KV_BLOCK_TOKENS`: a pool of fixed-size blocks shared by every sequence.
+//! Each sequence has a block table (its blocks in token order, kept on the host by
+//! [`BlockAllocator`]) that grows as tokens are appended, so a sequence takes memory for the
+//! tokens it holds (rounded up to one block), not for a whole context, and may grow to the
+//! model's context while blocks remain. Token `p` of a sequence lives in row
+//! `table[p / KV_BLOCK_TOKENS] × KV_BLOCK_TOKENS + p % KV_BLOCK_TOKENS` of every layer.
 
+use super::blocks::{BlockAllocator, BlockError, KV_BLOCK_TOKENS};
 use super::plan::KvBudget;
 use crate::config::ModelConfig;
 use crate::kv_cache::SeqId;
 use moe_kernels::gpu::GpuError;
 use runtime_rocm::{Device, DeviceBuffer};
-use std::collections::HashMap;
-
-/// One sequence's place in the cache.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Slab {
-    /// Slab index; its rows start at `index × tokens_per_sequence`.
-    pub index: usize,
-    /// Tokens committed.
-    pub len: usize,
-}
 
 /// The latent KV cache of every live sequence, on one device.
 #[derive(Debug)]
@@ -27,8 +22,7 @@ pub struct GpuKvCache {
     rope_dim: usize,
     /// Per layer: latent `[rows, kv_lora_rank]` and rope key `[rows, qk_rope_head_dim]`.
     pub(crate) layers: Vec<(DeviceBuffer<f32>, DeviceBuffer<f32>)>,
-    sequences: HashMap<SeqId, Slab>,
-    free_slabs: Vec<usize>,
+    pub(crate) blocks: BlockAllocator,
 }
 
 impl GpuKvCache {
@@ -52,8 +46,7 @@ impl GpuKvCache {
             kv_lora_rank: config.kv_lora_rank,
             rope_dim: config.qk_rope_head_dim,
             layers,
-            sequences: HashMap::new(),
-            free_slabs: (0..budget.sequences).rev().collect(),
+            blocks: BlockAllocator::new(budget.blocks),
         })
     }
 
@@ -64,33 +57,42 @@ impl GpuKvCache {
 
     /// Tokens cached for `seq` (0 for a sequence the cache does not hold).
     pub fn seq_len(&self, seq: SeqId) -> usize {
-        self.sequences.get(&seq).map_or(0, |s| s.len)
+        self.blocks.seq_len(seq)
     }
 
     /// Whether the cache holds `seq`.
     pub fn contains(&self, seq: SeqId) -> bool {
-        self.sequences.contains_key(&seq)
+        self.blocks.contains(seq)
     }
 
     /// Number of sequences held.
     pub fn num_sequences(&self) -> usize {
-        self.sequences.len()
+        self.blocks.num_sequences()
     }
 
-    /// Slabs still free for new sequences.
-    pub fn free_sequences(&self) -> usize {
-        self.free_slabs.len()
+    /// `seq`'s blocks in token order (empty for a sequence the cache does not hold).
+    pub fn block_table(&self, seq: SeqId) -> &[u32] {
+        self.blocks.table(seq)
     }
 
-    /// Drop `seq` and free its slab; `false` when it was not held.
+    /// Blocks held by sequences.
+    pub fn used_blocks(&self) -> usize {
+        self.blocks.used_blocks()
+    }
+
+    /// Blocks free for growth and new sequences.
+    pub fn free_blocks(&self) -> usize {
+        self.blocks.free_blocks()
+    }
+
+    /// Token rows held by sequences (whole blocks: a partly filled block counts in full).
+    pub fn used_tokens(&self) -> usize {
+        self.used_blocks() * KV_BLOCK_TOKENS
+    }
+
+    /// Drop `seq` and return its blocks to the pool; `false` when it was not held.
     pub fn free(&mut self, seq: SeqId) -> bool {
-        match self.sequences.remove(&seq) {
-            Some(slab) => {
-                self.free_slabs.push(slab.index);
-                true
-            }
-            None => false,
-        }
+        self.blocks.free(seq)
     }
 
     /// Whether this cache was made for a model with these dimensions.
@@ -100,21 +102,13 @@ impl GpuKvCache {
             && self.rope_dim == config.qk_rope_head_dim
     }
 
-    /// `seq`'s slab, taking a free one for a new sequence (callers have checked one is free).
-    pub(crate) fn slab(&mut self, seq: SeqId) -> Slab {
-        if let Some(slab) = self.sequences.get(&seq) {
-            return *slab;
-        }
-        let index = self.free_slabs.pop().expect("a free slab was checked for");
-        let slab = Slab { index, len: 0 };
-        self.sequences.insert(seq, slab);
-        slab
+    /// Takes the blocks a forward call's appends need, all or nothing.
+    pub(crate) fn grow(&mut self, appends: &[(SeqId, usize)]) -> Result<(), BlockError> {
+        self.blocks.grow(appends)
     }
 
     /// Count `tokens` appended to every layer of `seq`.
     pub(crate) fn commit(&mut self, seq: SeqId, tokens: usize) {
-        if let Some(slab) = self.sequences.get_mut(&seq) {
-            slab.len += tokens;
-        }
+        self.blocks.commit(seq, tokens);
     }
 }

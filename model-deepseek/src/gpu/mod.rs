@@ -1,20 +1,22 @@
-//! The model on a GPU from `runtime-rocm`: memory planning, device weights, the latent KV
-//! cache on the device, and the forward pass built from `moe_kernels::gpu` launchers. The CPU
+//! The model on a GPU from `runtime-rocm`: memory planning, device weights, the paged latent
+//! KV cache on the device (a block pool and a block table per sequence), and the forward pass built from `moe_kernels::gpu` launchers. The CPU
 //! [`crate::Model`] is the oracle it is tested against.
 //!
 //! What runs where: every op of the forward pass runs on the device (embedding gather,
 //! RMSNorm, linear layers, rope, latent-cache store, absorbed MLA attention, the MoE, the
 //! output head); the host computes the rotary cos/sin of each token's position (as the CPU
-//! reference does, in f64), uploads token ids and cache rows, and reads back the last
+//! reference does, in f64), uploads token ids, cache rows and block tables, and reads back the last
 //! token's logits of each chunk. Sampling is done on the host from those logits.
 
+pub mod blocks;
 mod cache;
 mod model;
 pub mod plan;
 mod weights;
 
+pub use blocks::{BlockError, KV_BLOCK_TOKENS};
 pub use cache::GpuKvCache;
-pub use model::{GpuModel, GpuOptions};
+pub use model::{GpuModel, GpuOptions, context_length};
 pub use plan::{KvBudget, MemoryPlan, PlanError};
 
 use crate::kv_cache::SeqId;
@@ -41,24 +43,23 @@ pub enum GpuModelError {
     /// The device given is the CPU.
     #[error("the GPU model needs a GPU device; use model_deepseek::Model on the CPU")]
     NotAGpu,
-    /// A sequence would outgrow its KV slab.
-    #[error("{seq}: {length} tokens exceed the KV slab of {max} tokens per sequence")]
-    SequenceFull {
+    /// A sequence would outgrow the longest context the attention kernel holds on this
+    /// device (its keys' scores sit in shared memory).
+    #[error(
+        "{seq}: {length} tokens exceed the {max} keys the attention kernel holds in shared \
+         memory on this device"
+    )]
+    AttentionContext {
         /// The sequence.
         seq: SeqId,
         /// Cached plus new tokens.
         length: usize,
-        /// Tokens per slab.
+        /// The device's limit.
         max: usize,
     },
-    /// More new sequences than free KV slabs.
-    #[error("{new} new sequences but only {free} free KV slabs")]
-    NoFreeSlab {
-        /// New sequences in the call.
-        new: usize,
-        /// Free slabs.
-        free: usize,
-    },
+    /// The KV block pool cannot hold the call's new tokens (nothing was taken).
+    #[error(transparent)]
+    Blocks(#[from] BlockError),
     /// More tokens than the workspace was sized for.
     #[error("{tokens} tokens in one call exceed max_batch_tokens = {max}")]
     BatchTooLarge {

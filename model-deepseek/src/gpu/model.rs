@@ -3,12 +3,14 @@
 //! output), so W4A4 quantizes the same f32 values as the CPU model.
 
 use super::GpuModelError;
+use super::blocks::{BlockError, KV_BLOCK_TOKENS};
 use super::cache::GpuKvCache;
 use super::plan::{KvBudget, MemoryPlan, activation_widths};
 use super::weights::{DeviceFfn, DeviceMlp, DeviceMoe, DeviceQuery, DeviceWeights};
 use crate::config::ModelConfig;
+use crate::kv_cache::SeqId;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
-use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps};
+use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps, PagedKeys, mla_max_keys};
 use moe_kernels::gpu::{MoeKernels, MoeWorkspace};
 use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
 use runtime_rocm::{Device, DeviceBuffer, Stream};
@@ -68,15 +70,28 @@ impl Activations {
     }
 }
 
+/// The longest sequence a [`GpuModel`] of `config` runs on `device`: the model's
+/// `max_position_embeddings`, or fewer where the attention kernel cannot hold that many keys
+/// in the device's shared memory.
+pub fn context_length(device: &Device, config: &ModelConfig) -> usize {
+    config
+        .max_position_embeddings
+        .min(mla_max_keys(device, config.kv_lora_rank))
+}
+
 /// Per-call inputs on the device.
 struct Call {
     tokens: usize,
-    /// Cache row of each token.
+    /// Cache row of each token (through its sequence's block table).
     rows: DeviceBuffer<i32>,
-    /// First cache row of each token's sequence.
-    base: DeviceBuffer<i32>,
+    /// The block tables of the call's sequences, one after another.
+    tables: DeviceBuffer<i32>,
+    /// Where each token's sequence's block table starts in `tables`.
+    table_offsets: DeviceBuffer<i32>,
     /// Each token's position.
     pos: DeviceBuffer<i32>,
+    /// Most keys any token of the call attends to (its position + 1).
+    max_keys: usize,
     cos: DeviceBuffer<f32>,
     sin: DeviceBuffer<f32>,
     /// Router logits, exactly sized for the MoE launcher.
@@ -98,6 +113,8 @@ pub struct GpuModel {
     rope: Rope,
     dims: MlaDims,
     acts: Activations,
+    /// See [`context_length`].
+    context: usize,
 }
 
 impl GpuModel {
@@ -119,10 +136,13 @@ impl GpuModel {
         let (free, _) = device.memory_info()?;
         plan.check_fits(&device.id().to_string(), free)?;
         tracing::info!(
-            "GPU model on {}: weights {} MiB, KV cache {} MiB, workspace {} MiB",
+            "GPU model on {}: weights {} MiB, KV cache {} MiB ({} tokens in blocks of {}), \
+             workspace {} MiB",
             device.id(),
             plan.weights >> 20,
             plan.kv_cache >> 20,
+            options.kv.tokens(),
+            KV_BLOCK_TOKENS,
             plan.workspace >> 20
         );
         let mode = model.options().activations;
@@ -157,6 +177,7 @@ impl GpuModel {
             ops: ModelOps::compile(device)?,
             acts: Activations::new(device, &config, options.max_batch_tokens)?,
             rope: config.rope(),
+            context: context_length(device, &config),
             config,
             options: model.options(),
             gpu_options: options,
@@ -170,6 +191,11 @@ impl GpuModel {
     /// The memory plan the model was placed with.
     pub fn plan(&self) -> MemoryPlan {
         self.plan
+    }
+
+    /// The longest sequence this model runs here (see [`context_length`]).
+    pub fn context_length(&self) -> usize {
+        self.context
     }
 
     /// The model's config.
@@ -229,7 +255,6 @@ impl GpuModel {
         }
         let vocab_size = self.config.vocab_size;
         let mut seen = HashSet::new();
-        let mut new_sequences = 0;
         for chunk in chunks {
             let seq = chunk.seq;
             if chunk.tokens.is_empty() {
@@ -261,17 +286,22 @@ impl GpuModel {
                 }
                 .into());
             }
-            let max = cache.budget().tokens_per_sequence;
-            if length > max {
-                return Err(GpuModelError::SequenceFull { seq, length, max });
+            if length > self.context {
+                return Err(GpuModelError::AttentionContext {
+                    seq,
+                    length,
+                    max: self.context,
+                });
             }
-            new_sequences += usize::from(!cache.contains(seq));
         }
-        if new_sequences > cache.free_sequences() {
-            return Err(GpuModelError::NoFreeSlab {
-                new: new_sequences,
-                free: cache.free_sequences(),
-            });
+        let needed = cache.blocks.blocks_needed(&appends(chunks));
+        if needed > cache.free_blocks() {
+            return Err(BlockError::OutOfBlocks {
+                needed,
+                free: cache.free_blocks(),
+                total: cache.blocks.total_blocks(),
+            }
+            .into());
         }
         let tokens: usize = chunks.iter().map(|c| c.tokens.len()).sum();
         if tokens > self.gpu_options.max_batch_tokens {
@@ -283,27 +313,34 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Takes slabs for new sequences and uploads each token's cache row, position and
-    /// rotary cos/sin (computed on the host exactly as the CPU reference does).
+    /// Takes the blocks the call's tokens need (all of them were checked to be free) and
+    /// uploads each token's cache row, position and block-table offset, the call's block
+    /// tables, and the rotary cos/sin (computed on the host exactly as the CPU reference does).
     fn prepare(
         &self,
         chunks: &[SequenceChunk<'_>],
         cache: &mut GpuKvCache,
     ) -> Result<Call, GpuModelError> {
-        let per_seq = cache.budget().tokens_per_sequence;
-        let (mut rows, mut base, mut pos) = (Vec::new(), Vec::new(), Vec::new());
+        cache.grow(&appends(chunks))?;
+        let (mut rows, mut tables, mut offsets, mut pos) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
+        let mut max_keys = 0;
         for chunk in chunks {
-            let slab = cache.slab(chunk.seq);
-            let first = slab.index * per_seq;
-            for p in slab.len..slab.len + chunk.tokens.len() {
-                rows.push((first + p) as i32);
-                base.push(first as i32);
+            let offset = tables.len() as i32;
+            let table = cache.block_table(chunk.seq);
+            tables.extend(table.iter().map(|&b| b as i32));
+            let first = cache.seq_len(chunk.seq);
+            for p in first..first + chunk.tokens.len() {
+                let row = cache.blocks.row(chunk.seq, p);
+                rows.push(row.expect("blocks were taken for every new token") as i32);
+                offsets.push(offset);
                 pos.push(p as i32);
                 let (c, s) = self.rope.cos_sin(p);
                 cos.extend(c);
                 sin.extend(s);
             }
+            max_keys = max_keys.max(first + chunk.tokens.len());
         }
         let t = rows.len();
         let d = &self.device;
@@ -312,8 +349,10 @@ impl GpuModel {
         Ok(Call {
             tokens: t,
             rows: d.upload(&rows)?,
-            base: d.upload(&base)?,
+            tables: d.upload(&tables)?,
+            table_offsets: d.upload(&offsets)?,
             pos: d.upload(&pos)?,
+            max_keys,
             cos: d.upload(&cos)?,
             sin: d.upload(&sin)?,
             router_logits: moe
@@ -396,7 +435,6 @@ impl GpuModel {
             d.kv_lora,
             half,
         )?;
-        let max_keys = cache.budget().tokens_per_sequence;
         let (cache_latent, cache_rope) = &mut cache.layers[l];
         ops.cache_store(
             s,
@@ -409,16 +447,21 @@ impl GpuModel {
             cache_latent,
             cache_rope,
         )?;
+        let keys = PagedKeys {
+            tables: &call.tables,
+            table_offsets: &call.table_offsets,
+            positions: &call.pos,
+            block_tokens: KV_BLOCK_TOKENS,
+            max_keys: call.max_keys,
+        };
         ops.mla_attention(
             s,
             &a.q,
             cache_latent,
             cache_rope,
             &w.kv_b,
-            &call.base,
-            &call.pos,
+            &keys,
             t,
-            max_keys,
             d,
             c.softmax_scale(),
             &mut a.attn,
@@ -496,6 +539,11 @@ impl GpuModel {
         }
         Ok(out)
     }
+}
+
+/// Each chunk's sequence and its number of new tokens.
+fn appends(chunks: &[SequenceChunk<'_>]) -> Vec<(SeqId, usize)> {
+    chunks.iter().map(|c| (c.seq, c.tokens.len())).collect()
 }
 
 /// The f32 buffer of a dense layer (the embedding is always dense).

@@ -2,6 +2,7 @@
 //! [`super::GpuModel`] take, and a clear refusal, before anything is allocated, when they do
 //! not fit the device.
 
+use super::blocks::{KV_BLOCK_TOKENS, blocks_for};
 use crate::config::ModelConfig;
 use crate::loader::catalog::Role;
 use crate::loader::{LinearFormat, Plan};
@@ -12,20 +13,25 @@ use thiserror::Error;
 /// allocator rounding.
 pub const DEFAULT_RESERVE_BYTES: u64 = 512 << 20;
 
-/// How much KV cache to set aside: `sequences` slabs of `tokens_per_sequence` tokens each (the
-/// cache is a contiguous slab per sequence, not paged).
+/// How much KV cache to set aside: a pool of `blocks` blocks of [`KV_BLOCK_TOKENS`] tokens,
+/// shared by all sequences (a sequence takes blocks as it grows, up to the model's context).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvBudget {
-    /// Sequences that can be live at once.
-    pub sequences: usize,
-    /// Most tokens (prompt plus generated) one sequence may hold.
-    pub tokens_per_sequence: usize,
+    /// Blocks in the pool.
+    pub blocks: usize,
 }
 
 impl KvBudget {
-    /// Tokens over all slabs.
+    /// The smallest pool that holds `tokens` tokens (whole blocks).
+    pub fn for_tokens(tokens: usize) -> Self {
+        Self {
+            blocks: blocks_for(tokens),
+        }
+    }
+
+    /// Tokens over all blocks.
     pub fn tokens(&self) -> usize {
-        self.sequences * self.tokens_per_sequence
+        self.blocks * KV_BLOCK_TOKENS
     }
 }
 
@@ -53,7 +59,7 @@ pub enum PlanError {
         /// Free device memory.
         available: u64,
     },
-    /// A budget parameter is zero or beyond the model's context.
+    /// A budget parameter is zero or too large for the kernels.
     #[error("{parameter} = {value}: {reason}")]
     Parameter {
         /// Which parameter.
@@ -71,7 +77,8 @@ pub struct MemoryPlan {
     /// Weights as uploaded (dense f32, MXFP4 packed codes and scales; `kv_b_proj` dense f32,
     /// since attention reads it dequantized).
     pub weights: u64,
-    /// The latent KV cache (f32 latent and rope key, every layer).
+    /// The latent KV cache: the block pool (f32 latent and rope key, every layer) and its
+    /// block tables as uploaded per call (4 bytes a block).
     pub kv_cache: u64,
     /// Activations and scratch for `max_batch_tokens` tokens per forward call.
     pub workspace: u64,
@@ -137,25 +144,31 @@ impl MemoryPlan {
                 Ok(())
             }
         };
-        positive("kv sequences", kv.sequences)?;
-        positive("kv tokens_per_sequence", kv.tokens_per_sequence)?;
-        positive("max_batch_tokens", max_batch_tokens)?;
-        if kv.tokens_per_sequence > config.max_position_embeddings {
+        positive("kv blocks", kv.blocks)?;
+        if i32::try_from(kv.tokens()).is_err() {
             return Err(PlanError::Parameter {
-                parameter: "kv tokens_per_sequence",
-                value: kv.tokens_per_sequence,
+                parameter: "kv blocks",
+                value: kv.blocks,
                 reason: format!(
-                    "beyond max_position_embeddings = {}",
-                    config.max_position_embeddings
+                    "the kernels address cache rows with 32-bit indices: at most {} blocks",
+                    i32::MAX as usize / KV_BLOCK_TOKENS
                 ),
             });
         }
+        positive("max_batch_tokens", max_batch_tokens)?;
         Ok(Self {
             weights,
-            kv_cache: (kv.tokens() * kv_bytes_per_token(config)) as u64,
+            kv_cache: kv.blocks as u64 * kv_bytes_per_block(config),
             workspace: workspace_bytes(config, moe_slots, max_batch_tokens),
             reserve: DEFAULT_RESERVE_BYTES,
         })
+    }
+
+    /// Blocks of KV cache (each [`kv_bytes_per_block`]) that fit in `available` bytes next to
+    /// this plan's weights, workspace and reserve: the largest pool the device can hold.
+    pub fn kv_blocks_fitting(&self, config: &ModelConfig, available: u64) -> usize {
+        let rest = self.weights + self.workspace + self.reserve;
+        (available.saturating_sub(rest) / kv_bytes_per_block(config)) as usize
     }
 
     /// Everything the plan needs, reserve included.
@@ -184,6 +197,11 @@ impl MemoryPlan {
 /// Bytes of one cached token over all layers (f32 latent and rope key).
 pub fn kv_bytes_per_token(config: &ModelConfig) -> usize {
     config.num_hidden_layers * (config.kv_lora_rank + config.qk_rope_head_dim) * 4
+}
+
+/// Bytes of one KV block: its tokens over all layers, plus its block-table entry.
+pub fn kv_bytes_per_block(config: &ModelConfig) -> u64 {
+    (KV_BLOCK_TOKENS * kv_bytes_per_token(config) + 4) as u64
 }
 
 fn linear_bytes(l: &Linear) -> u64 {
@@ -302,8 +320,9 @@ pub(crate) fn activation_widths(c: &ModelConfig) -> [(&'static str, usize); 14] 
 /// Bytes of the workspace for `t` tokens per call.
 fn workspace_bytes(c: &ModelConfig, moe_slots: Option<usize>, t: usize) -> u64 {
     let per_token: usize = activation_widths(c).iter().map(|(_, n)| n * 4).sum();
-    // Rope cos/sin, positions, cache rows, token ids, rows to take logits of.
-    let per_token_small = c.qk_rope_head_dim * 4 + 4 * 4;
+    // Rope cos/sin, positions, cache rows, block-table offsets, token ids, rows to take
+    // logits of.
+    let per_token_small = c.qk_rope_head_dim * 4 + 5 * 4;
     // Logits of up to every token, and the last-row copy of the residual stream.
     let logits = c.vocab_size * 4 + c.hidden_size * 4;
     let moe = moe_slots.map_or(0, |slots| moe_workspace_bytes(c, slots, t));
@@ -362,13 +381,12 @@ mod tests {
     #[test]
     fn counts_weights_kv_and_workspace() {
         let (config, weights) = tiny();
-        let kv = KvBudget {
-            sequences: 3,
-            tokens_per_sequence: 100,
-        };
+        // 300 tokens round up to 5 blocks of 64.
+        let kv = KvBudget::for_tokens(300);
+        assert_eq!((kv.blocks, kv.tokens()), (5, 320));
         let plan = MemoryPlan::new(&config, &weights, kv, 16).unwrap();
-        // The KV cache: 300 tokens × 2 layers × (32 + 8) f32.
-        assert_eq!(plan.kv_cache, 300 * 2 * 40 * 4);
+        // The KV cache: 320 tokens × 2 layers × (32 + 8) f32, and 4 table bytes a block.
+        assert_eq!(plan.kv_cache, 320 * 2 * 40 * 4 + 5 * 4);
         // Upload bytes differ from host bytes only in kv_b_proj, which goes up dense.
         let kv_b_host: u64 = weights
             .layers
@@ -390,10 +408,7 @@ mod tests {
         use crate::fusion::FusionMode;
         use crate::loader::{self, LoadOptions};
         use crate::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
-        let kv = KvBudget {
-            sequences: 2,
-            tokens_per_sequence: 64,
-        };
+        let kv = KvBudget { blocks: 2 };
         for (layout, experts) in [(TinyLayout::DeepseekV3, 256), (TinyLayout::KimiK25, 384)] {
             for shared in [SharedExperts::Quantized, SharedExperts::Bf16] {
                 for fusion in [FusionMode::Auto, FusionMode::Off] {
@@ -426,10 +441,7 @@ mod tests {
     #[test]
     fn refuses_with_the_numbers_when_it_does_not_fit() {
         let (config, weights) = tiny();
-        let kv = KvBudget {
-            sequences: 1000,
-            tokens_per_sequence: 256,
-        };
+        let kv = KvBudget { blocks: 4000 };
         let plan = MemoryPlan::new(&config, &weights, kv, 64).unwrap();
         // A fake device with exactly enough memory fits; one byte less does not.
         assert!(plan.check_fits("cuda:0", plan.total()).is_ok());
@@ -451,43 +463,32 @@ mod tests {
     }
 
     #[test]
-    fn rejects_empty_or_overlong_budgets() {
+    fn the_largest_fitting_pool_fits_and_one_more_block_does_not() {
         let (config, weights) = tiny();
-        let cases = [
-            (
-                KvBudget {
-                    sequences: 0,
-                    tokens_per_sequence: 8,
-                },
-                4,
-                "kv sequences",
-            ),
-            (
-                KvBudget {
-                    sequences: 1,
-                    tokens_per_sequence: 0,
-                },
-                4,
-                "kv tokens_per_sequence",
-            ),
-            (
-                KvBudget {
-                    sequences: 1,
-                    tokens_per_sequence: 257,
-                },
-                4,
-                "kv tokens_per_sequence",
-            ),
-            (
-                KvBudget {
-                    sequences: 1,
-                    tokens_per_sequence: 8,
-                },
-                0,
-                "max_batch_tokens",
-            ),
-        ];
-        for (kv, t, name) in cases {
+        let one = MemoryPlan::new(&config, &weights, KvBudget { blocks: 1 }, 16).unwrap();
+        for extra in [0u64, 1, 12_345, 1 << 30] {
+            let available = one.total() + extra;
+            let blocks = one.kv_blocks_fitting(&config, available);
+            let fits = MemoryPlan::new(&config, &weights, KvBudget { blocks }, 16).unwrap();
+            assert!(fits.check_fits("cuda:0", available).is_ok(), "{extra}");
+            let over = KvBudget { blocks: blocks + 1 };
+            let over = MemoryPlan::new(&config, &weights, over, 16).unwrap();
+            assert!(over.check_fits("cuda:0", available).is_err(), "{extra}");
+        }
+        assert_eq!(
+            one.kv_blocks_fitting(&config, one.total() - one.kv_cache - 1),
+            0
+        );
+    }
+
+    #[test]
+    fn rejects_empty_budgets() {
+        let (config, weights) = tiny();
+        for (kv, t, name) in [
+            (KvBudget { blocks: 0 }, 4, "kv blocks"),
+            (KvBudget { blocks: 1 }, 0, "max_batch_tokens"),
+            (KvBudget { blocks: 1 << 25 }, 4, "kv blocks"),
+        ] {
             match MemoryPlan::new(&config, &weights, kv, t) {
                 Err(PlanError::Parameter { parameter, .. }) => assert_eq!(parameter, name),
                 other => panic!("{kv:?} {t}: {other:?}"),

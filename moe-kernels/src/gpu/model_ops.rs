@@ -1,6 +1,7 @@
 //! Launchers for the dense model ops in `kernels/model_ops.hip`: row gather, RMSNorm, f32 and
 //! MXFP4 linear layers (with dynamic MXFP4 activation quantization for W4A4), interleaved
-//! rotary embedding, latent-cache store, absorbed MLA attention, SwiGLU and residual adds.
+//! rotary embedding, latent-cache store, absorbed MLA attention over a paged latent cache,
+//! SwiGLU and residual adds.
 //!
 //! Each launcher computes what the CPU reference op of the same name computes
 //! ([`crate::reference`]), in f32, up to summation order. Buffers may be longer than a call
@@ -112,10 +113,47 @@ impl DeviceLinear {
     }
 }
 
+/// Where the keys of each query of [`ModelOps::mla_attention`] live in a paged latent cache.
+/// The cache is an array of blocks of `block_tokens` rows; a sequence's block table lists its
+/// blocks in order, so its key `j` is cache row
+/// `tables[table_offsets[t] + j / block_tokens] * block_tokens + j % block_tokens`.
+#[derive(Debug, Clone, Copy)]
+pub struct PagedKeys<'a> {
+    /// The block tables of the call's sequences, one after another (block indices).
+    pub tables: &'a DeviceBuffer<i32>,
+    /// Per query: where its sequence's block table starts in `tables`.
+    pub table_offsets: &'a DeviceBuffer<i32>,
+    /// Per query: its position; it attends to keys `0..=position`.
+    pub positions: &'a DeviceBuffer<i32>,
+    /// Rows per cache block (a power of two, so the kernel maps keys with a shift and a mask).
+    pub block_tokens: usize,
+    /// At least `position + 1` of every query (it sizes the kernel's shared memory).
+    pub max_keys: usize,
+}
+
+/// Most keys one query of [`ModelOps::mla_attention`] may attend to on `device` with a
+/// latent of `kv_lora` values: the scores of all its keys sit in shared memory next to two
+/// latent vectors (0 on the CPU). Longer contexts need a split-key kernel.
+pub fn mla_max_keys(device: &Device, kv_lora: usize) -> usize {
+    let info = device.info();
+    attention_keys(info.max_shared_memory_per_block, info.wave_size, kv_lora)
+}
+
+fn attention_keys(max_shared_memory: u32, wave_size: u32, kv_lora: usize) -> usize {
+    if wave_size == 0 {
+        return 0;
+    }
+    // The kernel's static `scratch[OPS_WAVES]` takes its share of the per-block limit.
+    let fixed = (THREADS / wave_size) as usize * size_of::<f32>();
+    let floats = (max_shared_memory as usize).saturating_sub(fixed) / size_of::<f32>();
+    floats.saturating_sub(2 * kv_lora)
+}
+
 /// The dense model ops compiled for one device.
 #[derive(Debug)]
 pub struct ModelOps {
     wave_size: u32,
+    max_shared_memory: u32,
     gather_rows: Function,
     rmsnorm: Function,
     linear_f32: Function,
@@ -140,6 +178,7 @@ impl ModelOps {
         let f = |name: &str| module.function(name);
         Ok(ModelOps {
             wave_size: device.info().wave_size,
+            max_shared_memory: device.info().max_shared_memory_per_block,
             gather_rows: f("ops_gather_rows")?,
             rmsnorm: f("ops_rmsnorm")?,
             linear_f32: f("ops_linear_f32")?,
@@ -385,9 +424,9 @@ impl ModelOps {
         Ok(())
     }
 
-    /// [`crate::reference::mla_attention`] for `tokens` queries of any sequences: query `t`
-    /// reads the cache rows `base[t] ..= base[t] + pos[t]`; `max_keys` bounds `pos[t] + 1`
-    /// (it sizes the kernel's shared memory); `kv_b` is `kv_b_proj` as f32.
+    /// [`crate::reference::mla_attention`] for `tokens` queries of any sequences over a paged
+    /// latent cache (see [`PagedKeys`]); `kv_b` is `kv_b_proj` as f32. The keys of one query
+    /// live in shared memory, so `keys.max_keys` may not exceed [`mla_max_keys`].
     #[allow(clippy::too_many_arguments)]
     pub fn mla_attention(
         &self,
@@ -396,10 +435,8 @@ impl ModelOps {
         cache_latent: &DeviceBuffer<f32>,
         cache_rope: &DeviceBuffer<f32>,
         kv_b: &DeviceBuffer<f32>,
-        base: &DeviceBuffer<i32>,
-        pos: &DeviceBuffer<i32>,
+        keys: &PagedKeys<'_>,
         tokens: usize,
-        max_keys: usize,
         dims: &MlaDims,
         softmax_scale: f32,
         out: &mut DeviceBuffer<f32>,
@@ -407,13 +444,21 @@ impl ModelOps {
         let d = dims;
         room("q", q, tokens * d.heads * (d.qk_nope + d.qk_rope))?;
         room("kv_b", kv_b, d.heads * (d.qk_nope + d.v) * d.kv_lora)?;
-        room("base", base, tokens)?;
-        room("pos", pos, tokens)?;
+        room("table_offsets", keys.table_offsets, tokens)?;
+        room("positions", keys.positions, tokens)?;
         room("out", out, tokens * d.heads * d.v)?;
+        let b = keys.block_tokens;
+        check_param("block_tokens", b, b.is_power_of_two(), || {
+            "must be a power of two".into()
+        })?;
+        let limit = self.max_keys(d.kv_lora);
+        check_param("max_keys", keys.max_keys, keys.max_keys <= limit, || {
+            format!("the attention kernel holds at most {limit} keys in shared memory here")
+        })?;
         if tokens == 0 {
             return Ok(());
         }
-        let smem = (2 * d.kv_lora + max_keys) * size_of::<f32>();
+        let smem = (2 * d.kv_lora + keys.max_keys) * size_of::<f32>();
         stream.launch(
             &self.mla_attention,
             LaunchConfig {
@@ -426,8 +471,10 @@ impl ModelOps {
                 cache_latent,
                 cache_rope,
                 kv_b,
-                base,
-                pos,
+                keys.tables,
+                keys.table_offsets,
+                keys.positions,
+                &(b.trailing_zeros() as i32),
                 &int("heads", d.heads)?,
                 &int("qk_nope", d.qk_nope)?,
                 &int("qk_rope", d.qk_rope)?,
@@ -438,6 +485,11 @@ impl ModelOps {
             ],
         )?;
         Ok(())
+    }
+
+    /// Most keys one query of [`Self::mla_attention`] may attend to on this device.
+    pub fn max_keys(&self, kv_lora: usize) -> usize {
+        attention_keys(self.max_shared_memory, self.wave_size, kv_lora)
     }
 
     /// [`crate::reference::silu_mul`] of the first `n` values.

@@ -48,7 +48,9 @@ pub struct Args {
     /// Most sequences waiting to start; past it requests get 429 with Retry-After.
     #[arg(long, default_value_t = 512)]
     pub max_waiting: usize,
-    /// KV-cache capacity in tokens (default: max-running full contexts).
+    /// KV-cache capacity in tokens (default: max-running full contexts; on a GPU, whole
+    /// blocks of 64 tokens, at least one full context, by default at most what the device's
+    /// free memory holds).
     #[arg(long)]
     pub kv_capacity_tokens: Option<usize>,
     /// Largest request body in bytes; larger ones get 413.
