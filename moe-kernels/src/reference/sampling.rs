@@ -145,8 +145,16 @@ mod tests {
     fn random_rule(rng: &mut StdRng, n: usize) -> SamplingRule {
         SamplingRule {
             temperature: rng.random_range(0.05..3.0),
-            top_k: if rng.random_bool(0.5) { 0 } else { rng.random_range(1..=n) },
-            top_p: if rng.random_bool(0.5) { 1.0 } else { rng.random_range(0.01..1.0) },
+            top_k: if rng.random_bool(0.5) {
+                0
+            } else {
+                rng.random_range(1..=n)
+            },
+            top_p: if rng.random_bool(0.5) {
+                1.0
+            } else {
+                rng.random_range(0.01..1.0)
+            },
         }
     }
 
