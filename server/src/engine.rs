@@ -12,9 +12,10 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, SequenceId, StepChunk};
+use crate::backend::{Backend, ChunkPick, Picked, SequenceId, StepChunk};
 use crate::metrics::Metrics;
 use crate::sequence::{Sequence, SequenceRequest, TokenTiming};
+use model_deepseek::sampling::SamplingRule;
 
 /// Scheduling limits of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -303,10 +304,23 @@ impl<B: Backend> Engine<B> {
         let result = self.backend.step(&[StepChunk {
             seq: id,
             tokens: &[0],
+            pick: Some(ChunkPick {
+                rule: SamplingRule::GREEDY,
+                u: 0.0,
+                logits: true,
+            }),
         }]);
         self.backend.release(id);
+        let finite = |picked: &[Option<Picked>]| match picked {
+            [
+                Some(Picked {
+                    logits: Some(row), ..
+                }),
+            ] => row.iter().all(|v| v.is_finite()),
+            _ => false,
+        };
         match result {
-            Ok(logits) if logits.len() == 1 && logits[0].iter().all(|v| v.is_finite()) => Ok(()),
+            Ok(picked) if finite(&picked) => Ok(()),
             Ok(_) => Err("the health-check forward pass returned non-finite logits".into()),
             Err(e) => Err(format!("the health-check forward pass failed: {e}")),
         }
@@ -370,23 +384,34 @@ impl<B: Backend> Engine<B> {
             }
         }
         let started = Instant::now();
+        // A draw only for the chunks that end their sequence's uncached tokens: the
+        // generator moves once per generated token, whatever the chunking.
+        let picks: Vec<Option<ChunkPick>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let seq = &mut self.running[i];
+                (seq.cached + n >= seq.tokens.len()).then(|| seq.next_pick())
+            })
+            .collect();
         let chunks: Vec<StepChunk<'_>> = plan
             .iter()
-            .map(|&(i, n)| StepChunk {
+            .zip(&picks)
+            .map(|(&(i, n), &pick)| StepChunk {
                 seq: self.running[i].id,
                 tokens: &self.running[i].uncached()[..n],
+                pick,
             })
             .collect();
         let result = self.backend.step(&chunks);
         drop(chunks);
-        let logits = match result {
-            Ok(logits) if logits.len() == plan.len() => logits,
-            Ok(logits) => {
+        let picked = match result {
+            Ok(picked) if picked.len() == plan.len() => picked,
+            Ok(picked) => {
                 self.fail_planned(
                     &plan,
                     format!(
-                        "the backend returned {} logit rows for {} chunks",
-                        logits.len(),
+                        "the backend returned {} results for {} chunks",
+                        picked.len(),
                         plan.len()
                     ),
                 );
@@ -400,7 +425,7 @@ impl<B: Backend> Engine<B> {
         };
         let (mut prompt_tokens, mut generated) = (0, 0);
         let mut finished = Vec::new();
-        for (&(i, n), row) in plan.iter().zip(&logits) {
+        for (&(i, n), picked) in plan.iter().zip(picked) {
             let seq = &mut self.running[i];
             if !seq.is_decoding() {
                 prompt_tokens += n;
@@ -409,9 +434,14 @@ impl<B: Backend> Engine<B> {
             if seq.cached < seq.tokens.len() {
                 continue;
             }
+            let Some(picked) = picked else {
+                seq.fail("the backend picked no token for a chunk that asked for one".into());
+                finished.push(i);
+                continue;
+            };
             generated += 1;
             let mut timing = TokenTiming::default();
-            if seq.advance(row, &self.tokenizer, &self.eos_token_ids, &mut timing) {
+            if seq.advance(picked, &self.tokenizer, &self.eos_token_ids, &mut timing) {
                 finished.push(i);
             }
             if let Some(d) = timing.time_to_first_token {
@@ -461,6 +491,7 @@ mod tests {
     use crate::detokenizer::tests::byte_tokenizer;
     use crate::sampling::SamplingParams;
     use crate::sequence::{FinishReason, SequenceEvent};
+    use model_deepseek::sampling::sample_token;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use std::collections::HashMap;
@@ -500,7 +531,7 @@ mod tests {
     }
 
     impl Backend for FakeModel {
-        fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+        fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Option<Picked>>, BackendError> {
             std::thread::sleep(self.step_delay);
             let mut out = Vec::new();
             for c in chunks {
@@ -509,7 +540,10 @@ mod tests {
                 seq.extend_from_slice(c.tokens);
                 let mut logits = vec![0.0; VOCAB];
                 logits[next_token(seq) as usize] = 1.0;
-                out.push(logits);
+                out.push(c.pick.map(|p| Picked {
+                    token: sample_token(&logits, &p.rule, p.u).expect("finite logits"),
+                    logits: p.logits.then_some(logits),
+                }));
             }
             let used = self.kv_used_tokens();
             if used > self.capacity {
