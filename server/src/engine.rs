@@ -698,6 +698,72 @@ mod tests {
         eprintln!("{stops} of 40 ended on EOS");
     }
 
+    /// What seeded sampling of the fake model gives for one sequence alone, picked on the
+    /// host with the sequence's own sampler.
+    fn sampled_reference(prompt: &[u32], max_tokens: usize, params: SamplingParams) -> String {
+        let mut sampler = crate::sampling::Sampler::new(params);
+        let mut tokens = prompt.to_vec();
+        for _ in 0..max_tokens {
+            let mut logits = vec![0.0; VOCAB];
+            logits[next_token(&tokens) as usize] = 1.0;
+            let t = sampler.sample(&logits).unwrap();
+            tokens.push(t);
+            if t == EOS {
+                break;
+            }
+        }
+        let generated: Vec<u32> = tokens[prompt.len()..]
+            .iter()
+            .copied()
+            .filter(|&t| t != EOS)
+            .collect();
+        byte_tokenizer().decode(&generated, true).unwrap()
+    }
+
+    #[test]
+    fn seeded_sampling_draws_once_per_token_whatever_the_chunking() {
+        // Prompts longer than the token budget are prefilled in several chunks; only the
+        // chunk that ends a prompt may draw, or the tokens would depend on the chunking.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let cases: Vec<(Vec<u32>, SamplingParams)> = (0..6)
+            .map(|i| {
+                let prompt = (0..rng.random_range(10..50))
+                    .map(|_| rng.random_range(0..256))
+                    .collect();
+                let params = SamplingParams {
+                    temperature: rng.random_range(0.5..2.0),
+                    top_k: [0, 3, 40][i % 3],
+                    top_p: [1.0, 0.95][i % 2],
+                    seed: rng.random(),
+                };
+                (prompt, params)
+            })
+            .collect();
+        for max_batch_tokens in [1000, 7] {
+            let limits = EngineLimits {
+                max_batch_tokens,
+                max_running: 8,
+                max_waiting: 100,
+            };
+            let (engine, _record) = start(1000, limits, Duration::ZERO);
+            let mut pending = Vec::new();
+            for (prompt, params) in &cases {
+                let (mut r, rx) = request(prompt.clone(), 30);
+                r.sampling = *params;
+                engine.submit(vec![r]).unwrap();
+                pending.push(rx);
+            }
+            for ((prompt, params), rx) in cases.iter().zip(pending) {
+                let (text, _) = finish(rx);
+                assert_eq!(
+                    text,
+                    sampled_reference(prompt, 30, *params),
+                    "budget {max_batch_tokens}, {params:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn admission_waits_for_kv_room() {
         let limits = EngineLimits {
