@@ -12,6 +12,7 @@ pub mod gpu;
 pub mod kv_cache;
 pub mod loader;
 pub mod model;
+pub mod sampling;
 pub mod synthetic;
 pub mod tiny;
 pub mod weights;

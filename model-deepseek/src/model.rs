@@ -10,6 +10,7 @@ use crate::attention::LayerAttention;
 use crate::config::{ConfigError, ModelConfig};
 use crate::feed_forward::feed_forward;
 use crate::kv_cache::{KvCache, SeqId};
+use crate::sampling::{Picked, SampledChunk, check_picks, pick_on_host};
 use crate::weights::{FeedForward, Linear, Matrix, ModelWeights, WeightsError};
 use moe_kernels::reference::{ActivationMode, RoutingMargin, linear, matmul, rmsnorm};
 use std::collections::HashSet;
@@ -88,6 +89,14 @@ pub enum ForwardError {
     NonFiniteLogits {
         /// The sequence.
         seq: SeqId,
+    },
+    /// A chunk's sampling request is outside the sampler's domain.
+    #[error("{seq}: {reason}")]
+    BadSampling {
+        /// The sequence.
+        seq: SeqId,
+        /// Which parameter, and why.
+        reason: String,
     },
     /// The cache was made for a model of other dimensions.
     #[error(
@@ -183,6 +192,27 @@ impl Model {
     ) -> Result<Vec<Vec<f32>>, ForwardError> {
         let logits = self.run(chunks, cache, LogitRows::LastOfEachChunk, None)?;
         Ok(logits.into_iter().map(|m| m.data).collect())
+    }
+
+    /// As [`Self::forward`], then picks each chunk's next token on the host where its
+    /// `pick` asks for one (the same rule as [`crate::gpu::GpuModel::forward_sampled`]).
+    pub fn forward_sampled(
+        &self,
+        chunks: &[SampledChunk<'_>],
+        cache: &mut KvCache,
+    ) -> Result<Vec<Option<Picked>>, ForwardError> {
+        check_picks(chunks)?;
+        let plain: Vec<SequenceChunk<'_>> = chunks.iter().map(|c| c.chunk).collect();
+        let logits = self.forward(&plain, cache)?;
+        chunks
+            .iter()
+            .zip(logits)
+            .map(|(c, row)| {
+                c.pick
+                    .map(|p| pick_on_host(c.chunk.seq, row, &p))
+                    .transpose()
+            })
+            .collect()
     }
 
     /// As [`Self::forward`], and also return how close each token's expert choice was to

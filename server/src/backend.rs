@@ -1,7 +1,11 @@
 //! The seam between the scheduler and whatever runs the model: the scheduler decides which
-//! tokens of which sequences go into a step, the backend runs them and returns logits.
+//! tokens of which sequences go into a step and how each next token is picked (the rule and
+//! the sequence's uniform draw); the backend runs them and picks the tokens where the logits
+//! are (on the device for a GPU), returning a logits row only where one is asked for.
 
 use std::fmt;
+
+pub use model_deepseek::sampling::{ChunkPick, Picked};
 
 /// Identifies one sequence (one choice of one request) for the backend's KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -14,6 +18,9 @@ pub struct StepChunk<'a> {
     pub seq: SequenceId,
     /// The tokens, appended after whatever the sequence already holds in the cache.
     pub tokens: &'a [u32],
+    /// How to pick the token after the chunk's last position; `None` when no token is wanted
+    /// yet (a prefill chunk that does not end the prompt).
+    pub pick: Option<ChunkPick>,
 }
 
 /// A failure of the backend while running a step; the sequences of that step are failed.
@@ -25,8 +32,9 @@ pub struct BackendError(pub String);
 /// limits it schedules against. One engine thread owns the backend, so it needs no locking.
 pub trait Backend: Send + 'static {
     /// Appends each chunk's tokens to its sequence and returns, per chunk and in order, the
-    /// logits of the chunk's last position (`vocab_size` values each).
-    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Vec<f32>>, BackendError>;
+    /// token its `pick` asked for (with the last position's `vocab_size` logits when the pick
+    /// wants them), or `None` for a chunk without a pick.
+    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Option<Picked>>, BackendError>;
 
     /// Frees everything the backend holds for `seq`; unknown sequences are ignored.
     fn release(&mut self, seq: SequenceId);

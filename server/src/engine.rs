@@ -12,9 +12,10 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 use tokio::sync::oneshot;
 
-use crate::backend::{Backend, SequenceId, StepChunk};
+use crate::backend::{Backend, ChunkPick, Picked, SequenceId, StepChunk};
 use crate::metrics::Metrics;
 use crate::sequence::{Sequence, SequenceRequest, TokenTiming};
+use model_deepseek::sampling::SamplingRule;
 
 /// Scheduling limits of the engine.
 #[derive(Debug, Clone, Copy)]
@@ -307,10 +308,23 @@ impl<B: Backend> Engine<B> {
         let result = self.backend.step(&[StepChunk {
             seq: id,
             tokens: &[0],
+            pick: Some(ChunkPick {
+                rule: SamplingRule::GREEDY,
+                u: 0.0,
+                logits: true,
+            }),
         }]);
         self.backend.release(id);
+        let finite = |picked: &[Option<Picked>]| match picked {
+            [
+                Some(Picked {
+                    logits: Some(row), ..
+                }),
+            ] => row.iter().all(|v| v.is_finite()),
+            _ => false,
+        };
         match result {
-            Ok(logits) if logits.len() == 1 && logits[0].iter().all(|v| v.is_finite()) => Ok(()),
+            Ok(picked) if finite(&picked) => Ok(()),
             Ok(_) => Err("the health-check forward pass returned non-finite logits".into()),
             Err(e) => Err(format!("the health-check forward pass failed: {e}")),
         }
@@ -381,23 +395,34 @@ impl<B: Backend> Engine<B> {
             }
         }
         let started = Instant::now();
+        // A draw only for the chunks that end their sequence's uncached tokens: the
+        // generator moves once per generated token, whatever the chunking.
+        let picks: Vec<Option<ChunkPick>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let seq = &mut self.running[i];
+                (seq.cached + n >= seq.tokens.len()).then(|| seq.next_pick())
+            })
+            .collect();
         let chunks: Vec<StepChunk<'_>> = plan
             .iter()
-            .map(|&(i, n)| StepChunk {
+            .zip(&picks)
+            .map(|(&(i, n), &pick)| StepChunk {
                 seq: self.running[i].id,
                 tokens: &self.running[i].uncached()[..n],
+                pick,
             })
             .collect();
         let result = self.backend.step(&chunks);
         drop(chunks);
-        let logits = match result {
-            Ok(logits) if logits.len() == plan.len() => logits,
-            Ok(logits) => {
+        let picked = match result {
+            Ok(picked) if picked.len() == plan.len() => picked,
+            Ok(picked) => {
                 self.fail_planned(
                     &plan,
                     format!(
-                        "the backend returned {} logit rows for {} chunks",
-                        logits.len(),
+                        "the backend returned {} results for {} chunks",
+                        picked.len(),
                         plan.len()
                     ),
                 );
@@ -411,7 +436,7 @@ impl<B: Backend> Engine<B> {
         };
         let (mut prompt_tokens, mut generated) = (0, 0);
         let mut finished = Vec::new();
-        for (&(i, n), row) in plan.iter().zip(&logits) {
+        for (&(i, n), picked) in plan.iter().zip(picked) {
             let seq = &mut self.running[i];
             if !seq.is_decoding() {
                 prompt_tokens += n;
@@ -420,9 +445,14 @@ impl<B: Backend> Engine<B> {
             if seq.cached < seq.tokens.len() {
                 continue;
             }
+            let Some(picked) = picked else {
+                seq.fail("the backend picked no token for a chunk that asked for one".into());
+                finished.push(i);
+                continue;
+            };
             generated += 1;
             let mut timing = TokenTiming::default();
-            if seq.advance(row, &self.tokenizer, &self.eos_token_ids, &mut timing) {
+            if seq.advance(picked, &self.tokenizer, &self.eos_token_ids, &mut timing) {
                 finished.push(i);
             }
             if let Some(d) = timing.time_to_first_token {
@@ -472,6 +502,7 @@ mod tests {
     use crate::detokenizer::tests::byte_tokenizer;
     use crate::sampling::SamplingParams;
     use crate::sequence::{FinishReason, SequenceEvent};
+    use model_deepseek::sampling::sample_token;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
     use std::collections::HashMap;
@@ -513,7 +544,7 @@ mod tests {
     }
 
     impl Backend for FakeModel {
-        fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+        fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Option<Picked>>, BackendError> {
             std::thread::sleep(self.step_delay);
             let mut out = Vec::new();
             for c in chunks {
@@ -522,7 +553,10 @@ mod tests {
                 seq.extend_from_slice(c.tokens);
                 let mut logits = vec![0.0; VOCAB];
                 logits[next_token(seq) as usize] = 1.0;
-                out.push(logits);
+                out.push(c.pick.map(|p| Picked {
+                    token: sample_token(&logits, &p.rule, p.u).expect("finite logits"),
+                    logits: p.logits.then_some(logits),
+                }));
             }
             let used = self.kv_used_tokens();
             if used > self.capacity {
@@ -691,6 +725,72 @@ mod tests {
         assert!(r.max_sequences > 1, "sequences were never batched together");
         assert_eq!(r.released.len(), 40, "every sequence is freed");
         eprintln!("{stops} of 40 ended on EOS");
+    }
+
+    /// What seeded sampling of the fake model gives for one sequence alone, picked on the
+    /// host with the sequence's own sampler.
+    fn sampled_reference(prompt: &[u32], max_tokens: usize, params: SamplingParams) -> String {
+        let mut sampler = crate::sampling::Sampler::new(params);
+        let mut tokens = prompt.to_vec();
+        for _ in 0..max_tokens {
+            let mut logits = vec![0.0; VOCAB];
+            logits[next_token(&tokens) as usize] = 1.0;
+            let t = sampler.sample(&logits).unwrap();
+            tokens.push(t);
+            if t == EOS {
+                break;
+            }
+        }
+        let generated: Vec<u32> = tokens[prompt.len()..]
+            .iter()
+            .copied()
+            .filter(|&t| t != EOS)
+            .collect();
+        byte_tokenizer().decode(&generated, true).unwrap()
+    }
+
+    #[test]
+    fn seeded_sampling_draws_once_per_token_whatever_the_chunking() {
+        // Prompts longer than the token budget are prefilled in several chunks; only the
+        // chunk that ends a prompt may draw, or the tokens would depend on the chunking.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let cases: Vec<(Vec<u32>, SamplingParams)> = (0..6)
+            .map(|i| {
+                let prompt = (0..rng.random_range(10..50))
+                    .map(|_| rng.random_range(0..256))
+                    .collect();
+                let params = SamplingParams {
+                    temperature: rng.random_range(0.5..2.0),
+                    top_k: [0, 3, 40][i % 3],
+                    top_p: [1.0, 0.95][i % 2],
+                    seed: rng.random(),
+                };
+                (prompt, params)
+            })
+            .collect();
+        for max_batch_tokens in [1000, 7] {
+            let limits = EngineLimits {
+                max_batch_tokens,
+                max_running: 8,
+                max_waiting: 100,
+            };
+            let (engine, _record) = start(1000, limits, Duration::ZERO);
+            let mut pending = Vec::new();
+            for (prompt, params) in &cases {
+                let (mut r, rx) = request(prompt.clone(), 30);
+                r.sampling = *params;
+                engine.submit(vec![r]).unwrap();
+                pending.push(rx);
+            }
+            for ((prompt, params), rx) in cases.iter().zip(pending) {
+                let (text, _) = finish(rx);
+                assert_eq!(
+                    text,
+                    sampled_reference(prompt, 30, *params),
+                    "budget {max_batch_tokens}, {params:?}"
+                );
+            }
+        }
     }
 
     #[test]

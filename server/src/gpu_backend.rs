@@ -6,7 +6,7 @@
 use model_deepseek::SeqId;
 use model_deepseek::gpu::{GpuKvCache, GpuModel, KV_BLOCK_TOKENS};
 
-use crate::backend::{Backend, BackendError, SequenceId, StepChunk};
+use crate::backend::{Backend, BackendError, Picked, SequenceId, StepChunk};
 use crate::model_backend::model_chunks;
 
 /// A model resident on a GPU and its KV cache, owned by the engine thread.
@@ -25,9 +25,10 @@ impl GpuBackend {
 }
 
 impl Backend for GpuBackend {
-    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+    /// Picks on the device: only tokens (and requested logits rows) come back.
+    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Option<Picked>>, BackendError> {
         self.model
-            .forward(&model_chunks(chunks), &mut self.cache)
+            .forward_sampled(&model_chunks(chunks), &mut self.cache)
             .map_err(|e| BackendError(e.to_string()))
     }
 

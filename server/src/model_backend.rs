@@ -1,9 +1,10 @@
 //! The [`Backend`] for a DeepSeek-V3-family model on the CPU: the model's forward pass over
 //! its own KV cache.
 
+use model_deepseek::sampling::SampledChunk;
 use model_deepseek::{KvCache, Model, SeqId, SequenceChunk};
 
-use crate::backend::{Backend, BackendError, SequenceId, StepChunk};
+use crate::backend::{Backend, BackendError, Picked, SequenceId, StepChunk};
 
 /// A model and its KV cache, owned by the engine thread.
 #[derive(Debug)]
@@ -26,20 +27,24 @@ impl ModelBackend {
 }
 
 /// The scheduler's chunks in the model's terms (shared with the GPU backend).
-pub(crate) fn model_chunks<'a>(chunks: &[StepChunk<'a>]) -> Vec<SequenceChunk<'a>> {
+pub(crate) fn model_chunks<'a>(chunks: &[StepChunk<'a>]) -> Vec<SampledChunk<'a>> {
     chunks
         .iter()
-        .map(|c| SequenceChunk {
-            seq: SeqId(c.seq.0),
-            tokens: c.tokens,
+        .map(|c| SampledChunk {
+            chunk: SequenceChunk {
+                seq: SeqId(c.seq.0),
+                tokens: c.tokens,
+            },
+            pick: c.pick,
         })
         .collect()
 }
 
 impl Backend for ModelBackend {
-    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+    /// Picks on the host, from the CPU model's logits.
+    fn step(&mut self, chunks: &[StepChunk<'_>]) -> Result<Vec<Option<Picked>>, BackendError> {
         self.model
-            .forward(&model_chunks(chunks), &mut self.cache)
+            .forward_sampled(&model_chunks(chunks), &mut self.cache)
             .map_err(|e| BackendError(e.to_string()))
     }
 

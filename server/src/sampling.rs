@@ -1,6 +1,9 @@
-//! Picking the next token from a sequence's logits: greedy, or temperature with top-k and
-//! top-p, drawn from a generator seeded per sequence so a seeded request is reproducible.
+//! A sequence's sampling parameters and its seeded generator. The rule that turns logits
+//! and one uniform draw into a token is `moe_kernels::reference::sample_token` (re-exported
+//! by `model_deepseek::sampling`), the same on the CPU and on the GPU: the generator stays
+//! here, and each step hands the backend one draw per sequence.
 
+use model_deepseek::sampling::{SamplingRule, sample_token};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,10 +20,10 @@ pub struct SamplingParams {
     pub seed: u64,
 }
 
-/// A sequence's sampler: the parameters and the generator that carries state between steps.
+/// A sequence's sampler: the rule and the generator that carries state between steps.
 #[derive(Debug)]
 pub struct Sampler {
-    params: SamplingParams,
+    rule: SamplingRule,
     rng: ChaCha8Rng,
 }
 
@@ -28,65 +31,36 @@ impl Sampler {
     /// A sampler whose draws depend only on `params` (including the seed).
     pub fn new(params: SamplingParams) -> Self {
         Self {
-            params,
+            rule: SamplingRule {
+                temperature: params.temperature,
+                top_k: params.top_k,
+                top_p: params.top_p,
+            },
             rng: ChaCha8Rng::seed_from_u64(params.seed),
         }
     }
 
-    /// Picks the next token from `logits`. NaN logits are never picked.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature == 0.0 {
-            return argmax(logits) as u32;
-        }
-        let inv_t = 1.0 / self.params.temperature;
-        // Candidates sorted by logit, most likely first; NaN sorts last and is dropped.
-        let mut order: Vec<usize> = (0..logits.len()).filter(|&i| !logits[i].is_nan()).collect();
-        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
-        if self.params.top_k > 0 {
-            order.truncate(self.params.top_k);
-        }
-        let max = logits[order[0]];
-        let weights: Vec<f64> = order
-            .iter()
-            .map(|&i| f64::from((logits[i] - max) * inv_t).exp())
-            .collect();
-        let total: f64 = weights.iter().sum();
-        let mut kept = weights.len();
-        if self.params.top_p < 1.0 {
-            let mut acc = 0.0;
-            for (n, w) in weights.iter().enumerate() {
-                acc += w / total;
-                if acc >= f64::from(self.params.top_p) {
-                    kept = n + 1;
-                    break;
-                }
-            }
-        }
-        let kept_total: f64 = weights[..kept].iter().sum();
-        let mut draw = self.rng.random::<f64>() * kept_total;
-        let mut pick = kept - 1;
-        for (n, w) in weights[..kept].iter().enumerate() {
-            if draw < *w {
-                pick = n;
-                break;
-            }
-            draw -= w;
-        }
-        order[pick] as u32
+    /// How tokens are picked.
+    pub fn rule(&self) -> SamplingRule {
+        self.rule
     }
-}
 
-/// The index of the largest logit; the first one on ties, NaN never.
-fn argmax(logits: &[f32]) -> usize {
-    let mut best = 0;
-    let mut best_value = f32::NEG_INFINITY;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > best_value {
-            best = i;
-            best_value = v;
+    /// The uniform number in [0, 1) for the next token. Greedy sequences draw nothing, so
+    /// the generator only moves for the picks that use it.
+    pub fn draw(&mut self) -> f64 {
+        if self.rule.is_greedy() {
+            0.0
+        } else {
+            self.rng.random::<f64>()
         }
     }
-    best
+
+    /// Draws and picks the next token from `logits` on the host; `None` when no logit is a
+    /// number. NaN logits are never picked.
+    pub fn sample(&mut self, logits: &[f32]) -> Option<u32> {
+        let u = self.draw();
+        sample_token(logits, &self.rule, u)
+    }
 }
 
 #[cfg(test)]
@@ -128,7 +102,9 @@ mod tests {
                 .max_by(|a, b| a.1.total_cmp(b.1))
                 .unwrap()
                 .0;
-            let got = Sampler::new(params(0.0, 0, 1.0, seed)).sample(&logits);
+            let got = Sampler::new(params(0.0, 0, 1.0, seed))
+                .sample(&logits)
+                .unwrap();
             assert_eq!(got as usize, want);
         }
     }
@@ -138,7 +114,9 @@ mod tests {
         let logits = random_logits(7, 50);
         let draw = |seed| {
             let mut s = Sampler::new(params(1.0, 0, 1.0, seed));
-            (0..64).map(|_| s.sample(&logits)).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| s.sample(&logits).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(3), draw(3));
         assert_ne!(draw(3), draw(4));
@@ -153,7 +131,7 @@ mod tests {
         // top-k 5: only the 5 most likely.
         let mut s = Sampler::new(params(0.7, 5, 1.0, 1));
         for _ in 0..500 {
-            let t = s.sample(&logits) as usize;
+            let t = s.sample(&logits).unwrap() as usize;
             assert!(order[..5].contains(&t), "token {t} outside top-5");
         }
         // top-p: the smallest prefix reaching 0.5.
@@ -165,7 +143,7 @@ mod tests {
         }
         let mut s = Sampler::new(params(0.7, 0, 0.5, 2));
         for _ in 0..500 {
-            let t = s.sample(&logits) as usize;
+            let t = s.sample(&logits).unwrap() as usize;
             assert!(order[..n].contains(&t), "token {t} outside top-p set");
         }
     }
@@ -179,7 +157,7 @@ mod tests {
         let mut counts = [0usize; 6];
         let mut s = Sampler::new(params(1.5, 0, 1.0, 9));
         for _ in 0..draws {
-            counts[s.sample(&logits) as usize] += 1;
+            counts[s.sample(&logits).unwrap() as usize] += 1;
         }
         for (i, &c) in counts.iter().enumerate() {
             let expect = probs[i] * draws as f64;
@@ -197,8 +175,11 @@ mod tests {
         logits[2] = f32::NAN;
         let mut s = Sampler::new(params(1.0, 0, 1.0, 0));
         for _ in 0..200 {
-            assert_ne!(s.sample(&logits), 2);
+            assert_ne!(s.sample(&logits), Some(2));
         }
-        assert_ne!(Sampler::new(params(0.0, 0, 1.0, 0)).sample(&logits), 2);
+        assert_ne!(
+            Sampler::new(params(0.0, 0, 1.0, 0)).sample(&logits),
+            Some(2)
+        );
     }
 }

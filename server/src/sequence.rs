@@ -7,6 +7,7 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::SequenceId;
+use crate::backend::{ChunkPick, Picked};
 use crate::detokenizer::Detokenizer;
 use crate::logprobs::{TokenLogprob, token_logprobs};
 use crate::sampling::{Sampler, SamplingParams};
@@ -140,18 +141,33 @@ impl Sequence {
             .send((self.request.choice, SequenceEvent::Failed(message)));
     }
 
-    /// Samples the next token from `logits`, sends any completed text, and returns whether
-    /// the sequence has finished (its final event sent).
+    /// How the backend is to pick this sequence's next token. Draws the generator's next
+    /// number: call it once per token the step will generate.
+    pub fn next_pick(&mut self) -> ChunkPick {
+        ChunkPick {
+            rule: self.sampler.rule(),
+            u: self.sampler.draw(),
+            logits: self.request.logprobs.is_some(),
+        }
+    }
+
+    /// Takes the token the backend picked (with its logits row when logprobs were asked
+    /// for), sends any completed text, and returns whether the sequence has finished (its
+    /// final event sent).
     pub fn advance(
         &mut self,
-        logits: &[f32],
+        picked: Picked,
         tokenizer: &Tokenizer,
         eos: &[u32],
         timing: &mut TokenTiming,
     ) -> bool {
-        let token = self.sampler.sample(logits);
+        let token = picked.token;
         if let Some(top_n) = self.request.logprobs {
-            let event = SequenceEvent::Token(token_logprobs(logits, token, top_n));
+            let Some(logits) = picked.logits else {
+                self.fail("the backend returned no logits for a logprobs request".into());
+                return true;
+            };
+            let event = SequenceEvent::Token(token_logprobs(&logits, token, top_n));
             let _ = self.request.events.send((self.request.choice, event));
         }
         let now = Instant::now();

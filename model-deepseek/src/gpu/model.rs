@@ -10,8 +10,9 @@ use super::weights::{DeviceFfn, DeviceMlp, DeviceMoe, DeviceQuery, DeviceWeights
 use crate::config::ModelConfig;
 use crate::kv_cache::SeqId;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
+use crate::sampling::{Picked, SampledChunk, check_picks};
 use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps, PagedKeys, mla_max_keys};
-use moe_kernels::gpu::{MoeKernels, MoeWorkspace};
+use moe_kernels::gpu::{MoeKernels, MoeWorkspace, RowPick, SamplingKernel};
 use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
 use runtime_rocm::{Device, DeviceBuffer, Stream};
 use std::collections::HashSet;
@@ -115,6 +116,7 @@ pub struct GpuModel {
     acts: Activations,
     /// See [`context_length`].
     context: usize,
+    sampling: SamplingKernel,
 }
 
 impl GpuModel {
@@ -175,6 +177,7 @@ impl GpuModel {
             device: device.clone(),
             stream: device.create_stream()?,
             ops: ModelOps::compile(device)?,
+            sampling: SamplingKernel::compile(device)?,
             acts: Activations::new(device, &config, options.max_batch_tokens)?,
             rope: config.rope(),
             context: context_length(device, &config),
@@ -224,9 +227,86 @@ impl GpuModel {
         chunks: &[SequenceChunk<'_>],
         cache: &mut GpuKvCache,
     ) -> Result<Vec<Vec<f32>>, GpuModelError> {
-        self.check(chunks, cache)?;
+        self.run(chunks, cache)?;
+        self.logits(chunks)
+    }
+
+    /// As [`crate::Model::forward_sampled`]: appends each chunk's tokens, then picks the next
+    /// token of every chunk that asks on the device, so only tokens come back to the host
+    /// (and the logits row of a pick that asks for it). Every row is checked for non-finite
+    /// logits on the device. Refused calls leave the cache unchanged.
+    pub fn forward_sampled(
+        &mut self,
+        chunks: &[SampledChunk<'_>],
+        cache: &mut GpuKvCache,
+    ) -> Result<Vec<Option<Picked>>, GpuModelError> {
+        check_picks(chunks)?;
+        let plain: Vec<SequenceChunk<'_>> = chunks.iter().map(|c| c.chunk).collect();
+        self.run(&plain, cache)?;
         if chunks.is_empty() {
             return Ok(Vec::new());
+        }
+        let logits = self.head(&plain)?;
+        let vocab = self.config.vocab_size;
+        let rows: Vec<RowPick> = chunks
+            .iter()
+            .map(|c| match c.pick {
+                Some(p) => RowPick::Sample {
+                    rule: p.rule,
+                    u: p.u,
+                },
+                None => RowPick::Skip,
+            })
+            .collect();
+        let sampled = self.sampling.sample(&self.stream, &logits, vocab, &rows)?;
+        if let Some((c, _)) = chunks.iter().zip(&sampled).find(|(_, s)| s.non_finite) {
+            return Err(ForwardError::NonFiniteLogits { seq: c.chunk.seq }.into());
+        }
+        // Logits rows only for the picks that want them, gathered into one copy.
+        let wanted: Vec<i32> = (0..chunks.len())
+            .filter(|&i| chunks[i].pick.is_some_and(|p| p.logits))
+            .map(|i| i as i32)
+            .collect();
+        let mut rows = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let ids = self.device.upload(&wanted)?;
+            let mut out = self.device.alloc_zeroed::<f32>(wanted.len() * vocab)?;
+            self.ops
+                .gather_rows(&self.stream, &logits, &ids, wanted.len(), vocab, &mut out)?;
+            self.stream.synchronize()?;
+            out.to_vec()?
+        }
+        .chunks_exact(vocab)
+        .map(<[f32]>::to_vec)
+        .collect::<Vec<_>>()
+        .into_iter();
+        chunks
+            .iter()
+            .zip(sampled)
+            .map(|(c, s)| {
+                let Some(pick) = c.pick else { return Ok(None) };
+                let token = s
+                    .token
+                    .ok_or(ForwardError::NonFiniteLogits { seq: c.chunk.seq })?;
+                let logits = pick
+                    .logits
+                    .then(|| rows.next().expect("one gathered row per logits pick"));
+                Ok(Some(Picked { token, logits }))
+            })
+            .collect()
+    }
+
+    /// The layers of a forward call: checks it, appends every chunk's tokens to the cache
+    /// and leaves the residual stream in `acts.x`.
+    fn run(
+        &mut self,
+        chunks: &[SequenceChunk<'_>],
+        cache: &mut GpuKvCache,
+    ) -> Result<(), GpuModelError> {
+        self.check(chunks, cache)?;
+        if chunks.is_empty() {
+            return Ok(());
         }
         let call = self.prepare(chunks, cache)?;
         let t = call.tokens;
@@ -246,7 +326,7 @@ impl GpuModel {
         for chunk in chunks {
             cache.commit(chunk.seq, chunk.tokens.len());
         }
-        self.logits(chunks)
+        Ok(())
     }
 
     fn check(&self, chunks: &[SequenceChunk<'_>], cache: &GpuKvCache) -> Result<(), GpuModelError> {
@@ -491,8 +571,28 @@ impl GpuModel {
         Ok(())
     }
 
-    /// Final norm and output head on the last token of each chunk; checks they are finite.
+    /// The last-position logits of each chunk, copied to the host and checked finite.
     fn logits(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<Vec<Vec<f32>>, GpuModelError> {
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vocab = self.config.vocab_size;
+        let logits = self.head(chunks)?;
+        self.stream.synchronize()?;
+        let host = logits.to_vec()?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (chunk, row) in chunks.iter().zip(host.chunks_exact(vocab)) {
+            if !row.iter().all(|v| v.is_finite()) {
+                return Err(ForwardError::NonFiniteLogits { seq: chunk.seq }.into());
+            }
+            out.push(row.to_vec());
+        }
+        Ok(out)
+    }
+
+    /// Final norm and output head on the last token of each chunk: `[chunks, vocab]` logits
+    /// on the device (queued, not waited for).
+    fn head(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<DeviceBuffer<f32>, GpuModelError> {
         let c = &self.config;
         let (h, vocab) = (c.hidden_size, c.vocab_size);
         let mut last = Vec::with_capacity(chunks.len());
@@ -528,16 +628,7 @@ impl GpuModel {
             &mut a.quant,
             &mut logits,
         )?;
-        s.synchronize()?;
-        let host = logits.to_vec()?;
-        let mut out = Vec::with_capacity(n);
-        for (chunk, row) in chunks.iter().zip(host.chunks_exact(vocab)) {
-            if !row.iter().all(|v| v.is_finite()) {
-                return Err(ForwardError::NonFiniteLogits { seq: chunk.seq }.into());
-            }
-            out.push(row.to_vec());
-        }
-        Ok(out)
+        Ok(logits)
     }
 }
 

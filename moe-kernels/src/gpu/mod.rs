@@ -7,6 +7,7 @@
 mod error;
 pub mod model_ops;
 mod moe;
+mod sampling;
 mod synthetic;
 
 pub use error::GpuError;
@@ -14,4 +15,5 @@ pub use moe::{
     MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,
     SharedExpertMode,
 };
+pub use sampling::{RowPick, RowSample, SamplingKernel};
 pub use synthetic::Synthetic;

@@ -19,6 +19,7 @@ mod mxfp4;
 mod norm;
 mod rope;
 mod routing;
+mod sampling;
 
 pub use attention::{MlaCache, MlaDims, mla_attention};
 pub use linear::{ActivationMode, Linear, Matrix, linear, matmul};
@@ -30,3 +31,4 @@ pub use mxfp4::{
 pub use norm::rmsnorm;
 pub use rope::{Rope, YarnParams};
 pub use routing::{ExpertRoute, RoutingMargin, RoutingParams, route_noaux_tc, routing_margin};
+pub use sampling::{SamplingRule, sample_token};

@@ -56,7 +56,9 @@ fn choose(logits: &[f32], sampler: &mut Sampler) -> anyhow::Result<u32> {
     if let Some((i, v)) = logits.iter().enumerate().find(|(_, v)| !v.is_finite()) {
         bail!("logit {i} is {v}: the model produced a non-finite value");
     }
-    Ok(sampler.sample(logits))
+    sampler
+        .sample(logits)
+        .ok_or_else(|| anyhow::anyhow!("no logit is a number"))
 }
 
 fn write_logits(
