@@ -8,7 +8,7 @@ use super::plan::{KvBudget, MemoryPlan, activation_widths};
 use super::weights::{DeviceFfn, DeviceMlp, DeviceMoe, DeviceQuery, DeviceWeights};
 use crate::config::ModelConfig;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
-use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps};
+use moe_kernels::gpu::model_ops::ModelOps;
 use moe_kernels::gpu::{MoeKernels, MoeWorkspace};
 use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
 use runtime_rocm::{Device, DeviceBuffer, Stream};
@@ -204,15 +204,13 @@ impl GpuModel {
         }
         let call = self.prepare(chunks, cache)?;
         let t = call.tokens;
-        let h = self.config.hidden_size;
         let ids: Vec<i32> = chunks
             .iter()
             .flat_map(|c| c.tokens.iter().map(|&tok| tok as i32))
             .collect();
         let ids = self.device.upload(&ids)?;
-        let embed = dense(&self.weights.embed);
         self.ops
-            .gather_rows(&self.stream, embed, &ids, t, h, &mut self.acts.x)?;
+            .embed_rows(&self.stream, &self.weights.embed, &ids, t, &mut self.acts.x)?;
         let mut call = call;
         for l in 0..self.weights.layers.len() {
             self.layer(l, &mut call, cache)?;
@@ -495,14 +493,6 @@ impl GpuModel {
             out.push(row.to_vec());
         }
         Ok(out)
-    }
-}
-
-/// The f32 buffer of a dense layer (the embedding is always dense).
-fn dense(l: &DeviceLinear) -> &DeviceBuffer<f32> {
-    match l {
-        DeviceLinear::Dense { weight, .. } => weight,
-        DeviceLinear::Mxfp4 { .. } => unreachable!("the embedding is uploaded dense"),
     }
 }
 
