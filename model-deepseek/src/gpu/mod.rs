@@ -11,6 +11,7 @@
 mod cache;
 mod model;
 pub mod plan;
+pub mod synthetic;
 mod weights;
 
 pub use cache::GpuKvCache;

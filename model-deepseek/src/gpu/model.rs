@@ -9,7 +9,7 @@ use super::weights::{DeviceFfn, DeviceMlp, DeviceMoe, DeviceQuery, DeviceWeights
 use crate::config::ModelConfig;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
 use moe_kernels::gpu::model_ops::ModelOps;
-use moe_kernels::gpu::{MoeKernels, MoeWorkspace};
+use moe_kernels::gpu::{MoeKernels, MoeWorkspace, SharedExpertMode};
 use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
 use runtime_rocm::{Device, DeviceBuffer, Stream};
 use std::collections::HashSet;
@@ -127,6 +127,19 @@ impl GpuModel {
         );
         let mode = model.options().activations;
         let weights = DeviceWeights::upload(device, &config, model.weights(), mode)?;
+        Self::assemble(device, config, model.options(), options, plan, weights)
+    }
+
+    /// Compiles the kernels and allocates the workspace around weights already on `device`
+    /// (placed by `plan`, which has been checked to fit).
+    pub(crate) fn assemble(
+        device: &Device,
+        config: ModelConfig,
+        forward: ForwardOptions,
+        options: GpuOptions,
+        plan: MemoryPlan,
+        weights: DeviceWeights,
+    ) -> Result<Self, GpuModelError> {
         let moe = match weights.layers.iter().find_map(|l| match &l.ffn {
             DeviceFfn::Moe(m) => Some(m),
             DeviceFfn::Dense(_) => None,
@@ -158,13 +171,41 @@ impl GpuModel {
             acts: Activations::new(device, &config, options.max_batch_tokens)?,
             rope: config.rope(),
             config,
-            options: model.options(),
+            options: forward,
             gpu_options: options,
             plan,
             moe,
             weights,
             dims,
         })
+    }
+
+    /// Runs every MoE layer whose shared expert is stacked with the routed experts (it has
+    /// their format) either fused, as one more slot of the routed pass, or as a separate pass
+    /// of the same kernels. The two are the same computation; this exists to measure one
+    /// against the other on the same weights. Returns how many layers it switched.
+    pub fn set_shared_expert_fusion(&mut self, fused: bool) -> usize {
+        let mut switched = 0;
+        for layer in &mut self.weights.layers {
+            if let DeviceFfn::Moe(m) = &mut layer.ffn {
+                let n_shared = m.experts.shape().n_shared;
+                if m.shared_mlp.is_none() && n_shared > 0 {
+                    m.mode = if fused {
+                        SharedExpertMode::Fused
+                    } else {
+                        SharedExpertMode::Separate
+                    };
+                    m.params.shared_slots = if fused { n_shared } else { 0 };
+                    switched += 1;
+                }
+            }
+        }
+        switched
+    }
+
+    /// Bytes of every weight buffer on the device (what [`MemoryPlan::weights`] predicts).
+    pub fn weight_bytes_allocated(&self) -> u64 {
+        self.weights.device_bytes()
     }
 
     /// The memory plan the model was placed with.

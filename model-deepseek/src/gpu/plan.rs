@@ -122,7 +122,7 @@ impl MemoryPlan {
         Self::from_parts(c, planned_weight_bytes(plan), slots, kv, max_batch_tokens)
     }
 
-    fn from_parts(
+    pub(crate) fn from_parts(
         config: &ModelConfig,
         weights: u64,
         moe_slots: Option<usize>,
