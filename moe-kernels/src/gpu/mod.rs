@@ -4,11 +4,13 @@
 //! Every launcher mirrors the CPU reference op it is checked against
 //! ([`crate::reference`]): same parameters, same meaning; only the data lives on the device.
 
+mod bandwidth;
 mod error;
 pub mod model_ops;
 mod moe;
 mod synthetic;
 
+pub use bandwidth::copy_bandwidth;
 pub use error::GpuError;
 pub use moe::{
     MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,
