@@ -92,7 +92,10 @@ fn linear_layers_match_the_reference() {
                 .collect();
             let mut layers = vec![
                 ("f32", Linear::Dense(Matrix::new(n, k, f32_values).unwrap())),
-                ("bf16", Linear::Dense(Matrix::new(n, k, bf16_values).unwrap())),
+                (
+                    "bf16",
+                    Linear::Dense(Matrix::new(n, k, bf16_values).unwrap()),
+                ),
             ];
             if k % 32 == 0 {
                 let w = random_mxfp4(&mut rng, n, k);

@@ -188,7 +188,10 @@ fn run() -> Result<()> {
         let stream = device.create_stream()?;
         copy_bandwidth(&device, &stream)?
     };
-    eprintln!("device-to-device copy: {:.3} TB/s (read + write)", copy_bw * 1e-12);
+    eprintln!(
+        "device-to-device copy: {:.3} TB/s (read + write)",
+        copy_bw * 1e-12
+    );
 
     let max_c = *args.concurrency.iter().max().expect("checked non-empty");
     let kv = KvBudget {
@@ -248,7 +251,10 @@ fn run() -> Result<()> {
             let chunks: Vec<SequenceChunk<'_>> = seqs
                 .iter()
                 .zip(&tokens)
-                .map(|(s, t)| SequenceChunk { seq: s.0, tokens: t })
+                .map(|(s, t)| SequenceChunk {
+                    seq: s.0,
+                    tokens: t,
+                })
                 .collect();
             let start = Instant::now();
             let logits = model.forward(&chunks, &mut cache)?;
@@ -291,7 +297,9 @@ fn run() -> Result<()> {
         copy_bw * 1e-12
     );
     println!();
-    println!("| concurrency | fusion | median ITL ms | tokens/s | floor ms | ITL / floor | fusion gain |");
+    println!(
+        "| concurrency | fusion | median ITL ms | tokens/s | floor ms | ITL / floor | fusion gain |"
+    );
     println!("|---:|---|---:|---:|---:|---:|---:|");
     for r in &rows {
         let gain = if r.fused {

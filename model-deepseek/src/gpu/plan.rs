@@ -4,10 +4,10 @@
 
 use crate::config::ModelConfig;
 use crate::loader::catalog::Role;
+use crate::loader::header::Dtype;
 use crate::loader::{LinearFormat, Plan};
 use crate::weights::{FeedForward, Linear, Matrix, MlpWeights, ModelWeights, QueryWeights};
 use moe_kernels::gpu::model_ops::{dense_is_bf16, linear_device_bytes};
-use crate::loader::header::Dtype;
 use thiserror::Error;
 
 /// Bytes kept free for what the plan does not count: the driver context, loaded kernel code,

@@ -137,13 +137,7 @@ pub fn synthetic_plan(
     max_batch_tokens: usize,
 ) -> Result<MemoryPlan, PlanError> {
     let slots = (c.n_routed_experts > 0).then(|| moe_shape(c).slots());
-    MemoryPlan::from_parts(
-        c,
-        synthetic_weight_bytes(c),
-        slots,
-        kv,
-        max_batch_tokens,
-    )
+    MemoryPlan::from_parts(c, synthetic_weight_bytes(c), slots, kv, max_batch_tokens)
 }
 
 /// The most layers (at most 61, at least 2: the dense layer and one MoE layer) of Kimi-K2.5
@@ -230,7 +224,8 @@ pub fn decode_step_bytes(c: &ModelConfig, tokens: usize, cached_tokens: usize) -
     for i in 0..c.num_hidden_layers {
         bytes.dense += ((2 * h * 4) as u64 + attention_bytes(c)) as f64;
         if c.is_moe_layer(i) {
-            bytes.routers += (bf16_matrix(c.n_routed_experts, h) + (c.n_routed_experts * 4) as u64) as f64;
+            bytes.routers +=
+                (bf16_matrix(c.n_routed_experts, h) + (c.n_routed_experts * 4) as u64) as f64;
             bytes.experts += touched * shape.bytes_per_expert() as f64;
         } else {
             bytes.dense += (3 * bf16_matrix(c.intermediate_size, h)) as f64;
@@ -345,7 +340,8 @@ impl Filler<'_> {
         let embed = {
             let mut weight: DeviceBuffer<bf16> = self.device.alloc_uninit(c.vocab_size * h)?;
             let seed = self.next_seed();
-            self.synth.normal_bf16(self.stream, &mut weight, seed, 1.0)?;
+            self.synth
+                .normal_bf16(self.stream, &mut weight, seed, 1.0)?;
             DeviceLinear::Bf16 {
                 weight,
                 out: c.vocab_size,
@@ -457,7 +453,8 @@ mod tests {
         let c = kimi_k25_config(3).unwrap();
         // DESIGN §7: 3·7168·2048·4.25/8 bytes per MXFP4 expert.
         let expert = 3.0 * 7168.0 * 2048.0 * 4.25 / 8.0;
-        let attention = 2.0 * (7168.0 * 1536.0 + 1536.0 * 64.0 * 192.0 + 7168.0 * 576.0 + 64.0 * 128.0 * 7168.0)
+        let attention = 2.0
+            * (7168.0 * 1536.0 + 1536.0 * 64.0 * 192.0 + 7168.0 * 576.0 + 64.0 * 128.0 * 7168.0)
             + 4.0 * (1536.0 + 512.0 + 64.0 * 256.0 * 512.0);
         let norms = 2.0 * 7168.0 * 4.0;
         let dense_mlp = 2.0 * 3.0 * 7168.0 * 18432.0;
@@ -466,7 +463,8 @@ mod tests {
         let want = embed_head + 3.0 * (attention + norms) + dense_mlp + 2.0 * moe;
         assert_eq!(synthetic_weight_bytes(&c) as f64, want);
         // One MoE layer is about 9.2 GB, nearly all experts.
-        let per_layer = synthetic_weight_bytes(&kimi_k25_config(4).unwrap()) - synthetic_weight_bytes(&c);
+        let per_layer =
+            synthetic_weight_bytes(&kimi_k25_config(4).unwrap()) - synthetic_weight_bytes(&c);
         assert!((9.0e9..9.4e9).contains(&(per_layer as f64)), "{per_layer}");
     }
 
@@ -490,7 +488,10 @@ mod tests {
         assert_eq!(c.num_hidden_layers, 9);
         // Too little for two layers is refused with the numbers.
         let err = kimi_k25_layers_that_fit(plan(2).total() - 1, "cuda:0", kv, 256).unwrap_err();
-        assert!(matches!(err, GpuModelError::Plan(PlanError::DoesNotFit { .. })), "{err}");
+        assert!(
+            matches!(err, GpuModelError::Plan(PlanError::DoesNotFit { .. })),
+            "{err}"
+        );
     }
 
     #[test]

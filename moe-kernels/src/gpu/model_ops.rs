@@ -340,13 +340,7 @@ impl ModelOps {
             DeviceLinear::Bf16 { .. } | DeviceLinear::Dense { .. } => 8,
         };
         let tiles = m.div_ceil(LINEAR_TOKEN_TILE);
-        let ksplit = k_split(
-            n,
-            k.div_ceil(chunk),
-            tiles,
-            waves,
-            self.wave_size as usize,
-        );
+        let ksplit = k_split(n, k.div_ceil(chunk), tiles, waves, self.wave_size as usize);
         let rows_per_block = LINEAR_ROWS * waves / ksplit;
         let config = LaunchConfig {
             grid: [
@@ -604,10 +598,7 @@ impl ModelOps {
 fn k_split(n: usize, k_chunks: usize, token_tiles: usize, waves: usize, wave_size: usize) -> usize {
     let blocks = |ks: usize| n.div_ceil(LINEAR_ROWS * waves / ks) * token_tiles;
     let mut ks = 1;
-    while ks < waves
-        && blocks(ks) < LINEAR_TARGET_BLOCKS
-        && k_chunks >= 2 * 2 * ks * wave_size
-    {
+    while ks < waves && blocks(ks) < LINEAR_TARGET_BLOCKS && k_chunks >= 2 * 2 * ks * wave_size {
         ks *= 2;
     }
     ks
