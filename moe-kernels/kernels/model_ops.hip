@@ -1,13 +1,16 @@
 // Dense model ops for the DeepSeek-V3 forward pass on the GPU (HIP dialect): embedding / row
-// gather, RMSNorm, f32 and MXFP4 linear layers (simple GEMV-style: one wave per output
-// element), dynamic MXFP4 fake quantization of activations, interleaved rotary embedding,
+// gather, RMSNorm, f32 / bf16 / MXFP4 linear layers (each weight byte read once per tile of
+// LIN_TOKS tokens), dynamic MXFP4 fake quantization of activations, interleaved rotary embedding,
 // latent-cache store, absorbed MLA attention, SwiGLU and residual adds. Everything is f32
 // except the bf16 hand-over to the MoE kernels.
 //
 // Defines (set by the launcher; part of the compile-cache key):
 //   WARP_SIZE     threads per wave, from the runtime; never assumed
 //   OPS_THREADS   threads per block of the block-wide kernels (a multiple of WARP_SIZE)
+//   LIN_ROWS      output rows per wave of the linear kernels
+//   LIN_TOKS      tokens per weight read of the linear kernels
 // check-defines: OPS_THREADS=128
+// check-defines: LIN_ROWS=2 LIN_TOKS=16
 
 #ifndef OPS_THREADS
 #define OPS_THREADS 256
@@ -16,6 +19,12 @@
 #error "OPS_THREADS must be a multiple of WARP_SIZE"
 #endif
 #define OPS_WAVES (OPS_THREADS / WARP_SIZE)
+#ifndef LIN_ROWS
+#define LIN_ROWS 4
+#endif
+#ifndef LIN_TOKS
+#define LIN_TOKS 8
+#endif
 #define MX_BLOCK 32
 
 typedef unsigned char u8;
@@ -102,6 +111,15 @@ extern "C" __global__ void ops_gather_rows(const float* __restrict__ table, cons
     out[i] = table[(size_t)ids[r] * cols + c];
 }
 
+// As ops_gather_rows from a bf16 table (a bf16 embedding), widened exactly to f32.
+extern "C" __global__ void ops_gather_rows_bf16(const u16* __restrict__ table, const int* __restrict__ ids,
+                                                int rows, int cols, float* __restrict__ out) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)rows * cols) return;
+    int r = (int)(i / cols), c = (int)(i % cols);
+    out[i] = __uint_as_float((u32)table[(size_t)ids[r] * cols + c] << 16);
+}
+
 // RMSNorm of `rows` rows of `d` values read at x[r*x_stride ..], written at out[r*out_stride ..]:
 // out = w * (x * 1/sqrt(mean(x^2) + eps)). One block per row.
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
@@ -117,45 +135,192 @@ ops_rmsnorm(const float* __restrict__ x, int x_stride, const float* __restrict__
     for (int i = threadIdx.x; i < d; i += OPS_THREADS) orow[i] = w[i] * (xr[i] * inv);
 }
 
-// out[m][n] = x[m][k] . w[n][k] (f32 weight). One wave per output element; blocks of
-// OPS_WAVES outputs along n, grid.y over rows.
-extern "C" __global__ void __launch_bounds__(OPS_THREADS)
-ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, int k, int n,
-               float* __restrict__ out) {
-    int lane = threadIdx.x % WARP_SIZE;
-    int j = blockIdx.x * OPS_WAVES + threadIdx.x / WARP_SIZE;
-    int i = blockIdx.y;
-    if (j >= n || i >= m) return;
-    const float* xr = x + (size_t)i * k;
-    const float* wr = w + (size_t)j * k;
-    float acc = 0.0f;
-    for (int c = lane; c < k; c += WARP_SIZE) acc = fmaf(xr[c], wr[c], acc);
-    acc = wave_sum(acc);
-    if (lane == 0) out[(size_t)i * n + j] = acc;
+// ---------------------------------------------------------------------------------------------
+// Linear layers: out[m][n] = x[m][k] . w[n][k] with f32 activations and accumulation, for a
+// weight stored as f32, bf16 or MXFP4. Decode is bandwidth bound, so each weight byte is read
+// once per tile of LIN_TOKS tokens (all of a decode batch up to LIN_TOKS): a wave owns LIN_ROWS
+// output rows, loads 16 bytes of each row per lane and step, decodes them once into registers
+// and applies them to every token of the tile. Larger batches take grid.y token tiles (each
+// tile rereads the weight). When a layer has few rows, the waves of a block split k instead
+// (`ksplit` waves per row group, summed in a fixed order through shared memory), so small
+// projections still fill the device.
+// ---------------------------------------------------------------------------------------------
+
+// bf16 weights: a chunk is 8 elements (16 bytes); bf16 -> f32 is exact (bits << 16).
+struct Bf16Rows {
+    const u16* w;
+    int k;
+    typedef uint4 Reg;
+    enum { CHUNK = 8 };
+    __device__ __forceinline__ Reg load(int row, int c) const {
+        return *(const uint4*)(w + (size_t)row * k + (size_t)c * CHUNK);
+    }
+    __device__ __forceinline__ void decode(const Reg& r, int q, float* o) const {
+        (void)q;
+        u32 words[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            o[2 * i] = __uint_as_float(words[i] << 16);
+            o[2 * i + 1] = __uint_as_float(words[i] & 0xffff0000u);
+        }
+    }
+    __device__ __forceinline__ float scalar(int row, int e) const {
+        return __uint_as_float((u32)w[(size_t)row * k + e] << 16);
+    }
+};
+
+// f32 weights (a checkpoint tensor that is not bf16): a chunk is 8 elements (2 x 16 bytes).
+struct F32Rows {
+    const float* w;
+    int k;
+    struct Reg {
+        float4 a, b;
+    };
+    enum { CHUNK = 8 };
+    __device__ __forceinline__ Reg load(int row, int c) const {
+        const float4* p = (const float4*)(w + (size_t)row * k + (size_t)c * CHUNK);
+        Reg r;
+        r.a = p[0];
+        r.b = p[1];
+        return r;
+    }
+    __device__ __forceinline__ void decode(const Reg& r, int q, float* o) const {
+        (void)q;
+        o[0] = r.a.x; o[1] = r.a.y; o[2] = r.a.z; o[3] = r.a.w;
+        o[4] = r.b.x; o[5] = r.b.y; o[6] = r.b.z; o[7] = r.b.w;
+    }
+    __device__ __forceinline__ float scalar(int row, int e) const { return w[(size_t)row * k + e]; }
+};
+
+// MXFP4 weights: `packed` [n][k/2] (low nibble = even element), `scales` [n][k/32] E8M0. A
+// chunk is one MX block: 16 bytes of codes and its scale, decoded 8 elements at a time.
+struct Mxfp4Rows {
+    const u8* packed;
+    const u8* scales;
+    int k;
+    struct Reg {
+        uint4 p;
+        float s;
+    };
+    enum { CHUNK = MX_BLOCK };
+    __device__ __forceinline__ Reg load(int row, int c) const {
+        Reg r;
+        r.p = *(const uint4*)(packed + (size_t)row * (k / 2) + (size_t)c * (MX_BLOCK / 2));
+        r.s = e8m0_value(scales[(size_t)row * (k / MX_BLOCK) + c]);
+        return r;
+    }
+    __device__ __forceinline__ void decode(const Reg& r, int q, float* o) const {
+        u32 word = q == 0 ? r.p.x : q == 1 ? r.p.y : q == 2 ? r.p.z : r.p.w;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[i] = e2m1_value((word >> (4 * i)) & 15u) * r.s;
+    }
+    __device__ __forceinline__ float scalar(int row, int e) const {
+        u32 byte = packed[(size_t)row * (k / 2) + e / 2];
+        u32 code = (e & 1) ? (byte >> 4) : (byte & 15u);
+        return e2m1_value(code) * e8m0_value(scales[(size_t)row * (k / MX_BLOCK) + e / MX_BLOCK]);
+    }
+};
+
+// One block: OPS_WAVES / ksplit row groups of LIN_ROWS rows, each group's k range split over
+// `ksplit` waves; token tile blockIdx.y. The vector path needs k to be a multiple of the chunk
+// (rows and activation rows then start 16-byte aligned); otherwise every element goes through
+// the scalar loop.
+template <typename W>
+__device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict__ x, int m, int k,
+                                            int n, int ksplit, float* __restrict__ out) {
+    __shared__ float red[OPS_WAVES][LIN_ROWS][LIN_TOKS];
+    int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    int groups = OPS_WAVES / ksplit;
+    int g = wave / ksplit, p = wave % ksplit;
+    int row0 = (blockIdx.x * groups + g) * LIN_ROWS;
+    int t0 = blockIdx.y * LIN_TOKS;
+    int nt = min(LIN_TOKS, m - t0);
+    // Rows past n repeat the last row (in bounds) and are never written.
+    int rows[LIN_ROWS];
+#pragma unroll
+    for (int r = 0; r < LIN_ROWS; ++r) rows[r] = min(row0 + r, n - 1);
+    float acc[LIN_ROWS][LIN_TOKS];
+#pragma unroll
+    for (int r = 0; r < LIN_ROWS; ++r)
+#pragma unroll
+        for (int tt = 0; tt < LIN_TOKS; ++tt) acc[r][tt] = 0.0f;
+    const float* xt = x + (size_t)t0 * k;
+    int chunks = (k % W::CHUNK == 0) ? k / W::CHUNK : 0;
+    int stride = ksplit * WARP_SIZE, first = p * WARP_SIZE + lane;
+    for (int c = first; c < chunks; c += stride) {
+        typename W::Reg reg[LIN_ROWS];
+#pragma unroll
+        for (int r = 0; r < LIN_ROWS; ++r) reg[r] = wt.load(rows[r], c);
+#pragma unroll
+        for (int q = 0; q < W::CHUNK / 8; ++q) {
+            float w[LIN_ROWS][8];
+#pragma unroll
+            for (int r = 0; r < LIN_ROWS; ++r) wt.decode(reg[r], q, w[r]);
+            size_t e = (size_t)c * W::CHUNK + q * 8;
+#pragma unroll
+            for (int tt = 0; tt < LIN_TOKS; ++tt) {
+                if (tt < nt) {
+                    const float4* xv = (const float4*)(xt + (size_t)tt * k + e);
+                    float4 a = xv[0], b = xv[1];
+                    float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+#pragma unroll
+                    for (int r = 0; r < LIN_ROWS; ++r)
+#pragma unroll
+                        for (int i = 0; i < 8; ++i) acc[r][tt] = fmaf(xs[i], w[r][i], acc[r][tt]);
+                }
+            }
+        }
+    }
+    for (int e = chunks * W::CHUNK + first; e < k; e += stride) {
+#pragma unroll
+        for (int r = 0; r < LIN_ROWS; ++r) {
+            float wv = wt.scalar(rows[r], e);
+#pragma unroll
+            for (int tt = 0; tt < LIN_TOKS; ++tt)
+                if (tt < nt) acc[r][tt] = fmaf(xt[(size_t)tt * k + e], wv, acc[r][tt]);
+        }
+    }
+    // nt is uniform over the block, so every lane of a wave takes part in each shuffle.
+#pragma unroll
+    for (int r = 0; r < LIN_ROWS; ++r)
+#pragma unroll
+        for (int tt = 0; tt < LIN_TOKS; ++tt) {
+            if (tt < nt) {
+                float v = wave_sum(acc[r][tt]);
+                if (lane == 0) red[wave][r][tt] = v;
+            }
+        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < groups * LIN_ROWS * LIN_TOKS; i += OPS_THREADS) {
+        int tt = i % LIN_TOKS, r = (i / LIN_TOKS) % LIN_ROWS, gg = i / (LIN_TOKS * LIN_ROWS);
+        int row = (blockIdx.x * groups + gg) * LIN_ROWS + r;
+        if (tt >= nt || row >= n) continue;
+        float s = 0.0f;
+        for (int q = 0; q < ksplit; ++q) s += red[gg * ksplit + q][r][tt];
+        out[(size_t)(t0 + tt) * n + row] = s;
+    }
 }
 
-// out[m][n] = x[m][k] . dequant(w)[n][k] with an MXFP4 weight: `packed` [n][k/2] (low nibble =
-// even element), `scales` [n][k/32] E8M0. Each lane takes one byte (two elements) at a time.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, int k, int n,
+               int ksplit, float* __restrict__ out) {
+    F32Rows wt = {w, k};
+    linear_tile(wt, x, m, k, n, ksplit, out);
+}
+
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_bf16(const float* __restrict__ x, const u16* __restrict__ w, int m, int k, int n,
+                int ksplit, float* __restrict__ out) {
+    Bf16Rows wt = {w, k};
+    linear_tile(wt, x, m, k, n, ksplit, out);
+}
+
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_mxfp4(const float* __restrict__ x, const u8* __restrict__ packed,
-                 const u8* __restrict__ scales, int m, int k, int n, float* __restrict__ out) {
-    int lane = threadIdx.x % WARP_SIZE;
-    int j = blockIdx.x * OPS_WAVES + threadIdx.x / WARP_SIZE;
-    int i = blockIdx.y;
-    if (j >= n || i >= m) return;
-    const float* xr = x + (size_t)i * k;
-    const u8* wr = packed + (size_t)j * (k / 2);
-    const u8* sr = scales + (size_t)j * (k / MX_BLOCK);
-    float acc = 0.0f;
-    for (int b = lane; b < k / 2; b += WARP_SIZE) {
-        u32 byte = wr[b];
-        float s = e8m0_value(sr[(2 * b) / MX_BLOCK]);
-        float lo = e2m1_value(byte & 15u) * s, hi = e2m1_value(byte >> 4) * s;
-        acc = fmaf(xr[2 * b], lo, acc);
-        acc = fmaf(xr[2 * b + 1], hi, acc);
-    }
-    acc = wave_sum(acc);
-    if (lane == 0) out[(size_t)i * n + j] = acc;
+                 const u8* __restrict__ scales, int m, int k, int n, int ksplit,
+                 float* __restrict__ out) {
+    Mxfp4Rows wt = {packed, scales, k};
+    linear_tile(wt, x, m, k, n, ksplit, out);
 }
 
 // Dynamic MXFP4 fake quantization of `n_blocks` blocks of 32 values: quantize with the shared

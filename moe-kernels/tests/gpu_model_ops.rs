@@ -70,54 +70,111 @@ fn random_mxfp4(rng: &mut StdRng, rows: usize, cols: usize) -> Mxfp4Matrix {
     Mxfp4Matrix::new(rows, cols, packed, scales).unwrap()
 }
 
+/// Every weight format of the linear kernels against [`linear`], for decode batches below,
+/// at and above one token tile (1, 3, 8, 17, 64 tokens), on shapes that take each launch
+/// path: k split over a block's waves (few rows, long k), no split (many rows), rows not a
+/// multiple of a wave's rows, and a k off the 8-element chunks (the scalar path; dense only,
+/// MXFP4 needs whole blocks).
 #[test]
 fn linear_layers_match_the_reference() {
     let Some(device) = gpu() else { return };
     let ops = ModelOps::compile(&device).unwrap();
     let stream = device.create_stream().unwrap();
     let mut rng = StdRng::seed_from_u64(1);
-    for (m, k, n) in [(1, 64, 96), (5, 256, 40), (17, 7168 / 4, 33)] {
-        let x = normal(&mut rng, m * k, 1.0);
-        let dense = Linear::Dense(Matrix::new(n, k, normal(&mut rng, n * k, 0.1)).unwrap());
-        let w = random_mxfp4(&mut rng, n, k);
-        let layers = [
-            ("f32", dense),
-            (
-                "mxfp4 w4a16",
-                Linear::Mxfp4 {
-                    weight: w.clone(),
-                    activations: ActivationQuant::None,
-                },
-            ),
-            (
-                "mxfp4 w4a4 even",
-                Linear::Mxfp4 {
-                    weight: w.clone(),
-                    activations: ActivationQuant::Mxfp4(ScaleRule::Even),
-                },
-            ),
-            (
-                "mxfp4 w4a4 ocp",
-                Linear::Mxfp4 {
-                    weight: w,
-                    activations: ActivationQuant::Mxfp4(ScaleRule::Ocp),
-                },
-            ),
-        ];
-        let x_dev = device.upload(&x).unwrap();
-        for (name, layer) in &layers {
-            for mode in [ActivationMode::Quantized, ActivationMode::Unquantized] {
-                let mut want = vec![0f32; m * n];
-                linear(&x, m, layer, mode, &mut want);
+    let shapes = [(64, 96), (7168, 33), (512, 1030), (2048, 7)];
+    for m in [1, 3, 8, 17, 64] {
+        for (k, n) in shapes.into_iter().chain([(60, 9)]) {
+            let x = normal(&mut rng, m * k, 1.0);
+            let f32_values = normal(&mut rng, n * k, 0.1);
+            let bf16_values = f32_values
+                .iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect();
+            let mut layers = vec![
+                ("f32", Linear::Dense(Matrix::new(n, k, f32_values).unwrap())),
+                (
+                    "bf16",
+                    Linear::Dense(Matrix::new(n, k, bf16_values).unwrap()),
+                ),
+            ];
+            if k % 32 == 0 {
+                let w = random_mxfp4(&mut rng, n, k);
+                layers.extend([
+                    (
+                        "mxfp4 w4a16",
+                        Linear::Mxfp4 {
+                            weight: w.clone(),
+                            activations: ActivationQuant::None,
+                        },
+                    ),
+                    (
+                        "mxfp4 w4a4 even",
+                        Linear::Mxfp4 {
+                            weight: w.clone(),
+                            activations: ActivationQuant::Mxfp4(ScaleRule::Even),
+                        },
+                    ),
+                    (
+                        "mxfp4 w4a4 ocp",
+                        Linear::Mxfp4 {
+                            weight: w,
+                            activations: ActivationQuant::Mxfp4(ScaleRule::Ocp),
+                        },
+                    ),
+                ]);
+            }
+            let x_dev = device.upload(&x).unwrap();
+            for (name, layer) in &layers {
                 let w_dev = DeviceLinear::upload(&device, layer).unwrap();
-                let mut scratch = poisoned(&device, m * k);
-                let mut out = poisoned(&device, m * n);
-                ops.linear(&stream, &x_dev, m, &w_dev, mode, &mut scratch, &mut out)
-                    .unwrap();
-                stream.synchronize().unwrap();
-                check(&format!("linear {name} {mode:?} {m}x{k}x{n}"), &out, &want);
+                let stored = match &w_dev {
+                    DeviceLinear::Bf16 { .. } => "bf16",
+                    DeviceLinear::Dense { .. } => "f32",
+                    DeviceLinear::Mxfp4 { .. } => "mxfp4",
+                };
+                assert!(name.starts_with(stored), "{name} stored as {stored}");
+                for mode in [ActivationMode::Quantized, ActivationMode::Unquantized] {
+                    let mut want = vec![0f32; m * n];
+                    linear(&x, m, layer, mode, &mut want);
+                    let mut scratch = poisoned(&device, m * k);
+                    let mut out = poisoned(&device, m * n);
+                    ops.linear(&stream, &x_dev, m, &w_dev, mode, &mut scratch, &mut out)
+                        .unwrap();
+                    stream.synchronize().unwrap();
+                    check(&format!("linear {name} {mode:?} {m}x{k}x{n}"), &out, &want);
+                }
             }
         }
+    }
+}
+
+/// The embedding lookup from a bf16 table widens the exact rows; from an f32 table it copies.
+#[test]
+fn embedding_rows_match_the_table() {
+    let Some(device) = gpu() else { return };
+    let ops = ModelOps::compile(&device).unwrap();
+    let stream = device.create_stream().unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let (vocab, cols) = (300, 72);
+    let f32_values = normal(&mut rng, vocab * cols, 1.0);
+    let bf16_values: Vec<f32> = f32_values
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_f32())
+        .collect();
+    let ids: Vec<i32> = (0..13).map(|_| rng.random_range(0..vocab as i32)).collect();
+    let ids_dev = device.upload(&ids).unwrap();
+    for values in [f32_values, bf16_values] {
+        let table = Linear::Dense(Matrix::new(vocab, cols, values.clone()).unwrap());
+        let table = DeviceLinear::upload(&device, &table).unwrap();
+        let mut out = poisoned(&device, ids.len() * cols);
+        ops.embed_rows(&stream, &table, &ids_dev, ids.len(), &mut out)
+            .unwrap();
+        stream.synchronize().unwrap();
+        let got = out.to_vec().unwrap();
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| values[i as usize * cols..(i as usize + 1) * cols].to_vec())
+            .collect();
+        assert_eq!(got, want, "{table:?}");
     }
 }
 

@@ -3,6 +3,7 @@
 //! Each task lives in a module of its own, named for the task.
 
 mod bench_cpu_decode;
+mod bench_decode;
 mod bench_serve;
 mod cargo_build;
 mod check_kernels;
@@ -35,6 +36,10 @@ enum Task {
     TinyModel(tiny_model::Args),
     /// Decode tokens/s of the CPU forward pass on a synthetic model, and peak memory.
     BenchCpuDecode(bench_cpu_decode::Args),
+    /// GPU decode ITL of a Kimi-K2.5-shaped model (weights generated on the device), fusion
+    /// on/off, next to the bandwidth floor. Device workflow: build `target/release/bench-decode`
+    /// here (`cargo build --release -p model-deepseek --bin bench-decode`), carry it, run it there.
+    BenchDecode(bench_decode::Args),
     /// Compile every `*.hip` kernel for NVIDIA (NVRTC) and AMD (hipcc) without a GPU.
     CheckKernels(check_kernels::Args),
     /// Build the runtime's GPU check programs and stage them for the device machine.
@@ -52,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Task::BenchServe(args) => bench_serve::run(args),
         Task::TinyModel(args) => tiny_model::run(args),
         Task::BenchCpuDecode(args) => bench_cpu_decode::run(args),
+        Task::BenchDecode(args) => bench_decode::run(args),
         Task::CheckKernels(args) => check_kernels::run(args),
         Task::DeviceCheck(args) => device_check::run(args),
         Task::Fuzz(args) => fuzz::run(args),

@@ -14,6 +14,7 @@ pub mod blocks;
 mod cache;
 mod model;
 pub mod plan;
+pub mod synthetic;
 mod weights;
 
 pub use blocks::{BlockError, KV_BLOCK_TOKENS};

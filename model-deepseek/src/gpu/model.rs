@@ -11,8 +11,8 @@ use crate::config::ModelConfig;
 use crate::kv_cache::SeqId;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
 use crate::sampling::{Picked, SampledChunk, check_picks};
-use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps, PagedKeys, mla_max_keys};
-use moe_kernels::gpu::{MoeKernels, MoeWorkspace, RowPick, SamplingKernel};
+use moe_kernels::gpu::model_ops::{ModelOps, PagedKeys, mla_max_keys};
+use moe_kernels::gpu::{MoeKernels, MoeWorkspace, RowPick, SamplingKernel, SharedExpertMode};
 use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
 use runtime_rocm::{Device, DeviceBuffer, Stream};
 use std::collections::HashSet;
@@ -149,6 +149,19 @@ impl GpuModel {
         );
         let mode = model.options().activations;
         let weights = DeviceWeights::upload(device, &config, model.weights(), mode)?;
+        Self::assemble(device, config, model.options(), options, plan, weights)
+    }
+
+    /// Compiles the kernels and allocates the workspace around weights already on `device`
+    /// (placed by `plan`, which has been checked to fit).
+    pub(crate) fn assemble(
+        device: &Device,
+        config: ModelConfig,
+        forward: ForwardOptions,
+        options: GpuOptions,
+        plan: MemoryPlan,
+        weights: DeviceWeights,
+    ) -> Result<Self, GpuModelError> {
         let moe = match weights.layers.iter().find_map(|l| match &l.ffn {
             DeviceFfn::Moe(m) => Some(m),
             DeviceFfn::Dense(_) => None,
@@ -182,13 +195,41 @@ impl GpuModel {
             rope: config.rope(),
             context: context_length(device, &config),
             config,
-            options: model.options(),
+            options: forward,
             gpu_options: options,
             plan,
             moe,
             weights,
             dims,
         })
+    }
+
+    /// Runs every MoE layer whose shared expert is stacked with the routed experts (it has
+    /// their format) either fused, as one more slot of the routed pass, or as a separate pass
+    /// of the same kernels. The two are the same computation; this exists to measure one
+    /// against the other on the same weights. Returns how many layers it switched.
+    pub fn set_shared_expert_fusion(&mut self, fused: bool) -> usize {
+        let mut switched = 0;
+        for layer in &mut self.weights.layers {
+            if let DeviceFfn::Moe(m) = &mut layer.ffn {
+                let n_shared = m.experts.shape().n_shared;
+                if m.shared_mlp.is_none() && n_shared > 0 {
+                    m.mode = if fused {
+                        SharedExpertMode::Fused
+                    } else {
+                        SharedExpertMode::Separate
+                    };
+                    m.params.shared_slots = if fused { n_shared } else { 0 };
+                    switched += 1;
+                }
+            }
+        }
+        switched
+    }
+
+    /// Bytes of every weight buffer on the device (what [`MemoryPlan::weights`] predicts).
+    pub fn weight_bytes_allocated(&self) -> u64 {
+        self.weights.device_bytes()
     }
 
     /// The memory plan the model was placed with.
@@ -310,15 +351,13 @@ impl GpuModel {
         }
         let call = self.prepare(chunks, cache)?;
         let t = call.tokens;
-        let h = self.config.hidden_size;
         let ids: Vec<i32> = chunks
             .iter()
             .flat_map(|c| c.tokens.iter().map(|&tok| tok as i32))
             .collect();
         let ids = self.device.upload(&ids)?;
-        let embed = dense(&self.weights.embed);
         self.ops
-            .gather_rows(&self.stream, embed, &ids, t, h, &mut self.acts.x)?;
+            .embed_rows(&self.stream, &self.weights.embed, &ids, t, &mut self.acts.x)?;
         let mut call = call;
         for l in 0..self.weights.layers.len() {
             self.layer(l, &mut call, cache)?;
@@ -635,14 +674,6 @@ impl GpuModel {
 /// Each chunk's sequence and its number of new tokens.
 fn appends(chunks: &[SequenceChunk<'_>]) -> Vec<(SeqId, usize)> {
     chunks.iter().map(|c| (c.seq, c.tokens.len())).collect()
-}
-
-/// The f32 buffer of a dense layer (the embedding is always dense).
-fn dense(l: &DeviceLinear) -> &DeviceBuffer<f32> {
-    match l {
-        DeviceLinear::Dense { weight, .. } => weight,
-        DeviceLinear::Mxfp4 { .. } => unreachable!("the embedding is uploaded dense"),
-    }
 }
 
 /// `delta = down(silu(gate(normed)) · up(normed))`.

@@ -5,8 +5,10 @@
 use super::blocks::{KV_BLOCK_TOKENS, blocks_for};
 use crate::config::ModelConfig;
 use crate::loader::catalog::Role;
+use crate::loader::header::Dtype;
 use crate::loader::{LinearFormat, Plan};
-use crate::weights::{FeedForward, Linear, MlpWeights, ModelWeights, QueryWeights};
+use crate::weights::{FeedForward, Linear, Matrix, MlpWeights, ModelWeights, QueryWeights};
+use moe_kernels::gpu::model_ops::{dense_is_bf16, linear_device_bytes};
 use thiserror::Error;
 
 /// Bytes kept free for what the plan does not count: the driver context, loaded kernel code,
@@ -74,8 +76,9 @@ pub enum PlanError {
 /// The device memory one model instance needs, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryPlan {
-    /// Weights as uploaded (dense f32, MXFP4 packed codes and scales; `kv_b_proj` dense f32,
-    /// since attention reads it dequantized).
+    /// Weights as uploaded (dense linear layers, embedding and router in bf16 — f32 where a
+    /// value is not a bf16 —, norms and biases f32, MXFP4 packed codes and scales;
+    /// `kv_b_proj` dense f32, since attention reads it dequantized).
     pub weights: u64,
     /// The latent KV cache: the block pool (f32 latent and rope key, every layer) and its
     /// block tables as uploaded per call (4 bytes a block).
@@ -126,7 +129,7 @@ impl MemoryPlan {
         Self::from_parts(c, planned_weight_bytes(plan), slots, kv, max_batch_tokens)
     }
 
-    fn from_parts(
+    pub(crate) fn from_parts(
         config: &ModelConfig,
         weights: u64,
         moe_slots: Option<usize>,
@@ -205,10 +208,11 @@ pub fn kv_bytes_per_block(config: &ModelConfig) -> u64 {
 }
 
 fn linear_bytes(l: &Linear) -> u64 {
-    match l {
-        Linear::Dense(m) => (m.data.len() * 4) as u64,
-        Linear::Mxfp4 { weight, .. } => (weight.packed().len() + weight.scales().len()) as u64,
-    }
+    linear_device_bytes(l) as u64
+}
+
+fn matrix_bytes(m: &Matrix) -> u64 {
+    (if dense_is_bf16(&m.data) { 2 } else { 4 } * m.data.len()) as u64
 }
 
 fn mlp_bytes(m: &MlpWeights) -> u64 {
@@ -221,7 +225,7 @@ fn vec_bytes(v: &[f32]) -> u64 {
 
 /// Bytes the weights take on the device, as [`super::GpuModel`] uploads them.
 pub fn device_weight_bytes(w: &ModelWeights) -> u64 {
-    let mut total = vec_bytes(&w.embed_tokens.data) + vec_bytes(&w.norm);
+    let mut total = matrix_bytes(&w.embed_tokens) + vec_bytes(&w.norm);
     total += w.lm_head.as_ref().map_or(0, linear_bytes);
     for layer in &w.layers {
         let a = &layer.attention;
@@ -240,7 +244,7 @@ pub fn device_weight_bytes(w: &ModelWeights) -> u64 {
         total += match &layer.feed_forward {
             FeedForward::Dense(m) => mlp_bytes(m),
             FeedForward::Moe(moe) => {
-                vec_bytes(&moe.router.data)
+                matrix_bytes(&moe.router)
                     + vec_bytes(&moe.correction_bias)
                     + moe.experts.iter().map(mlp_bytes).sum::<u64>()
                     + moe.shared.as_ref().map_or(0, mlp_bytes)
@@ -251,9 +255,11 @@ pub fn device_weight_bytes(w: &ModelWeights) -> u64 {
 }
 
 /// Bytes the weights of a checkpoint's load plan will take on the device, as
-/// [`device_weight_bytes`] counts them once loaded: bf16 tensors widen to f32, MXFP4 layers
-/// keep codes and scales, `kv_b_proj` goes up dense; the multi-token-prediction layers (not
-/// run) are not counted.
+/// [`device_weight_bytes`] counts them once loaded: bf16 linear layers, embedding and router
+/// stay bf16 (f32 and f16 tensors are counted at 4 bytes, an upper bound: one whose values all
+/// happen to be bf16 goes up in 2), norms and biases widen to f32, MXFP4 layers keep codes and
+/// scales, `kv_b_proj` goes up dense f32; the multi-token-prediction layers (not run) are not
+/// counted.
 pub fn planned_weight_bytes(plan: &Plan) -> u64 {
     let layers = plan.config.model.num_hidden_layers;
     plan.expected
@@ -269,9 +275,19 @@ pub fn planned_weight_bytes(plan: &Plan) -> u64 {
         .map(|e| {
             let elements: usize = e.shape.iter().product();
             let dense = (elements * 4) as u64;
+            let tensor = match e.role {
+                Role::Linear => format!("{}.weight", e.name),
+                _ => e.name.clone(),
+            };
+            let stored_bf16 = plan
+                .checkpoint
+                .tensors()
+                .get(&tensor)
+                .is_some_and(|t| t.dtype == Dtype::Bf16);
             match (e.role, e.format) {
                 _ if e.canonical.ends_with("self_attn.kv_b_proj") => dense,
                 (Role::Linear, LinearFormat::Mxfp4 { .. }) => (elements / 2 + elements / 32) as u64,
+                (Role::Linear | Role::Embedding | Role::Router, _) if stored_bf16 => dense / 2,
                 _ => dense,
             }
         })

@@ -32,6 +32,17 @@ impl DeviceMlp {
     pub fn intermediate(&self) -> usize {
         self.gate.out_features()
     }
+
+    fn device_bytes(&self) -> u64 {
+        [&self.gate, &self.up, &self.down]
+            .iter()
+            .map(|l| l.device_bytes() as u64)
+            .sum()
+    }
+}
+
+fn vector_bytes<T: bytemuck::Pod>(b: &DeviceBuffer<T>) -> u64 {
+    (b.len() * size_of::<T>()) as u64
 }
 
 /// The query projection on the device.
@@ -101,6 +112,34 @@ pub(crate) struct DeviceWeights {
 }
 
 impl DeviceWeights {
+    /// Bytes of every buffer held.
+    pub fn device_bytes(&self) -> u64 {
+        let linear = |l: &DeviceLinear| l.device_bytes() as u64;
+        let mut total = linear(&self.embed) + vector_bytes(&self.norm);
+        total += self.lm_head.as_ref().map_or(0, linear);
+        for layer in &self.layers {
+            let a = &layer.attention;
+            total += vector_bytes(&layer.input_norm) + vector_bytes(&layer.post_norm);
+            total += match &a.query {
+                DeviceQuery::Lora { a, norm, b } => linear(a) + vector_bytes(norm) + linear(b),
+                DeviceQuery::Direct(q) => linear(q),
+            };
+            total += linear(&a.kv_a) + vector_bytes(&a.kv_a_norm) + vector_bytes(&a.kv_b);
+            total += linear(&a.o_proj);
+            total += match &layer.ffn {
+                DeviceFfn::Dense(m) => m.device_bytes(),
+                DeviceFfn::Moe(m) => {
+                    let shape = m.experts.shape();
+                    linear(&m.router)
+                        + vector_bytes(&m.bias)
+                        + (shape.slots() * shape.bytes_per_expert()) as u64
+                        + m.shared_mlp.as_ref().map_or(0, DeviceMlp::device_bytes)
+                }
+            };
+        }
+        total
+    }
+
     pub fn upload(
         device: &Device,
         c: &ModelConfig,

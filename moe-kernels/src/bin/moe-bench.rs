@@ -21,9 +21,10 @@ use std::process::{Command, ExitCode};
 use half::bf16;
 use moe_kernels::gpu::{
     GpuError, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, SharedExpertMode, Synthetic,
+    copy_bandwidth,
 };
 use moe_kernels::reference::{ActivationQuant, RoutingParams, ScaleRule};
-use runtime_rocm::{Device, DeviceBuffer, Graph, Stream};
+use runtime_rocm::{Device, DeviceBuffer, Graph};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -161,24 +162,6 @@ fn median(values: &mut [f64]) -> f64 {
     } else {
         0.5 * (values[n / 2 - 1] + values[n / 2])
     }
-}
-
-/// Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written.
-fn copy_bandwidth(device: &Device, stream: &Stream) -> Result<f64> {
-    const BYTES: usize = 2 << 30;
-    let src: DeviceBuffer<u8> = device.alloc_zeroed(BYTES)?;
-    let mut dst: DeviceBuffer<u8> = device.alloc_zeroed(BYTES)?;
-    let mut times = Vec::new();
-    for i in 0..12 {
-        let start = stream.record_event()?;
-        dst.copy_from_async(&src, stream)?;
-        let end = stream.record_event()?;
-        end.synchronize()?;
-        if i >= 2 {
-            times.push(f64::from(start.elapsed_ms(&end)?) * 1e-3);
-        }
-    }
-    Ok(2.0 * BYTES as f64 / median(&mut times))
 }
 
 struct Measured {

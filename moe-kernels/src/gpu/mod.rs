@@ -4,12 +4,14 @@
 //! Every launcher mirrors the CPU reference op it is checked against
 //! ([`crate::reference`]): same parameters, same meaning; only the data lives on the device.
 
+mod bandwidth;
 mod error;
 pub mod model_ops;
 mod moe;
 mod sampling;
 mod synthetic;
 
+pub use bandwidth::copy_bandwidth;
 pub use error::GpuError;
 pub use moe::{
     MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,

@@ -6,9 +6,12 @@
 //! Each launcher computes what the CPU reference op of the same name computes
 //! ([`crate::reference`]), in f32, up to summation order. Buffers may be longer than a call
 //! needs (workspaces are sized for the largest batch); each is checked to be long enough.
-//! The linear kernels are simple and correct (one wave per output element), not fast: a
-//! tuned GEMM, or vendor BLAS (hipBLASLt / cuBLASLt loaded at run time), is the next step.
+//! The linear kernels are built for decode: each weight byte is read once per tile of
+//! [`LINEAR_TOKEN_TILE`] tokens (so once per step for a decode batch of up to that many
+//! sequences), 16 bytes per lane and load; larger batches reread the weight once per tile. A
+//! tensor-core GEMM for prefill-sized batches is not there yet.
 
+use half::bf16;
 use runtime_rocm::{
     Defines, Device, DeviceBuffer, Function, KernelSource, LaunchConfig, Stream, kernel_source,
 };
@@ -22,6 +25,13 @@ const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/model_ops.hi
 const THREADS: u32 = 256;
 /// MX block size.
 const BLOCK: usize = 32;
+/// Output rows per wave of the linear kernels (`LIN_ROWS`).
+const LINEAR_ROWS: usize = 4;
+/// Tokens that share one read of a linear layer's weight (`LIN_TOKS`).
+pub const LINEAR_TOKEN_TILE: usize = 8;
+/// Blocks a linear launch aims for before it stops splitting k over more waves: a few per
+/// compute unit of the largest devices, so small projections still keep every unit busy.
+const LINEAR_TARGET_BLOCKS: usize = 1024;
 
 fn room<T: bytemuck::Pod>(
     name: &'static str,
@@ -52,7 +62,17 @@ fn grid(parameter: &'static str, value: usize) -> Result<u32, GpuError> {
 /// A linear layer's weight on the device, in the format the checkpoint stores it.
 #[derive(Debug)]
 pub enum DeviceLinear {
-    /// f32 `[out, in]`.
+    /// bf16 `[out, in]`: a dense weight whose every value is a bf16 (always so for a
+    /// checkpoint's bf16 tensor, which the host holds widened to f32), stored exactly.
+    Bf16 {
+        /// The weight.
+        weight: DeviceBuffer<bf16>,
+        /// Output features.
+        out: usize,
+        /// Input features.
+        input: usize,
+    },
+    /// f32 `[out, in]`: a dense weight with values bf16 cannot hold exactly.
     Dense {
         /// The weight.
         weight: DeviceBuffer<f32>,
@@ -77,9 +97,18 @@ pub enum DeviceLinear {
 }
 
 impl DeviceLinear {
-    /// Uploads a reference weight as it is stored.
+    /// Uploads a reference weight as it is stored: a dense weight as bf16 when that is exact
+    /// (see [`dense_is_bf16`]), else as f32; MXFP4 as codes and scales.
     pub fn upload(device: &Device, w: &Linear) -> Result<Self, GpuError> {
         Ok(match w {
+            Linear::Dense(m) if dense_is_bf16(&m.data) => {
+                let narrow: Vec<bf16> = m.data.iter().map(|&v| bf16::from_f32(v)).collect();
+                DeviceLinear::Bf16 {
+                    weight: device.upload(&narrow)?,
+                    out: m.rows,
+                    input: m.cols,
+                }
+            }
             Linear::Dense(m) => DeviceLinear::Dense {
                 weight: device.upload(&m.data)?,
                 out: m.rows,
@@ -101,15 +130,43 @@ impl DeviceLinear {
     /// Output features.
     pub fn out_features(&self) -> usize {
         match self {
-            DeviceLinear::Dense { out, .. } | DeviceLinear::Mxfp4 { out, .. } => *out,
+            DeviceLinear::Bf16 { out, .. }
+            | DeviceLinear::Dense { out, .. }
+            | DeviceLinear::Mxfp4 { out, .. } => *out,
         }
     }
 
     /// Input features.
     pub fn in_features(&self) -> usize {
         match self {
-            DeviceLinear::Dense { input, .. } | DeviceLinear::Mxfp4 { input, .. } => *input,
+            DeviceLinear::Bf16 { input, .. }
+            | DeviceLinear::Dense { input, .. }
+            | DeviceLinear::Mxfp4 { input, .. } => *input,
         }
+    }
+
+    /// Bytes the weight occupies on the device.
+    pub fn device_bytes(&self) -> usize {
+        match self {
+            DeviceLinear::Bf16 { weight, .. } => weight.len() * 2,
+            DeviceLinear::Dense { weight, .. } => weight.len() * 4,
+            DeviceLinear::Mxfp4 { packed, scales, .. } => packed.len() + scales.len(),
+        }
+    }
+}
+
+/// Whether every value of a dense weight is exactly a bf16 (NaN payloads included), so it can
+/// be stored as bf16 with nothing lost. [`DeviceLinear::upload`] decides by this.
+pub fn dense_is_bf16(values: &[f32]) -> bool {
+    values.iter().all(|v| v.to_bits() & 0xffff == 0)
+}
+
+/// Bytes [`DeviceLinear::upload`] stores for a reference weight.
+pub fn linear_device_bytes(w: &Linear) -> usize {
+    match w {
+        Linear::Dense(m) if dense_is_bf16(&m.data) => m.data.len() * 2,
+        Linear::Dense(m) => m.data.len() * 4,
+        Linear::Mxfp4 { weight, .. } => weight.packed().len() + weight.scales().len(),
     }
 }
 
@@ -155,8 +212,10 @@ pub struct ModelOps {
     wave_size: u32,
     max_shared_memory: u32,
     gather_rows: Function,
+    gather_rows_bf16: Function,
     rmsnorm: Function,
     linear_f32: Function,
+    linear_bf16: Function,
     linear_mxfp4: Function,
     fake_quantize: Function,
     rope: Function,
@@ -174,14 +233,20 @@ impl ModelOps {
                 device: device.id(),
             });
         }
-        let module = device.compile(&SOURCE, &Defines::new().set("OPS_THREADS", THREADS))?;
+        let defines = Defines::new()
+            .set("OPS_THREADS", THREADS)
+            .set("LIN_ROWS", LINEAR_ROWS)
+            .set("LIN_TOKS", LINEAR_TOKEN_TILE);
+        let module = device.compile(&SOURCE, &defines)?;
         let f = |name: &str| module.function(name);
         Ok(ModelOps {
             wave_size: device.info().wave_size,
             max_shared_memory: device.info().max_shared_memory_per_block,
             gather_rows: f("ops_gather_rows")?,
+            gather_rows_bf16: f("ops_gather_rows_bf16")?,
             rmsnorm: f("ops_rmsnorm")?,
             linear_f32: f("ops_linear_f32")?,
+            linear_bf16: f("ops_linear_bf16")?,
             linear_mxfp4: f("ops_linear_mxfp4")?,
             fake_quantize: f("ops_fake_quantize")?,
             rope: f("ops_rope")?,
@@ -211,6 +276,39 @@ impl ModelOps {
             &[table, ids, &int("rows", rows)?, &int("cols", cols)?, out],
         )?;
         Ok(())
+    }
+
+    /// The rows `ids` of a dense weight table (the embedding), widened to f32 in `out`. Ids
+    /// must be below the table's row count.
+    pub fn embed_rows(
+        &self,
+        stream: &Stream,
+        table: &DeviceLinear,
+        ids: &DeviceBuffer<i32>,
+        rows: usize,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), GpuError> {
+        let cols = table.in_features();
+        match table {
+            DeviceLinear::Dense { weight, .. } => {
+                self.gather_rows(stream, weight, ids, rows, cols, out)
+            }
+            DeviceLinear::Bf16 { weight, .. } => {
+                room("ids", ids, rows)?;
+                room("out", out, rows * cols)?;
+                stream.launch(
+                    &self.gather_rows_bf16,
+                    LaunchConfig::linear(rows * cols, THREADS),
+                    &[weight, ids, &int("rows", rows)?, &int("cols", cols)?, out],
+                )?;
+                Ok(())
+            }
+            DeviceLinear::Mxfp4 { .. } => Err(GpuError::Parameter {
+                parameter: "table",
+                value: "MXFP4".into(),
+                reason: "an embedding table is dense (bf16 or f32)".into(),
+            }),
+        }
     }
 
     /// [`crate::reference::rmsnorm`] of `rows` rows of `weight.len()` values read every
@@ -275,21 +373,36 @@ impl ModelOps {
         if m == 0 || n == 0 {
             return Ok(());
         }
-        let waves = THREADS / self.wave_size;
+        let waves = (THREADS / self.wave_size) as usize;
+        let chunk = match w {
+            DeviceLinear::Mxfp4 { .. } => BLOCK,
+            DeviceLinear::Bf16 { .. } | DeviceLinear::Dense { .. } => 8,
+        };
+        let tiles = m.div_ceil(LINEAR_TOKEN_TILE);
+        let ksplit = k_split(n, k.div_ceil(chunk), tiles, waves, self.wave_size as usize);
+        let rows_per_block = LINEAR_ROWS * waves / ksplit;
         let config = LaunchConfig {
             grid: [
-                grid("out features", n.div_ceil(waves as usize))?,
-                grid("m", m)?,
+                grid("out features", n.div_ceil(rows_per_block))?,
+                grid("token tiles", tiles)?,
                 1,
             ],
             block: [THREADS, 1, 1],
             shared_mem_bytes: 0,
         };
         let (mi, ki, ni) = (int("m", m)?, int("in", k)?, int("out", n)?);
+        let ks = int("ksplit", ksplit)?;
         match w {
-            DeviceLinear::Dense { weight, .. } => {
-                stream.launch(&self.linear_f32, config, &[x, weight, &mi, &ki, &ni, out])?
-            }
+            DeviceLinear::Bf16 { weight, .. } => stream.launch(
+                &self.linear_bf16,
+                config,
+                &[x, weight, &mi, &ki, &ni, &ks, out],
+            )?,
+            DeviceLinear::Dense { weight, .. } => stream.launch(
+                &self.linear_f32,
+                config,
+                &[x, weight, &mi, &ki, &ni, &ks, out],
+            )?,
             DeviceLinear::Mxfp4 {
                 packed,
                 scales,
@@ -306,7 +419,7 @@ impl ModelOps {
                 stream.launch(
                     &self.linear_mxfp4,
                     config,
-                    &[input, packed, scales, &mi, &ki, &ni, out],
+                    &[input, packed, scales, &mi, &ki, &ni, &ks, out],
                 )?
             }
         }
@@ -528,5 +641,53 @@ impl ModelOps {
             &[x, d, &int("n", n)?],
         )?;
         Ok(())
+    }
+}
+
+/// How many waves of a block share one group of output rows, splitting k between them: the
+/// smallest power of two (up to the block's `waves`) that gives the launch
+/// [`LINEAR_TARGET_BLOCKS`] blocks, as long as every wave keeps at least two loads per lane.
+fn k_split(n: usize, k_chunks: usize, token_tiles: usize, waves: usize, wave_size: usize) -> usize {
+    let blocks = |ks: usize| n.div_ceil(LINEAR_ROWS * waves / ks) * token_tiles;
+    let mut ks = 1;
+    while ks < waves && blocks(ks) < LINEAR_TARGET_BLOCKS && k_chunks >= 2 * 2 * ks * wave_size {
+        ks *= 2;
+    }
+    ks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_exactness_is_decided_by_the_low_bits() {
+        let exact: Vec<f32> = [1.0f32, -0.375, 3.0e38, 0.0, -0.0]
+            .iter()
+            .map(|&v| bf16::from_f32(v).to_f32())
+            .collect();
+        assert!(dense_is_bf16(&exact));
+        assert!(!dense_is_bf16(&[1.0, 1.0 + f32::EPSILON]));
+        assert!(dense_is_bf16(&[]));
+    }
+
+    #[test]
+    fn k_split_fills_the_device_only_where_rows_are_few() {
+        // Kimi-K2.5 shapes on an NVIDIA block of 8 waves of 32 (chunks of 8 bf16 values).
+        // lm_head has rows enough: no split. o_proj (224 blocks unsplit) splits over the
+        // whole block (each wave still makes 4 loads per lane and row).
+        assert_eq!(k_split(163_840, 7168 / 8, 1, 8, 32), 1);
+        assert_eq!(k_split(7168, 8192 / 8, 1, 8, 32), 8);
+        // An MXFP4 down projection (k 2048 = 64 blocks) is too short to split.
+        assert_eq!(k_split(7168, 2048 / 32, 1, 8, 32), 1);
+        // kv_a (576 rows) and q_a (1536 rows) split k over every wave of the block.
+        assert_eq!(k_split(576, 7168 / 8, 1, 8, 32), 8);
+        assert_eq!(k_split(1536, 7168 / 8, 1, 8, 32), 8);
+        // A short k keeps each wave busy rather than splitting further.
+        assert_eq!(k_split(576, 512 / 8, 1, 8, 32), 1);
+        // Many token tiles already give the blocks.
+        assert_eq!(k_split(7168, 8192 / 8, 8, 8, 32), 1);
+        // The split never exceeds the block's waves.
+        assert_eq!(k_split(4, 1 << 20, 1, 4, 64), 4);
     }
 }

@@ -101,19 +101,23 @@ impl MoeShape {
         3 * self.hidden * self.inter / 2 + 3 * self.hidden * self.inter / BLOCK
     }
 
-    fn w13_len(&self) -> usize {
+    /// Bytes of the stacked gate+up codes (`w13`).
+    pub fn w13_len(&self) -> usize {
         self.slots() * 2 * self.inter * self.hidden / 2
     }
 
-    fn s13_len(&self) -> usize {
+    /// Bytes of the gate+up scales (`s13`).
+    pub fn s13_len(&self) -> usize {
         self.slots() * 2 * self.inter * self.hidden / BLOCK
     }
 
-    fn w2_len(&self) -> usize {
+    /// Bytes of the down codes (`w2`).
+    pub fn w2_len(&self) -> usize {
         self.slots() * self.hidden * self.inter / 2
     }
 
-    fn s2_len(&self) -> usize {
+    /// Bytes of the down scales (`s2`).
+    pub fn s2_len(&self) -> usize {
         self.slots() * self.hidden * self.inter / BLOCK
     }
 

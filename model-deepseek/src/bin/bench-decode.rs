@@ -1,0 +1,333 @@
+//! `bench-decode`: batched decode of a Kimi-K2.5-shaped model on one GPU, fusion on and off,
+//! next to the bandwidth floor of the bytes each step must read.
+//!
+//! The model has Kimi-K2.5's real layer dimensions (hidden 7168, 64 heads, MLA with q_lora
+//! 1536 / kv_lora 512, 384 routed + 1 shared MXFP4 experts, top-8, the dense first layer,
+//! vocab 163840) and as many layers as fit the device next to the KV cache and workspace.
+//! Its weights are generated in device memory from a seed: a checkpoint of that size (~60 GB
+//! for the layers one 80 GB card holds, ~600 GB for all 61) cannot be written to and read from
+//! the device machine's disk in a benchmark's time.
+//!
+//! For each concurrency c, c sequences get a random prompt, then decode steps run with the
+//! shared expert fused and unfused alternately (the same weights, interleaved so both see the
+//! same context lengths and clocks). Inter-token latency (ITL) is the median wall time of a
+//! step (`GpuModel::forward_sampled` with a greedy pick on the device, as the server decodes:
+//! one token per sequence comes back, no logits).
+//! The floor is the bytes the step must move (`decode_step_bytes`: dense and attention
+//! weights, routers, the expected distinct experts of c tokens × top-8 plus the shared one,
+//! the KV rows read and written, embedding rows, `lm_head`) divided by the device-to-device
+//! copy bandwidth measured in the same run.
+//!
+//! ```text
+//! bench-decode [--device auto] [--concurrency 1,4,16,64] [--steps 16] [--prompt 16]
+//!              [--layers N] [--seed 7]
+//! ```
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use model_deepseek::gpu::blocks::blocks_for;
+use model_deepseek::gpu::synthetic::{
+    KIMI_K25_LAYERS, decode_step_bytes, kimi_k25_config, kimi_k25_layers_that_fit, synthetic_plan,
+};
+use model_deepseek::gpu::{GpuKvCache, GpuModel, GpuOptions, KvBudget};
+use model_deepseek::sampling::{ChunkPick, Picked, SampledChunk, SamplingRule};
+use model_deepseek::{SeqId, SequenceChunk};
+use moe_kernels::gpu::copy_bandwidth;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use runtime_rocm::Device;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Most tokens per forward call: prompts are prefilled this many tokens at a time.
+const MAX_BATCH_TOKENS: usize = 256;
+
+struct Args {
+    device: String,
+    concurrency: Vec<usize>,
+    steps: usize,
+    prompt: usize,
+    layers: Option<usize>,
+    seed: u32,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        device: "auto".into(),
+        concurrency: vec![1, 4, 16, 64],
+        steps: 16,
+        prompt: 16,
+        layers: None,
+        seed: 7,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |flag: &str, v: String| -> Result<usize> {
+            Ok(v.parse().map_err(|e| format!("{flag}: {v}: {e}"))?)
+        };
+        match flag.as_str() {
+            "--device" => args.device = value()?,
+            "--concurrency" => {
+                args.concurrency = value()?
+                    .split(',')
+                    .map(|c| number("--concurrency", c.to_owned()))
+                    .collect::<Result<_>>()?
+            }
+            "--steps" => args.steps = number("--steps", value()?)?,
+            "--prompt" => args.prompt = number("--prompt", value()?)?,
+            "--layers" => args.layers = Some(number("--layers", value()?)?),
+            "--seed" => args.seed = number("--seed", value()?)? as u32,
+            "--help" | "-h" => {
+                println!(
+                    "bench-decode [--device auto] [--concurrency 1,4,16,64] [--steps 16] \
+                     [--prompt 16] [--layers N] [--seed 7]\n\n\
+                     Decode ITL of a Kimi-K2.5-shaped model (weights generated on the GPU \
+                     from the seed; as many layers as fit unless --layers), fusion on and off, \
+                     next to the bandwidth floor. See the source's doc comment."
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    if args.concurrency.is_empty() || args.concurrency.contains(&0) {
+        return Err("--concurrency must list positive sizes".into());
+    }
+    if args.steps == 0 || args.prompt == 0 {
+        return Err("--steps and --prompt must be positive".into());
+    }
+    if args.concurrency.iter().any(|&c| c > MAX_BATCH_TOKENS) || args.prompt > MAX_BATCH_TOKENS {
+        return Err(format!("--concurrency and --prompt go up to {MAX_BATCH_TOKENS}").into());
+    }
+    Ok(args)
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        0.5 * (values[n / 2 - 1] + values[n / 2])
+    }
+}
+
+/// Starts `c` sequences with random prompts of `prompt` tokens (prefilled a few sequences per
+/// call) and returns each one's first generated token. All the benchmark's cache handling is
+/// here and in [`finish_sequences`].
+fn start_sequences(
+    model: &mut GpuModel,
+    cache: &mut GpuKvCache,
+    c: usize,
+    prompt: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Vec<(SeqId, u32)>> {
+    let vocab = model.config().vocab_size as u32;
+    let prompts: Vec<Vec<u32>> = (0..c)
+        .map(|_| (0..prompt).map(|_| rng.random_range(0..vocab)).collect())
+        .collect();
+    let per_call = (MAX_BATCH_TOKENS / prompt).max(1);
+    let mut out = Vec::with_capacity(c);
+    for (group, prompts) in prompts.chunks(per_call).enumerate() {
+        let chunks: Vec<SampledChunk<'_>> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| greedy(SeqId((group * per_call + i) as u64), p))
+            .collect();
+        let picked = model.forward_sampled(&chunks, cache)?;
+        for (chunk, pick) in chunks.iter().zip(picked) {
+            out.push((chunk.chunk.seq, token_of(pick)?));
+        }
+    }
+    Ok(out)
+}
+
+/// A chunk whose next token is picked greedily on the device, as the server decodes.
+fn greedy(seq: SeqId, tokens: &[u32]) -> SampledChunk<'_> {
+    SampledChunk {
+        chunk: SequenceChunk { seq, tokens },
+        pick: Some(ChunkPick {
+            rule: SamplingRule::GREEDY,
+            u: 0.0,
+            logits: false,
+        }),
+    }
+}
+
+fn token_of(pick: Option<Picked>) -> Result<u32> {
+    Ok(pick.ok_or("a greedy pick returned no token")?.token)
+}
+
+fn finish_sequences(cache: &mut GpuKvCache, seqs: &[(SeqId, u32)]) {
+    for (seq, _) in seqs {
+        cache.free(*seq);
+    }
+}
+
+struct Row {
+    concurrency: usize,
+    fused: bool,
+    itl_s: f64,
+    floor_s: f64,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("bench-decode: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let args = parse_args()?;
+    let started = Instant::now();
+    let device = Device::parse_and_open(&args.device)?;
+    if device.is_cpu() {
+        return Err("no GPU found: bench-decode measures the GPU forward pass".into());
+    }
+    let copy_bw = {
+        let stream = device.create_stream()?;
+        copy_bandwidth(&device, &stream)?
+    };
+    eprintln!(
+        "device-to-device copy: {:.3} TB/s (read + write)",
+        copy_bw * 1e-12
+    );
+
+    let max_c = *args.concurrency.iter().max().expect("checked non-empty");
+    // Per sequence: the prompt, one token from prefill, 2 × steps decode tokens (fused and
+    // unfused alternate), each sequence in whole blocks.
+    let kv = KvBudget {
+        blocks: max_c * blocks_for(args.prompt + 2 * args.steps + 2),
+    };
+    let (free, _) = device.memory_info()?;
+    let (config, plan) = match args.layers {
+        Some(layers) => {
+            let c = kimi_k25_config(layers)?;
+            let plan = synthetic_plan(&c, kv, MAX_BATCH_TOKENS)?;
+            (c, plan)
+        }
+        None => kimi_k25_layers_that_fit(free, &device.id().to_string(), kv, MAX_BATCH_TOKENS)?,
+    };
+    let layers = config.num_hidden_layers;
+    eprintln!(
+        "{layers} of Kimi-K2.5's {KIMI_K25_LAYERS} layers fit ({:.1} GB free): weights {:.2} GB, \
+         KV cache {:.1} MB, workspace {:.2} GB; generating the weights on the device \
+         (seed {}), no checkpoint is read",
+        free as f64 * 1e-9,
+        plan.weights as f64 * 1e-9,
+        plan.kv_cache as f64 * 1e-6,
+        plan.workspace as f64 * 1e-9,
+        args.seed
+    );
+    let options = GpuOptions {
+        kv,
+        max_batch_tokens: MAX_BATCH_TOKENS,
+    };
+    let mut model = GpuModel::synthetic(&device, &config, args.seed, options)?;
+    if model.weight_bytes_allocated() != plan.weights {
+        return Err(format!(
+            "planned {} weight bytes but allocated {}",
+            plan.weights,
+            model.weight_bytes_allocated()
+        )
+        .into());
+    }
+    eprintln!("model ready after {:.1} s", started.elapsed().as_secs_f64());
+    let mut cache = model.new_cache()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(u64::from(args.seed));
+
+    let mut rows = Vec::new();
+    for &c in &args.concurrency {
+        let mut seqs = start_sequences(&mut model, &mut cache, c, args.prompt, &mut rng)?;
+        let mut times = [Vec::new(), Vec::new()];
+        let mut cached = c * args.prompt;
+        let mut floor_s = [0.0f64; 2];
+        // One untimed step per mode first (warm-up), then `steps` timed ones per mode.
+        for step in 0..2 * (args.steps + 1) {
+            let fused = step % 2 == 0;
+            model.set_shared_expert_fusion(fused);
+            let tokens: Vec<[u32; 1]> = seqs.iter().map(|s| [s.1]).collect();
+            let chunks: Vec<SampledChunk<'_>> = seqs
+                .iter()
+                .zip(&tokens)
+                .map(|(s, t)| greedy(s.0, t))
+                .collect();
+            let start = Instant::now();
+            let picked = model.forward_sampled(&chunks, &mut cache)?;
+            let elapsed = start.elapsed().as_secs_f64();
+            if step >= 2 {
+                let mode = usize::from(!fused);
+                times[mode].push(elapsed);
+                floor_s[mode] += decode_step_bytes(&config, c, cached).total() / copy_bw;
+            }
+            cached += c;
+            for (s, pick) in seqs.iter_mut().zip(picked) {
+                s.1 = token_of(pick)?;
+            }
+        }
+        finish_sequences(&mut cache, &seqs);
+        for (mode, fused) in [(0, true), (1, false)] {
+            rows.push(Row {
+                concurrency: c,
+                fused,
+                itl_s: median(&mut times[mode]),
+                floor_s: floor_s[mode] / args.steps as f64,
+            });
+        }
+        eprintln!("c = {c} done ({:.1} s)", started.elapsed().as_secs_f64());
+    }
+
+    println!();
+    println!(
+        "bench-decode: {} | Kimi-K2.5 dimensions, {layers} of {KIMI_K25_LAYERS} layers (1 dense + {} MoE), \
+         weights generated on the device from seed {} (no checkpoint)",
+        device.info().name,
+        layers - 1,
+        args.seed
+    );
+    println!(
+        "MXFP4 W4A4 experts (384 routed + 1 shared, top-8), bf16 attention / dense MLP / router / \
+         embedding / lm_head; prompt {} tokens, {} timed steps per mode; copy bandwidth {:.3} TB/s",
+        args.prompt,
+        args.steps,
+        copy_bw * 1e-12
+    );
+    println!();
+    println!(
+        "| concurrency | fusion | median ITL ms | tokens/s | floor ms | ITL / floor | fusion gain |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        let gain = if r.fused {
+            rows.iter()
+                .find(|o| o.concurrency == r.concurrency && !o.fused)
+                .map(|o| format!("{:+.1}%", (1.0 - r.itl_s / o.itl_s) * 100.0))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
+            r.concurrency,
+            if r.fused { "on" } else { "off" },
+            r.itl_s * 1e3,
+            r.concurrency as f64 / r.itl_s,
+            r.floor_s * 1e3,
+            r.itl_s / r.floor_s,
+            gain
+        );
+    }
+    println!();
+    println!(
+        "fusion gain = ITL reduction of fused over unfused; floor = bytes the step must move / \
+         copy bandwidth; total run {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
