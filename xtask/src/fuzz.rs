@@ -31,15 +31,10 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// debug assertions and overflow checks, no sanitizer (the code under test is safe Rust).
 const BUILD_FLAGS: [&str; 4] = ["-O", "--debug-assertions", "--sanitizer", "none"];
 
-/// libFuzzer options of every run: one process on one core, a 10 s per-input timeout and a
-/// 2 GiB memory limit (both count as failures), final statistics for the summary.
-const LIBFUZZER_FLAGS: [&str; 5] = [
-    "-jobs=1",
-    "-workers=1",
-    "-timeout=10",
-    "-rss_limit_mb=2048",
-    "-print_final_stats=1",
-];
+/// libFuzzer options of every run (one process on one core, libFuzzer's default: `-jobs`
+/// would fork a worker logging to `fuzz-N.log`): a 10 s per-input timeout and a 2 GiB memory
+/// limit (both count as failures), final statistics for the summary.
+const LIBFUZZER_FLAGS: [&str; 3] = ["-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1"];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(clap::Args)]
@@ -145,7 +140,7 @@ impl Fuzz {
     }
 
     /// Runs one target for `seconds` on `corpus` (where libFuzzer also adds what it finds).
-    /// libFuzzer's per-input progress lines are dropped; everything else is passed through.
+    /// libFuzzer's output is passed through, less what [`OutputFilter`] drops.
     fn run_target(&self, target: &str, seconds: u64, corpus: &Path) -> anyhow::Result<Outcome> {
         let artifacts = self.dir.join("artifacts").join(target);
         let started = SystemTime::now();
@@ -165,11 +160,12 @@ impl Fuzz {
             .take()
             .context("cargo fuzz's stderr is piped")?;
         let mut stats = Stats::default();
+        let mut filter = OutputFilter::default();
         let mut out = std::io::stderr().lock();
         for line in BufReader::new(stderr).lines() {
             let line = line.context("reading cargo fuzz's output")?;
             stats.read(&line);
-            if !is_progress_line(&line) {
+            if filter.keep(&line) {
                 writeln!(out, "{line}")?;
             }
         }
@@ -191,16 +187,32 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-/// libFuzzer's per-input status lines (`#1234<TAB>NEW ...`, `REDUCE`, `pulse`): thousands per
-/// run, and nothing in them that the final statistics do not summarise.
-fn is_progress_line(line: &str) -> bool {
-    line.strip_prefix('#')
-        .and_then(|rest| rest.split_once('\t'))
-        .is_some_and(|(_, event)| {
-            ["NEW", "REDUCE", "pulse"]
-                .iter()
-                .any(|e| event.starts_with(e))
-        })
+/// Drops the bulk of libFuzzer's output: the per-input status lines (`#1234<TAB>NEW ...`,
+/// `REDUCE`, `pulse`; thousands per run) and the recommended dictionary printed at exit;
+/// nothing in them that the final statistics do not summarise.
+#[derive(Default)]
+struct OutputFilter {
+    in_dictionary: bool,
+}
+
+impl OutputFilter {
+    fn keep(&mut self, line: &str) -> bool {
+        if line.starts_with("###### Recommended dictionary") {
+            self.in_dictionary = true;
+        }
+        if self.in_dictionary {
+            self.in_dictionary = !line.starts_with("###### End of recommended dictionary");
+            return false;
+        }
+        !line
+            .strip_prefix('#')
+            .and_then(|rest| rest.split_once('\t'))
+            .is_some_and(|(_, event)| {
+                ["NEW", "REDUCE", "pulse"]
+                    .iter()
+                    .any(|e| event.starts_with(e))
+            })
+    }
 }
 
 /// libFuzzer's final statistics (`-print_final_stats=1`).
