@@ -639,3 +639,67 @@ fn handmade_safetensors() -> Vec<(&'static str, Vec<u8>)> {
         ("empty", file("{}", 0)),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end of a real run's output (libfuzzer-sys 0.4.13), in order.
+    const RUN_OUTPUT: [(&str, bool); 14] = [
+        ("INFO: Seed: 4034431323", true),
+        (
+            "#17\tINITED cov: 2777 ft: 6641 corp: 15/62Kb exec/s: 0 rss: 62Mb",
+            true,
+        ),
+        (
+            "#18\tNEW    cov: 2780 ft: 6650 corp: 16/63Kb lim: 19466 exec/s: 0 rss: 62Mb L: 9/9 MS: 1 ChangeByte-",
+            false,
+        ),
+        (
+            "#2048\tpulse  cov: 3100 ft: 9000 corp: 300/1Mb lim: 19466 exec/s: 1024 rss: 62Mb",
+            false,
+        ),
+        (
+            "#2050\tREDUCE cov: 3100 ft: 9000 corp: 300/1Mb lim: 19466 exec/s: 1024 rss: 62Mb L: 5/9 MS: 1 EraseBytes-",
+            false,
+        ),
+        (
+            "#111032\tDONE   cov: 3911 ft: 14421 corp: 927/2727Kb lim: 19466 exec/s: 3581 rss: 62Mb",
+            true,
+        ),
+        ("###### Recommended dictionary. ######", false),
+        ("\"stream\" # Uses: 496", false),
+        ("\"#1\\tNEW\" # Uses: 3", false),
+        ("###### End of recommended dictionary. ######", false),
+        ("Done 111032 runs in 31 second(s)", true),
+        ("stat::number_of_executed_units: 111032", true),
+        ("stat::average_exec_per_sec:     3581", true),
+        ("stat::peak_rss_mb:              62", true),
+    ];
+
+    #[test]
+    fn filter_drops_progress_lines_and_the_dictionary_only() {
+        let mut filter = OutputFilter::default();
+        for (line, kept) in RUN_OUTPUT {
+            assert_eq!(filter.keep(line), kept, "{line:?}");
+        }
+        // A panic after the dictionary is shown again.
+        assert!(
+            filter.keep("thread '<unnamed>' panicked at fuzz_targets/../bodies/mxfp4.rs:111:5:")
+        );
+    }
+
+    #[test]
+    fn stats_come_from_the_final_statistics() {
+        let mut stats = Stats::default();
+        for (line, _) in RUN_OUTPUT {
+            stats.read(line);
+        }
+        assert_eq!(stats.executions, Some(111_032));
+        assert_eq!(stats.exec_per_s, Some(3581));
+        assert_eq!(stats.peak_rss_mb, Some(62));
+        let mut none = Stats::default();
+        none.read("stat::number_of_executed_units: lots");
+        assert_eq!(none.executions, None);
+    }
+}
