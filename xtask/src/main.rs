@@ -44,7 +44,7 @@ enum Task {
     CheckKernels(check_kernels::Args),
     /// Build the runtime's GPU check programs and stage them for the device machine.
     DeviceCheck(device_check::Args),
-    /// Write the fuzz seed corpus, or run every fuzz target briefly (nightly + cargo-fuzz).
+    /// Fuzzing: write the seed corpus, run the targets, or CI's fuzz step (`fuzz ci`).
     Fuzz(fuzz::Args),
     /// Soak the server: C streaming clients for N minutes, bad requests, disconnects, SIGTERM.
     Soak(soak::Args),
