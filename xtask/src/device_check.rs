@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use std::process::Command;
+
 use anyhow::Context;
 
 use crate::cargo_build;
@@ -29,7 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .expect("xtask lives inside the workspace");
     let stage = root.join(&args.stage);
     std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
-    let builds: [&[&str]; 5] = [
+    let builds: [&[&str]; 6] = [
         &[
             "build",
             "--release",
@@ -58,6 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "gpu_moe",
             "--test",
             "gpu_model_ops",
+            "--test",
+            "gpu_sampling",
             "--no-run",
         ],
         &[
@@ -67,6 +71,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "model-deepseek",
             "--test",
             "gpu_forward",
+            "--test",
+            "gpu_sampled",
+            "--test",
+            "gpu_synthetic",
+            "--no-run",
+        ],
+        &[
+            "test",
+            "--release",
+            "-p",
+            "server",
+            "--test",
+            "gpu_backend",
             "--no-run",
         ],
         &[
@@ -76,12 +93,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             "moe-kernels",
             "--bin",
             "moe-bench",
+            "--bin",
+            "sample-bench",
+            "-p",
+            "model-deepseek",
+            "--bin",
+            "bench-decode",
         ],
     ];
     for build in builds {
         for (name, path) in cargo_build::executables(root, build)? {
             let target = stage.join(&name);
             std::fs::copy(&path, &target).with_context(|| format!("copying {}", path.display()))?;
+            strip(&target);
             println!("staged {}", target.display());
         }
     }
@@ -89,8 +113,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("\ncarry: [\"{dir}\"]");
     println!(
         "command: export MXSERVE_KERNEL_CACHE=/tmp/kc; {dir}/runtime_check && {dir}/runtime_check \
-         && for t in runtime_gpu gpu_moe gpu_model_ops gpu_forward server_gpu; do \
-         {dir}/$t --test-threads=1 || exit; done; {dir}/moe-bench --help"
+         && for t in runtime_gpu gpu_moe gpu_model_ops gpu_sampling gpu_forward gpu_sampled \
+         gpu_synthetic gpu_backend server_gpu; do {dir}/$t || exit; done; {dir}/moe-bench; \
+         {dir}/bench-decode; {dir}/sample-bench"
     );
     Ok(())
+}
+
+/// Drops the debug information (the release profile keeps it for profiling): the device
+/// machine receives at most 64 MiB per call, and the staged programs are ~10× smaller
+/// stripped. Without a `strip` program the file stays as it is.
+fn strip(path: &Path) {
+    match Command::new("strip").arg(path).status() {
+        Ok(status) if status.success() => {}
+        other => eprintln!("not stripped ({other:?}): {}", path.display()),
+    }
 }
