@@ -780,9 +780,20 @@ const SCRIPTS: [(&str, Script); 2] = [
 ];
 
 /// Runs both scripts on every case; the CPU always, the GPU when `device` is given.
+/// The paged scripts run the weight-only (unquantized activations) cases. Paging is the same
+/// code in both activation modes (the cache stores whatever latent the layer produced), but
+/// the scripts' long sequences (up to 195 tokens, 44 logits vectors per case) meet W4A4's other
+/// near-tie, which routing margins do not cover: an activation within f32 summation error of
+/// an E2M1 rounding boundary, where GPU and CPU rightly pick neighbouring codes and the logits
+/// then differ by ~1e-2 (the H100 run of 2026-11-28 met one in one W4A4 case, from position 60
+/// of one sequence on, before any block boundary; the 11 other W4A4 cases agreed to 3e-7).
+/// W4A4 numerics are compared on the shorter prompts of the tests above.
 fn run_scripts(device: Option<&Device>) -> Vec<Lockstep<'static>> {
     let mut done = Vec::new();
     for (i, case) in cases().iter().enumerate() {
+        if case.activations != ActivationMode::Unquantized {
+            continue;
+        }
         let seed = 300 + i as u64;
         let model: &'static Model = Box::leak(Box::new(load(case, seed)));
         for (script_name, script) in SCRIPTS {

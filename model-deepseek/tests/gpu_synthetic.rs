@@ -39,7 +39,8 @@ fn synthetic_model_plans_its_bytes_and_fuses_to_the_same_logits() {
     .unwrap()
     .model;
     let options = GpuOptions {
-        kv: KvBudget::for_tokens(4 * 32),
+        // One 64-token block for each of the four sequences the test may hold.
+        kv: KvBudget { blocks: 4 },
         max_batch_tokens: 64,
     };
     let mut model = GpuModel::synthetic(&device, &config, 11, options).unwrap();
