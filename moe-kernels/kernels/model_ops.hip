@@ -388,8 +388,10 @@ extern "C" __global__ void ops_cache_store(const float* __restrict__ latent, con
 // keys 0..=pos[t] of its sequence, whose block table is tables[table_off[t] ..]: key j lives in
 // cache row tables[table_off[t] + (j >> block_shift)] * 2^block_shift + (j & (2^block_shift - 1)).
 // kv_b [heads][nope + v][kv_lora]; out [t][heads][v]. Dynamic shared memory: 2*kv_lora + pos+1
-// floats. The arithmetic (and its order) is the same as over one contiguous slab: only the
-// address of key j changes.
+// floats. The arithmetic is the same as over one contiguous slab: only the address of key j
+// changes. Scores and outputs are dot products of 512 (kv_lora) terms, each taken by one wave
+// (lane-strided partial sums, then a wave reduction), so their summation order differs from
+// the reference's sequential one by f32 rounding only.
 __device__ __forceinline__ size_t paged_row(const int* __restrict__ table, int j, int block_shift) {
     int mask = (1 << block_shift) - 1;
     return ((size_t)table[j >> block_shift] << block_shift) + (size_t)(j & mask);
@@ -416,20 +418,26 @@ ops_mla_attention(const float* __restrict__ q, const float* __restrict__ cache_l
 
     for (int c = threadIdx.x; c < kv_lora; c += OPS_THREADS) {
         float a = 0.0f;
+        // Unrolled so that several W_UK loads are in flight before their FMAs.
+#pragma unroll 8
         for (int n = 0; n < nope; ++n) a = fmaf(qv[n], w_uk[(size_t)n * kv_lora + c], a);
         q_lat[c] = a;
     }
     __syncthreads();
+    // One wave per key: the lanes read the key's latent and rope rows together (coalesced) and
+    // reduce, instead of one thread walking a whole row alone.
+    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
     float local_max = -__uint_as_float(0x7f800000u);
-    for (int k = threadIdx.x; k < keys; k += OPS_THREADS) {
+    for (int k = wave; k < keys; k += OPS_WAVES) {
         size_t row = paged_row(table, k, block_shift);
         const float* ck = cache_latent + row * kv_lora;
         const float* kpe = cache_rope + row * rope;
         float s = 0.0f, r = 0.0f;
-        for (int c = 0; c < kv_lora; ++c) s = fmaf(q_lat[c], ck[c], s);
-        for (int c = 0; c < rope; ++c) r = fmaf(qv[nope + c], kpe[c], r);
-        float sc = (s + r) * scale;
-        scores[k] = sc;
+#pragma unroll 4
+        for (int c = lane; c < kv_lora; c += WARP_SIZE) s = fmaf(q_lat[c], ck[c], s);
+        for (int c = lane; c < rope; c += WARP_SIZE) r = fmaf(qv[nope + c], kpe[c], r);
+        float sc = (wave_sum(s) + wave_sum(r)) * scale;
+        if (lane == 0) scores[k] = sc;
         local_max = fmaxf(local_max, sc);
     }
     float mx = block_reduce(local_max, scratch, true);
@@ -452,12 +460,15 @@ ops_mla_attention(const float* __restrict__ q, const float* __restrict__ cache_l
         o_lat[c] = a / sum;
     }
     __syncthreads();
+    // One wave per output: its W_UV row is read coalesced across the lanes.
     float* o = out + ((size_t)t * heads + h) * vdim;
-    for (int j = threadIdx.x; j < vdim; j += OPS_THREADS) {
+    for (int j = wave; j < vdim; j += OPS_WAVES) {
         const float* wr = w_uv + (size_t)j * kv_lora;
         float a = 0.0f;
-        for (int c = 0; c < kv_lora; ++c) a = fmaf(wr[c], o_lat[c], a);
-        o[j] = a;
+#pragma unroll 4
+        for (int c = lane; c < kv_lora; c += WARP_SIZE) a = fmaf(wr[c], o_lat[c], a);
+        a = wave_sum(a);
+        if (lane == 0) o[j] = a;
     }
 }
 
