@@ -371,6 +371,9 @@ extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, int* __restr
 //   sorted_pairs[n_pairs]   flat pair index (token * slots + slot), grouped by expert
 //   pair_pos[n_pairs]       inverse: the sorted position of each flat pair index
 //   active[n_experts]       experts with at least one pair, ascending; n_active[0] = count
+//   tiles[n_experts + 1]    first tile of `tile_pairs` pairs of each active expert (in the
+//                           order of `active`), tiles[n_active] = total: the tensor-core
+//                           kernels' work list (moe_tc.hip)
 // The order inside one expert's group is unspecified; no consumer depends on it.
 
 #ifndef ALIGN_THREADS
@@ -378,15 +381,15 @@ extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, int* __restr
 #endif
 
 extern "C" __global__ void __launch_bounds__(ALIGN_THREADS)
-moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int* __restrict__ offsets,
+moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int tile_pairs, int* __restrict__ offsets,
           int* __restrict__ sorted_pairs, int* __restrict__ pair_pos, int* __restrict__ active,
-          int* __restrict__ n_active) {
+          int* __restrict__ n_active, int* __restrict__ tiles) {
     extern __shared__ int align_smem[];
     int* count = align_smem;
     int* cursor = align_smem + n_experts;
-    // Per-thread totals of (pairs, active experts) over a contiguous run of experts, scanned
-    // across the block (Hillis-Steele, both halves of an int2 at once).
-    __shared__ int2 scan[ALIGN_THREADS];
+    // Per-thread totals of (pairs, active experts, tiles) over a contiguous run of experts,
+    // scanned across the block (Hillis-Steele, all three at once).
+    __shared__ int4 scan[ALIGN_THREADS];
     for (int e = threadIdx.x; e < n_experts; e += blockDim.x) count[e] = 0;
     __syncthreads();
     for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&count[topk_ids[p]], 1);
@@ -394,30 +397,38 @@ moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int* __r
     const int per_thread = (n_experts + blockDim.x - 1) / blockDim.x;
     const int e0 = min(n_experts, (int)threadIdx.x * per_thread);
     const int e1 = min(n_experts, e0 + per_thread);
-    int2 mine = make_int2(0, 0);
+    int4 mine = make_int4(0, 0, 0, 0);
     for (int e = e0; e < e1; ++e) {
         mine.x += count[e];
         mine.y += count[e] > 0;
+        mine.z += (count[e] + tile_pairs - 1) / tile_pairs;
     }
     scan[threadIdx.x] = mine;
     __syncthreads();
     for (int off = 1; off < (int)blockDim.x; off <<= 1) {
-        int2 v = threadIdx.x >= (unsigned)off ? scan[threadIdx.x - off] : make_int2(0, 0);
+        int4 v = threadIdx.x >= (unsigned)off ? scan[threadIdx.x - off] : make_int4(0, 0, 0, 0);
         __syncthreads();
         scan[threadIdx.x].x += v.x;
         scan[threadIdx.x].y += v.y;
+        scan[threadIdx.x].z += v.z;
         __syncthreads();
     }
-    int run = scan[threadIdx.x].x - mine.x, act = scan[threadIdx.x].y - mine.y;  // exclusive
+    // Exclusive prefixes.
+    int run = scan[threadIdx.x].x - mine.x, act = scan[threadIdx.x].y - mine.y, tile = scan[threadIdx.x].z - mine.z;
     for (int e = e0; e < e1; ++e) {
         offsets[e] = run;
         cursor[e] = run;
-        if (count[e] > 0) active[act++] = e;
+        if (count[e] > 0) {
+            tiles[act] = tile;
+            active[act++] = e;
+        }
         run += count[e];
+        tile += (count[e] + tile_pairs - 1) / tile_pairs;
     }
     if (threadIdx.x == blockDim.x - 1) {
         offsets[n_experts] = scan[threadIdx.x].x;
         n_active[0] = scan[threadIdx.x].y;
+        tiles[scan[threadIdx.x].y] = scan[threadIdx.x].z;
     }
     __syncthreads();
     for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
@@ -454,7 +465,18 @@ __device__ __forceinline__ void load_block32(const float* src, float* v) {
     }
 }
 
-template <typename T>
+// A doubled E2M1 value (-12..12) as the E4M3 byte of the same value, for the tensor-core
+// kernels (moe_tc.hip): 1.0 is exponent 7 with a zero mantissa, and every magnitude here has
+// at most two significant bits.
+__device__ __forceinline__ i8 x2_to_e4m3(int v) {
+    int m = v < 0 ? -v : v;
+    if (m == 0) return 0;
+    int e = 31 - __clz(m);
+    u32 b = ((u32)(e + 7) << 3) | (((u32)m << 3 >> e) & 7u);
+    return (i8)(b | (v < 0 ? 0x80u : 0u));
+}
+
+template <typename T, bool E4M3>
 __device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_blocks, int even,
                                               i8* __restrict__ xq, u8* __restrict__ xs) {
     size_t blk = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -463,6 +485,10 @@ __device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_
     load_block32(x + blk * MX_BLOCK, v);
     __attribute__((aligned(16))) i8 out[MX_BLOCK];
     xs[blk] = (u8)quantize_block32(v, out, even);
+    if (E4M3) {
+#pragma unroll
+        for (int k = 0; k < MX_BLOCK; ++k) out[k] = x2_to_e4m3(out[k]);
+    }
     uint4* dst = (uint4*)(xq + blk * MX_BLOCK);
     const uint4* o = (const uint4*)out;
     dst[0] = o[0];
@@ -471,12 +497,23 @@ __device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_
 
 extern "C" __global__ void moe_quantize_bf16(const u16* __restrict__ x, int rows, int cols, int even,
                                              i8* __restrict__ xq, u8* __restrict__ xs) {
-    quantize_rows(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+    quantize_rows<u16, false>(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
 }
 
 extern "C" __global__ void moe_quantize_f32(const float* __restrict__ x, int rows, int cols, int even,
                                             i8* __restrict__ xq, u8* __restrict__ xs) {
-    quantize_rows(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+    quantize_rows<float, false>(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+}
+
+// The same quantization with the values written as E4M3 bytes (the tensor-core path's input).
+extern "C" __global__ void moe_quantize_bf16_e4m3(const u16* __restrict__ x, int rows, int cols, int even,
+                                                  i8* __restrict__ xq, u8* __restrict__ xs) {
+    quantize_rows<u16, true>(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+}
+
+extern "C" __global__ void moe_quantize_f32_e4m3(const float* __restrict__ x, int rows, int cols, int even,
+                                                 i8* __restrict__ xq, u8* __restrict__ xs) {
+    quantize_rows<float, true>(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
 }
 
 // ---------------------------------------------------------------------------------------------

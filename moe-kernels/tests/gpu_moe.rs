@@ -4,8 +4,8 @@
 
 use half::bf16;
 use moe_kernels::gpu::{
-    MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,
-    SharedExpertMode,
+    ExpertPath, MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations,
+    Routing, SharedExpertMode,
 };
 use moe_kernels::reference::{
     ActivationMode, ActivationQuant, Linear, MlpWeights, Mxfp4Matrix, RoutingParams, ScaleRule,
@@ -255,7 +255,8 @@ fn check_layer<T: Io>(
     }
 
     let label = format!(
-        "{shape:?} {mode:?} {act:?} {} I/O tokens {n_tokens}",
+        "{shape:?} {mode:?} {act:?} {:?} {} I/O tokens {n_tokens}",
+        kernels.expert_path(),
         std::any::type_name::<T>()
     );
     let unwritten = got.iter().filter(|v| !v.is_finite()).count();
@@ -276,27 +277,48 @@ fn run_layer_cases<T: Io>(cases: &[LayerCase], acts: &[ActivationQuant], seed: u
         let stream = device.create_stream().unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
         for case in cases {
-            let kernels =
+            let mut kernels =
                 MoeKernels::compile(&device, case.shape.hidden, case.shape.inter).unwrap();
             let host = HostExperts::random(&mut rng, case.shape);
             let weights = host.upload(&device);
             for &act in acts {
-                for mode in [SharedExpertMode::Fused, SharedExpertMode::Separate] {
-                    for &n in case.tokens {
-                        check_layer::<T>(
-                            &kernels,
-                            &stream,
-                            &host,
-                            &weights,
-                            case.params,
-                            act,
-                            mode,
-                            n,
-                            &mut rng,
-                        );
+                for path in expert_paths(&kernels, act) {
+                    kernels.set_expert_path(path).unwrap();
+                    for mode in [SharedExpertMode::Fused, SharedExpertMode::Separate] {
+                        for &n in case.tokens {
+                            check_layer::<T>(
+                                &kernels,
+                                &stream,
+                                &host,
+                                &weights,
+                                case.params,
+                                act,
+                                mode,
+                                n,
+                                &mut rng,
+                            );
+                        }
                     }
                 }
             }
+        }
+    }
+}
+
+/// Every expert path that computes `act` differently on this device: W4A4 runs on both the
+/// GEMV and (where present) the tensor-core kernels, at every token count.
+fn expert_paths(kernels: &MoeKernels, act: ActivationQuant) -> Vec<ExpertPath> {
+    match act {
+        ActivationQuant::None => vec![ExpertPath::Gemv],
+        ActivationQuant::Mxfp4(_) if kernels.has_tensor_cores() => {
+            vec![ExpertPath::Gemv, ExpertPath::TensorCore]
+        }
+        ActivationQuant::Mxfp4(_) => {
+            eprintln!(
+                "tensor-core path skipped: {} has no E4M3 tensor cores",
+                kernels.device().info().name
+            );
+            vec![ExpertPath::Gemv]
         }
     }
 }

@@ -7,21 +7,24 @@
 //! weights rotate over several copies of the layer (9 GB each), so neither the L2 cache nor a
 //! fixed expert set flatters the numbers. Fused and unfused runs are interleaved.
 //!
+//! `--path` picks the expert kernels: `gemv` (CUDA cores), `tc` (FP8 tensor cores, NVIDIA sm_89+)
+//! or `auto` (tensor cores from `TENSOR_CORE_MIN_TOKENS` tokens on).
+//!
 //! With `--graph`, each layer is also captured into a graph (`runtime_rocm::Graph`) and
 //! replayed, which removes the launch gaps between its kernels: the "graph µs" column.
 //!
 //! ```text
 //! moe-bench [--device cuda:0] [--batches 1,8,32,128,512,2048,16384] [--iters 40]
 //!           [--copies 2] [--act w4a4|w4a16] [--anchor PATH|none] [--budget-ms 4000]
-//!           [--breakdown] [--graph]
+//!           [--breakdown] [--graph] [--path auto|gemv|tc]
 //! ```
 
 use std::process::{Command, ExitCode};
 
 use half::bf16;
 use moe_kernels::gpu::{
-    GpuError, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, SharedExpertMode, Synthetic,
-    copy_bandwidth,
+    ExpertPath, GpuError, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, SharedExpertMode,
+    Synthetic, TENSOR_CORE_MIN_TOKENS, copy_bandwidth,
 };
 use moe_kernels::reference::{ActivationQuant, RoutingParams, ScaleRule};
 use runtime_rocm::{Device, DeviceBuffer, Graph};
@@ -50,6 +53,7 @@ struct Args {
     budget_ms: f64,
     breakdown: bool,
     graph: bool,
+    path: ExpertPath,
 }
 
 fn parse_args() -> Result<Args> {
@@ -63,6 +67,7 @@ fn parse_args() -> Result<Args> {
         budget_ms: 4000.0,
         breakdown: false,
         graph: false,
+        path: ExpertPath::Auto,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -89,6 +94,18 @@ fn parse_args() -> Result<Args> {
                     "w4a16" => ActivationQuant::None,
                     other => {
                         return Err(format!("--act: expected w4a4 or w4a16, found {other}").into());
+                    }
+                }
+            }
+            "--path" => {
+                args.path = match value()?.as_str() {
+                    "auto" => ExpertPath::Auto,
+                    "gemv" => ExpertPath::Gemv,
+                    "tc" => ExpertPath::TensorCore,
+                    other => {
+                        return Err(
+                            format!("--path: expected auto, gemv or tc, found {other}").into()
+                        );
                     }
                 }
             }
@@ -220,7 +237,17 @@ fn run() -> Result<()> {
         copy_bw * 1e-12
     );
 
-    let kernels = MoeKernels::compile(&device, SHAPE.hidden, SHAPE.inter)?;
+    let mut kernels = MoeKernels::compile(&device, SHAPE.hidden, SHAPE.inter)?;
+    kernels.set_expert_path(args.path)?;
+    eprintln!(
+        "expert path {:?} (tensor cores {}; auto takes them from {TENSOR_CORE_MIN_TOKENS} tokens)",
+        args.path,
+        if kernels.has_tensor_cores() {
+            "present"
+        } else {
+            "absent"
+        }
+    );
     let synth = Synthetic::compile(&device)?;
     let mut copies = Vec::new();
     for c in 0..args.copies {

@@ -8,14 +8,15 @@ mod bandwidth;
 mod error;
 pub mod model_ops;
 mod moe;
+mod moe_tc;
 mod sampling;
 mod synthetic;
 
 pub use bandwidth::copy_bandwidth;
 pub use error::GpuError;
 pub use moe::{
-    MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,
-    SharedExpertMode,
+    ExpertPath, MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations,
+    Routing, SharedExpertMode, TENSOR_CORE_MIN_TOKENS,
 };
 pub use sampling::{RowPick, RowSample, SamplingKernel};
 pub use synthetic::Synthetic;

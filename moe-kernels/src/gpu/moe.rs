@@ -23,6 +23,7 @@ use runtime_rocm::{
 };
 
 use super::error::{GpuError, check_len, check_param};
+use super::moe_tc::{TILE_PAIRS, TcOperands, TensorCoreKernels};
 use crate::reference::{ActivationQuant, RoutingParams, ScaleRule};
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe.hip");
@@ -73,6 +74,8 @@ impl MoeIo for f32 {
 #[derive(Debug)]
 struct IoKernels {
     quantize: Function,
+    /// The same quantization written as E4M3 bytes, for the tensor-core kernels.
+    quantize_e4m3: Function,
     gate_up_w4a16: Function,
     combine: Function,
 }
@@ -185,6 +188,22 @@ pub enum SharedExpertMode {
     Separate,
 }
 
+/// Which kernels run the expert GEMMs of a W4A4 layer (weight-only layers always take the
+/// GEMV kernels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExpertPath {
+    /// Tensor cores from [`TENSOR_CORE_MIN_TOKENS`] tokens on when the device has them, the
+    /// GEMV kernels below that and elsewhere.
+    Auto,
+    /// Always the GEMV kernels (CUDA cores / vector ALUs): the decode path.
+    Gemv,
+    /// Always the tensor-core kernels; an error on a device without them.
+    TensorCore,
+}
+
+/// Tokens from which [`ExpertPath::Auto`] takes the tensor cores.
+pub const TENSOR_CORE_MIN_TOKENS: usize = 64;
+
 /// One routing result on the device: `ids` and `weights` `[tokens][slots]`.
 #[derive(Debug)]
 pub struct Routing {
@@ -232,6 +251,8 @@ struct Grouping {
     position: DeviceBuffer<i32>,
     active: DeviceBuffer<i32>,
     n_active: DeviceBuffer<i32>,
+    /// The tensor-core kernels' work list: first tile of each active expert, then the total.
+    tiles: DeviceBuffer<i32>,
 }
 
 impl Grouping {
@@ -242,6 +263,7 @@ impl Grouping {
             position: device.alloc_uninit(pairs)?,
             active: device.alloc_uninit(experts)?,
             n_active: device.alloc_uninit(1)?,
+            tiles: device.alloc_uninit(experts + 1)?,
         })
     }
 }
@@ -367,6 +389,9 @@ pub struct MoeKernels {
     gate_up_w4a4: Function,
     down_w4a4: Function,
     down_w4a16: Function,
+    /// None where the device has no E4M3 tensor cores (see `moe_tc`).
+    tensor: Option<TensorCoreKernels>,
+    path: ExpertPath,
 }
 
 fn to_i32(parameter: &'static str, value: usize) -> Result<i32, GpuError> {
@@ -377,7 +402,7 @@ fn to_i32(parameter: &'static str, value: usize) -> Result<i32, GpuError> {
     })
 }
 
-fn to_u32(parameter: &'static str, value: usize) -> Result<u32, GpuError> {
+pub(super) fn to_u32(parameter: &'static str, value: usize) -> Result<u32, GpuError> {
     u32::try_from(value).map_err(|_| GpuError::Parameter {
         parameter,
         value: value.to_string(),
@@ -429,18 +454,66 @@ impl MoeKernels {
             align: f("moe_align")?,
             io_bf16: IoKernels {
                 quantize: f("moe_quantize_bf16")?,
+                quantize_e4m3: f("moe_quantize_bf16_e4m3")?,
                 gate_up_w4a16: f("moe_gate_up_w4a16")?,
                 combine: f("moe_combine_bf16")?,
             },
             io_f32: IoKernels {
                 quantize: f("moe_quantize_f32")?,
+                quantize_e4m3: f("moe_quantize_f32_e4m3")?,
                 gate_up_w4a16: f("moe_gate_up_w4a16_f32")?,
                 combine: f("moe_combine_f32")?,
             },
             gate_up_w4a4: f("moe_gate_up_w4a4")?,
             down_w4a4: f("moe_down_w4a4")?,
             down_w4a16: f("moe_down_w4a16")?,
+            tensor: TensorCoreKernels::compile(device, hidden, inter)?,
+            path: ExpertPath::Auto,
         })
+    }
+
+    /// Whether this device and shape have the tensor-core expert kernels.
+    pub fn has_tensor_cores(&self) -> bool {
+        self.tensor.is_some()
+    }
+
+    /// Picks the expert kernels of the following W4A4 forwards; [`ExpertPath::TensorCore`]
+    /// is refused where [`MoeKernels::has_tensor_cores`] is false.
+    pub fn set_expert_path(&mut self, path: ExpertPath) -> Result<(), GpuError> {
+        if path == ExpertPath::TensorCore && self.tensor.is_none() {
+            return Err(GpuError::Parameter {
+                parameter: "expert path",
+                value: format!("{path:?}"),
+                reason: format!(
+                    "the tensor-core kernels need an NVIDIA GPU of compute capability 8.9 or \
+                     later and hidden / intermediate sizes that are multiples of 128 \
+                     (device {}, hidden {}, intermediate {})",
+                    self.device.info().arch,
+                    self.hidden,
+                    self.inter
+                ),
+            });
+        }
+        self.path = path;
+        Ok(())
+    }
+
+    /// The expert path set by [`MoeKernels::set_expert_path`].
+    pub fn expert_path(&self) -> ExpertPath {
+        self.path
+    }
+
+    /// The tensor-core kernels if a W4A4 pass of `n_tokens` tokens should use them.
+    fn tensor_path(&self, act: ActivationQuant, n_tokens: usize) -> Option<&TensorCoreKernels> {
+        let wanted = match self.path {
+            ExpertPath::Auto => n_tokens >= TENSOR_CORE_MIN_TOKENS,
+            ExpertPath::Gemv => false,
+            ExpertPath::TensorCore => true,
+        };
+        match act {
+            ActivationQuant::Mxfp4(_) if wanted => self.tensor.as_ref(),
+            _ => None,
+        }
     }
 
     fn io<T: MoeIo>(&self) -> &IoKernels {
@@ -695,6 +768,7 @@ impl MoeKernels {
 
         let slots = params.top_k + params.shared_slots;
         let experts = shape.n_routed + params.shared_slots;
+        let tensor = self.tensor_path(act, n_tokens);
         mark(stream, &mut ws.marks, "start")?;
         self.route(
             stream,
@@ -715,9 +789,14 @@ impl MoeKernels {
         )?;
         mark(stream, &mut ws.marks, "align")?;
         if let ActivationQuant::Mxfp4(rule) = act {
+            let io = self.io::<T>();
             self.launch_quantize(
                 stream,
-                &self.io::<T>().quantize,
+                if tensor.is_some() {
+                    &io.quantize_e4m3
+                } else {
+                    &io.quantize
+                },
                 x,
                 n_tokens,
                 shape.hidden,
@@ -731,6 +810,7 @@ impl MoeKernels {
             experts,
             slots,
             n_tokens,
+            tensor,
         };
         self.experts_pass(
             stream,
@@ -771,6 +851,7 @@ impl MoeKernels {
                     experts: shape.n_shared,
                     slots: shape.n_shared,
                     n_tokens,
+                    tensor,
                 };
                 self.experts_pass(
                     stream,
@@ -848,11 +929,13 @@ impl MoeKernels {
                 ids,
                 &to_i32("pairs", pairs)?,
                 &to_i32("experts", experts)?,
+                &to_i32("tile pairs", TILE_PAIRS)?,
                 &g.offsets,
                 &g.sorted,
                 &g.position,
                 &g.active,
                 &g.n_active,
+                &g.tiles,
             ],
         )?;
         Ok(())
@@ -868,7 +951,7 @@ impl MoeKernels {
         x: &DeviceBuffer<T>,
         x_quant: &QuantizedActivations,
         g: &Grouping,
-        pass: Pass,
+        pass: Pass<'_>,
         h: &DeviceBuffer<f32>,
         h_quant: &mut QuantizedActivations,
         y: &DeviceBuffer<f32>,
@@ -898,6 +981,44 @@ impl MoeKernels {
         let base = to_i32("expert base", pass.base)?;
         let slots = to_i32("slots", pass.slots)?;
         match act {
+            ActivationQuant::Mxfp4(rule) if let Some(tc) = pass.tensor => {
+                let max_tiles = to_u32("tiles", TensorCoreKernels::max_tiles(pairs, pass.experts))?;
+                let gate_up = TcOperands {
+                    weights: &w.w13,
+                    scales: &w.s13,
+                    expert_base: base,
+                    act: &x_quant.values,
+                    act_scales: &x_quant.scales,
+                    offsets: &g.offsets,
+                    active: &g.active,
+                    n_active: &g.n_active,
+                    tiles: &g.tiles,
+                    max_tiles,
+                    out: h,
+                };
+                tc.gate_up(stream, self.inter, &gate_up, &g.sorted, slots)?;
+                mark(stream, marks, "gate_up")?;
+                self.launch_quantize(
+                    stream,
+                    &self.io_f32.quantize_e4m3,
+                    h,
+                    pairs,
+                    self.inter,
+                    rule,
+                    h_quant,
+                )?;
+                mark(stream, marks, "quantize h")?;
+                let down = TcOperands {
+                    weights: &w.w2,
+                    scales: &w.s2,
+                    act: &h_quant.values,
+                    act_scales: &h_quant.scales,
+                    out: y,
+                    ..gate_up
+                };
+                tc.down(stream, self.hidden, &down)?;
+                mark(stream, marks, "down")?;
+            }
             ActivationQuant::Mxfp4(rule) => {
                 stream.launch(
                     &self.gate_up_w4a4,
@@ -983,9 +1104,10 @@ impl MoeKernels {
     }
 }
 
-/// One pass of the expert kernels: which weight slots, how many slots per token.
+/// One pass of the expert kernels: which weight slots, how many slots per token, which
+/// kernels.
 #[derive(Debug, Clone, Copy)]
-struct Pass {
+struct Pass<'a> {
     /// First weight slot of this pass.
     base: usize,
     /// Expert slots in this pass.
@@ -993,4 +1115,6 @@ struct Pass {
     /// Slots per token.
     slots: usize,
     n_tokens: usize,
+    /// The tensor-core kernels, when this pass uses them.
+    tensor: Option<&'a TensorCoreKernels>,
 }

@@ -1,0 +1,327 @@
+// Mixture-of-experts expert GEMMs on tensor cores, W4A4 (HIP dialect; NVIDIA sm_89+ only).
+//
+// The prefill / large-batch counterpart of the GEMV kernels in moe.hip: same weights, same
+// grouping (`moe_align`), same outputs (h in f32 for gate_up, unweighted y in f32 for down),
+// so the launcher can pick either per call.
+//
+// Why FP8 tensor cores are exact here: an E2M1 weight doubled (0, ±1, ±2, ±3, ±4, ±6, ±8,
+// ±12) and an activation quantized to doubled E2M1 are both exact in E4M3, and one MX block of
+// 32 is exactly the k32 of `mma.m16n8k32.e4m3`: its 32 products are integers of at most 144,
+// so the block's dot product (|sum| <= 4608) comes out exact in the f32 accumulator. The two
+// E8M0 scales of the block (and the 1/4 of the doubling) are applied outside, to that exact
+// block result: acc += (s_w * s_a / 4) * mma(block). The result equals the GEMV kernels' up
+// to the order of the f32 accumulation over blocks.
+//
+// Tiles: a block computes TC_BM = 128 weight rows x TC_BN = 64 pairs, K in stages of TC_BK =
+// 128 (four MX blocks). Eight warps as 4 (rows) x 2 (pairs), each 32 rows x 32 pairs = 2 x 4
+// mma tiles. Weights stream from global memory into registers one stage ahead, are decoded
+// E2M1 -> E4M3 on the way to shared memory (double-buffered), and reach the tensor cores
+// through ldmatrix. gate_up gives each warp 16 gate rows and the 16 up rows of the same
+// intermediate indices, so SiLU(gate) * up is formed in registers.
+//
+// Work list: the pairs of each active expert are cut into tiles of TC_BN; `tiles[a]` (from
+// moe_align) is the first tile of the a-th active expert, `tiles[n_active]` the total. Grid:
+// (row tiles, upper bound of the tiles); a block past the total exits at once.
+//
+// Defines: MOE_HIDDEN, MOE_INTER as in moe.hip (multiples of 128 here), TC_BN (64).
+// check-defines: MOE_HIDDEN=256 MOE_INTER=128
+
+#ifndef MOE_HIDDEN
+#define MOE_HIDDEN 7168
+#endif
+#ifndef MOE_INTER
+#define MOE_INTER 2048
+#endif
+#ifndef TC_BN
+#define TC_BN 64
+#endif
+
+#if defined(__HIP_PLATFORM_NVIDIA__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+
+#if (MOE_HIDDEN % 128) != 0 || (MOE_INTER % 128) != 0
+#error "the tensor-core path needs MOE_HIDDEN and MOE_INTER to be multiples of 128"
+#endif
+
+typedef unsigned char u8;
+typedef unsigned int u32;
+
+#define TC_BM 128
+#define TC_BK 128
+#define TC_THREADS 256
+#define TC_KB (TC_BK / 32)          // MX blocks per stage
+#define TC_PITCH (TC_BK + 16)       // bytes per shared row: 16 B of padding keep ldmatrix conflict-free
+#define TC_W_BYTES (TC_BM * TC_PITCH)
+#define TC_X_BYTES (TC_BN * TC_PITCH)
+// One stage in shared memory: decoded weights, activations, and their scales as floats
+// ([MX block][row], so a thread's two rows / two pairs are one or two loads).
+#define TC_STAGE_BYTES (TC_W_BYTES + TC_X_BYTES + 4 * TC_KB * (TC_BM + TC_BN))
+#define TC_W_VECS (TC_BM * TC_KB)   // 16-byte weight vectors (one MX block each) per stage
+#define TC_X_VECS (TC_BN * TC_BK / 16)
+#if (TC_BN != 32 && TC_BN != 64) || TC_BN * TC_KB > TC_THREADS
+#error "TC_BN must be 32 or 64"
+#endif
+#define TC_WN (TC_BN / 2)           // pairs per warp
+#define TC_NI (TC_WN / 8)           // mma tiles along the pairs per warp
+
+__device__ __forceinline__ float e8m0_to_f32(u32 code) {
+    return __uint_as_float(code ? code << 23 : 0x00400000u);
+}
+
+// Eight E2M1 codes (element n in nibble n) -> eight E4M3 bytes of twice each value, elements
+// 0..3 in `lo`, 4..7 in `hi`: a byte-permute lookup of the magnitude (codes 0..7 ->
+// 0, 1, 2, 3, 4, 6, 8, 12 in E4M3) and the sign bit from PRMT's sign-replicate mode.
+__device__ __forceinline__ void e2m1x8_to_e4m3x8(u32 x, u32& lo, u32& hi) {
+    const u32 mag_lo = 0x44403800u, mag_hi = 0x54504c48u;
+    u32 s0 = x & 0x7777u, s1 = (x >> 16) & 0x7777u, x4 = x << 4;
+    u32 p0, p1, m0, m1;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(p0) : "r"(mag_lo), "r"(mag_hi), "r"(s0));
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(p1) : "r"(mag_lo), "r"(mag_hi), "r"(s1));
+    // Sign of element n is bit 4n+3 of x: bit 7 of byte n/2 of x (odd n) or of x<<4 (even n).
+    asm("prmt.b32 %0, %1, %2, 0x9D8C;" : "=r"(m0) : "r"(x), "r"(x4));
+    asm("prmt.b32 %0, %1, %2, 0xBFAE;" : "=r"(m1) : "r"(x), "r"(x4));
+    lo = p0 | (m0 & 0x80808080u);
+    hi = p1 | (m1 & 0x80808080u);
+}
+
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+                 : "r"(addr));
+}
+
+// d = a (16x32 E4M3, row) * b (32x8 E4M3, col), f32, from zero.
+__device__ __forceinline__ void mma_e4m3(const u32* a, u32 b0, u32 b1, float* d) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
+__device__ __forceinline__ float silu_mul(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// The tile this block works on: expert, its pair range, and the first pair of the tile.
+struct TcTile {
+    int e, p0, p_end;
+};
+
+__device__ __forceinline__ bool tile_of_block(const int* offsets, const int* active, const int* n_active,
+                                              const int* tiles, TcTile& t) {
+    const int n = n_active[0];
+    const int y = blockIdx.y;
+    if (y >= tiles[n]) return false;
+    int lo = 0, hi = n - 1;  // the last active expert whose first tile is <= y
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (tiles[mid] <= y) lo = mid; else hi = mid - 1;
+    }
+    t.e = active[lo];
+    t.p0 = offsets[t.e] + (y - tiles[lo]) * TC_BN;
+    t.p_end = offsets[t.e + 1];
+    return true;
+}
+
+// Global -> register prefetch of one stage: two weight vectors (one MX block of one row each)
+// with their scales, and the activation vectors of the tile's pairs.
+struct TcPrefetch {
+    uint4 w[TC_W_VECS / TC_THREADS];
+    u8 sw[TC_W_VECS / TC_THREADS];
+    uint4 x[TC_X_VECS / TC_THREADS];
+    u8 sx;  // one activation scale per thread (TC_BN * TC_KB <= TC_THREADS)
+};
+
+// GEMM over one tile: acc[mi][ni][4] for the warp's 2 x TC_NI mma tiles. `w_row(r)` is the
+// global weight row of tile row r; activation row q of the tile is `x_row[q]` (-1: past the
+// expert's pairs, read as zeros).
+template <int K>
+__device__ __forceinline__ void tc_gemm(const u8* __restrict__ w, const u8* __restrict__ ws, const int* w_rows,
+                                        const u8* __restrict__ x, const u8* __restrict__ xs, const int* x_rows,
+                                        u8* smem, float (&acc)[2][TC_NI][4]) {
+    constexpr int STAGES = K / TC_BK;
+    constexpr int KC = K / 32;  // MX blocks per row
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const int wm = warp % 4, wn = warp / 4;
+
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < TC_NI; ++ni)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.0f;
+
+    TcPrefetch pf;
+    auto load = [&](int s) {
+#pragma unroll
+        for (int i = 0; i < TC_W_VECS / TC_THREADS; ++i) {
+            int v = tid + i * TC_THREADS, r = v / TC_KB, kb = s * TC_KB + v % TC_KB;
+            size_t row = (size_t)w_rows[r];
+            pf.w[i] = ((const uint4*)(w + row * (K / 2)))[kb];
+            pf.sw[i] = ws[row * KC + kb];
+        }
+#pragma unroll
+        for (int i = 0; i < TC_X_VECS / TC_THREADS; ++i) {
+            int v = tid + i * TC_THREADS, q = v / (TC_BK / 16), c = v % (TC_BK / 16);
+            int row = x_rows[q];
+            pf.x[i] = row >= 0 ? ((const uint4*)(x + (size_t)row * K + s * TC_BK))[c] : make_uint4(0, 0, 0, 0);
+        }
+        if (tid < TC_BN * TC_KB) {
+            int row = x_rows[tid / TC_KB];
+            pf.sx = row >= 0 ? xs[(size_t)row * KC + s * TC_KB + tid % TC_KB] : (u8)127;
+        }
+    };
+    auto store = [&](int buf) {
+        u8* ws_ = smem + buf * TC_STAGE_BYTES;
+        u8* xs_ = ws_ + TC_W_BYTES;
+        float* sws = (float*)(xs_ + TC_X_BYTES);
+        float* sxs = sws + TC_KB * TC_BM;
+#pragma unroll
+        for (int i = 0; i < TC_W_VECS / TC_THREADS; ++i) {
+            int v = tid + i * TC_THREADS, r = v / TC_KB, kb = v % TC_KB;
+            uint4 a, b;
+            e2m1x8_to_e4m3x8(pf.w[i].x, a.x, a.y);
+            e2m1x8_to_e4m3x8(pf.w[i].y, a.z, a.w);
+            e2m1x8_to_e4m3x8(pf.w[i].z, b.x, b.y);
+            e2m1x8_to_e4m3x8(pf.w[i].w, b.z, b.w);
+            uint4* dst = (uint4*)(ws_ + r * TC_PITCH + kb * 32);
+            dst[0] = a;
+            dst[1] = b;
+            sws[kb * TC_BM + r] = e8m0_to_f32(pf.sw[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < TC_X_VECS / TC_THREADS; ++i) {
+            int v = tid + i * TC_THREADS, q = v / (TC_BK / 16), c = v % (TC_BK / 16);
+            *(uint4*)(xs_ + q * TC_PITCH + c * 16) = pf.x[i];
+        }
+        // The 1/4 undoes the doubling of both operands.
+        if (tid < TC_BN * TC_KB) sxs[(tid % TC_KB) * TC_BN + tid / TC_KB] = e8m0_to_f32(pf.sx) * 0.25f;
+    };
+
+    load(0);
+    store(0);
+    __syncthreads();
+    for (int s = 0; s < STAGES; ++s) {
+        if (s + 1 < STAGES) load(s + 1);  // in flight while this stage computes
+        const u8* ws_ = smem + (s & 1) * TC_STAGE_BYTES;
+        const u8* xs_ = ws_ + TC_W_BYTES;
+        const float* sws = (const float*)(xs_ + TC_X_BYTES);
+        const float* sxs = sws + TC_KB * TC_BM;
+        // Rolled: unrolled, the compiler hoists the next blocks' fragments and spills at the
+        // 128-register bound of two blocks per SM.
+#pragma unroll 1
+        for (int kb = 0; kb < TC_KB; ++kb) {
+            u32 a[2][4], b[TC_NI][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                // Matrices: rows 0-7 / 8-15 of the 16-row tile, k bytes 0-15 / 16-31.
+                int r = wm * 32 + mi * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+                int k = kb * 32 + (lane / 16) * 16;
+                ldmatrix_x4(smem_addr(ws_ + r * TC_PITCH + k), a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
+            }
+#pragma unroll
+            for (int ni = 0; ni < TC_NI; ni += 2) {
+                // Matrices: pairs 0-7 k 0-15, pairs 0-7 k 16-31, pairs 8-15 k 0-15, pairs 8-15 k 16-31.
+                int q = wn * TC_WN + ni * 8 + (lane % 8) + (lane / 16) * 8;
+                int k = kb * 32 + ((lane / 8) % 2) * 16;
+                ldmatrix_x4(smem_addr(xs_ + q * TC_PITCH + k), b[ni][0], b[ni][1], b[ni + 1][0], b[ni + 1][1]);
+            }
+            const int g = lane / 4, tig = lane % 4;
+            float sw_r[2][2];
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) {
+                sw_r[mi][0] = sws[kb * TC_BM + wm * 32 + mi * 16 + g];
+                sw_r[mi][1] = sws[kb * TC_BM + wm * 32 + mi * 16 + g + 8];
+            }
+#pragma unroll
+            for (int ni = 0; ni < TC_NI; ++ni) {
+                float2 sx = *(const float2*)(sxs + kb * TC_BN + wn * TC_WN + ni * 8 + 2 * tig);
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) {
+                    float d[4];
+                    mma_e4m3(a[mi], b[ni][0], b[ni][1], d);
+                    acc[mi][ni][0] = fmaf(d[0], sw_r[mi][0] * sx.x, acc[mi][ni][0]);
+                    acc[mi][ni][1] = fmaf(d[1], sw_r[mi][0] * sx.y, acc[mi][ni][1]);
+                    acc[mi][ni][2] = fmaf(d[2], sw_r[mi][1] * sx.x, acc[mi][ni][2]);
+                    acc[mi][ni][3] = fmaf(d[3], sw_r[mi][1] * sx.y, acc[mi][ni][3]);
+                }
+            }
+        }
+        if (s + 1 < STAGES) store((s + 1) & 1);
+        __syncthreads();
+    }
+}
+
+// gate_up: tile rows are, per warp wm, the gate rows j0 + wm*16 + 0..15 then the up rows of
+// the same j, so mma tile 0 (gate) and tile 1 (up) of a warp hold matching elements.
+// x: activations in E4M3 [tokens][MOE_HIDDEN] with E8M0 scales; h[pair position][MOE_INTER] f32.
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
+moe_tc_gate_up(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base, const u8* __restrict__ xq,
+               const u8* __restrict__ xs, const int* __restrict__ offsets, const int* __restrict__ sorted_pairs,
+               const int* __restrict__ active, const int* __restrict__ n_active, const int* __restrict__ tiles,
+               int slots, float* __restrict__ h) {
+    extern __shared__ __align__(16) u8 tc_smem[];
+    __shared__ int w_rows[TC_BM], x_rows[TC_BN];
+    TcTile t;
+    if (!tile_of_block(offsets, active, n_active, tiles, t)) return;
+    const int j0 = blockIdx.x * (TC_BM / 2);
+    const size_t e = (size_t)(t.e + expert_base);
+    for (int r = threadIdx.x; r < TC_BM; r += TC_THREADS) {
+        int wm = r / 32, half = (r % 32) / 16, j = j0 + wm * 16 + r % 16;
+        w_rows[r] = (int)((e * 2 + half) * MOE_INTER + j);
+    }
+    for (int q = threadIdx.x; q < TC_BN; q += TC_THREADS) {
+        int p = t.p0 + q;
+        x_rows[q] = p < t.p_end ? sorted_pairs[p] / slots : -1;
+    }
+    __syncthreads();
+    float acc[2][TC_NI][4];
+    tc_gemm<MOE_HIDDEN>(w13, s13, w_rows, xq, xs, x_rows, tc_smem, acc);
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;
+    const int g = lane / 4, tig = lane % 4;
+#pragma unroll
+    for (int ni = 0; ni < TC_NI; ++ni)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            int q = wn * TC_WN + ni * 8 + 2 * tig + (c & 1);
+            int j = j0 + wm * 16 + g + (c >> 1) * 8;
+            int p = t.p0 + q;
+            if (p < t.p_end) h[(size_t)p * MOE_INTER + j] = silu_mul(acc[0][ni][c], acc[1][ni][c]);
+        }
+}
+
+// down: tile rows are the output rows n0 .. n0+127; x: h quantized to E4M3 [pair position][MOE_INTER];
+// y[pair position][MOE_HIDDEN] f32, unweighted (the combine applies the routing weights).
+extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
+moe_tc_down(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const u8* __restrict__ hq,
+            const u8* __restrict__ hs, const int* __restrict__ offsets, const int* __restrict__ active,
+            const int* __restrict__ n_active, const int* __restrict__ tiles, float* __restrict__ y) {
+    extern __shared__ __align__(16) u8 tc_smem[];
+    __shared__ int w_rows[TC_BM], x_rows[TC_BN];
+    TcTile t;
+    if (!tile_of_block(offsets, active, n_active, tiles, t)) return;
+    const int n0 = blockIdx.x * TC_BM;
+    const size_t e = (size_t)(t.e + expert_base);
+    for (int r = threadIdx.x; r < TC_BM; r += TC_THREADS) w_rows[r] = (int)(e * MOE_HIDDEN + n0 + r);
+    for (int q = threadIdx.x; q < TC_BN; q += TC_THREADS) x_rows[q] = t.p0 + q < t.p_end ? t.p0 + q : -1;
+    __syncthreads();
+    float acc[2][TC_NI][4];
+    tc_gemm<MOE_INTER>(w2, s2, w_rows, hq, hs, x_rows, tc_smem, acc);
+
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;
+    const int g = lane / 4, tig = lane % 4;
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < TC_NI; ++ni)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                int q = wn * TC_WN + ni * 8 + 2 * tig + (c & 1);
+                int n = n0 + wm * 32 + mi * 16 + g + (c >> 1) * 8;
+                int p = t.p0 + q;
+                if (p < t.p_end) y[(size_t)p * MOE_HIDDEN + n] = acc[mi][ni][c];
+            }
+}
+
+#endif
