@@ -14,16 +14,18 @@
 //
 // Tiles: a block computes TC_BM = 128 weight rows x TC_BN = 64 pairs, K in stages of TC_BK =
 // 128 (four MX blocks). Eight warps as 4 (rows) x 2 (pairs), each 32 rows x 32 pairs = 2 x 4
-// mma tiles. Weights stream from global memory into registers one stage ahead, are decoded
-// E2M1 -> E4M3 on the way to shared memory (double-buffered), and reach the tensor cores
-// through ldmatrix. gate_up gives each warp 16 gate rows and the 16 up rows of the same
-// intermediate indices, so SiLU(gate) * up is formed in registers.
+// mma tiles. TC_PIPE stages of packed weights, activations and scales stream in through
+// cp.async (the memory-bound small-tile case needs many bytes in flight per SM); each stage's
+// weights are decoded E2M1 -> E4M3 once into shared memory and reach the tensor cores through
+// ldmatrix, as do the activations. gate_up gives each warp 16 gate rows and the 16 up rows of
+// the same intermediate indices, so SiLU(gate) * up is formed in registers.
 //
 // Work list: the pairs of each active expert are cut into tiles of TC_BN; `tiles[a]` (from
 // moe_align) is the first tile of the a-th active expert, `tiles[n_active]` the total. Grid:
 // (row tiles, upper bound of the tiles); a block past the total exits at once.
 //
-// Defines: MOE_HIDDEN, MOE_INTER as in moe.hip (multiples of 128 here), TC_BN (64).
+// Defines: MOE_HIDDEN, MOE_INTER as in moe.hip (multiples of 128 here), TC_BN (32 or 64),
+// TC_PIPE (stages in flight, >= 2); the launcher sizes shared memory from the same numbers.
 // check-defines: MOE_HIDDEN=256 MOE_INTER=128
 
 #ifndef MOE_HIDDEN
@@ -52,13 +54,19 @@ typedef unsigned int u32;
 #define TC_PITCH (TC_BK + 16)       // bytes per shared row: 16 B of padding keep ldmatrix conflict-free
 #define TC_W_BYTES (TC_BM * TC_PITCH)
 #define TC_X_BYTES (TC_BN * TC_PITCH)
-// One stage in shared memory: decoded weights, activations, and their scales as floats
-// ([MX block][row], so a thread's two rows / two pairs are one or two loads).
-#define TC_STAGE_BYTES (TC_W_BYTES + TC_X_BYTES + 4 * TC_KB * (TC_BM + TC_BN))
+// Stages of raw global data in flight (cp.async), and the bytes of one: packed weights,
+// activations (at the ldmatrix pitch, read in place), E8M0 codes of both.
+#ifndef TC_PIPE
+#define TC_PIPE 4
+#endif
+#define TC_RAW_BYTES (TC_BM * TC_BK / 2 + TC_X_BYTES + TC_KB * (TC_BM + TC_BN))
+// Shared memory of a block: the decoded weight tile and both scale sets as floats ([MX block]
+// [row], so a thread's two rows / two pairs are one or two loads), then the raw stages.
+#define TC_SMEM_BYTES (TC_W_BYTES + 4 * TC_KB * (TC_BM + TC_BN) + TC_PIPE * TC_RAW_BYTES)
 #define TC_W_VECS (TC_BM * TC_KB)   // 16-byte weight vectors (one MX block each) per stage
 #define TC_X_VECS (TC_BN * TC_BK / 16)
-#if (TC_BN != 32 && TC_BN != 64) || TC_BN * TC_KB > TC_THREADS
-#error "TC_BN must be 32 or 64"
+#if (TC_BN != 16 && TC_BN != 32 && TC_BN != 64) || TC_BN * TC_KB > TC_THREADS
+#error "TC_BN must be 16, 32 or 64"
 #endif
 #define TC_WN (TC_BN / 2)           // pairs per warp
 #define TC_NI (TC_WN / 8)           // mma tiles along the pairs per warp
@@ -89,6 +97,10 @@ __device__ __forceinline__ void ldmatrix_x4(u32 addr, u32& r0, u32& r1, u32& r2,
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                  : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
                  : "r"(addr));
+}
+
+__device__ __forceinline__ void ldmatrix_x2(u32 addr, u32& r0, u32& r1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r0), "=r"(r1) : "r"(addr));
 }
 
 // d = a (16x32 E4M3, row) * b (32x8 E4M3, col), f32, from zero.
@@ -123,18 +135,30 @@ __device__ __forceinline__ bool tile_of_block(const int* offsets, const int* act
     return true;
 }
 
-// Global -> register prefetch of one stage: two weight vectors (one MX block of one row each)
-// with their scales, and the activation vectors of the tile's pairs.
-struct TcPrefetch {
-    uint4 w[TC_W_VECS / TC_THREADS];
-    u8 sw[TC_W_VECS / TC_THREADS];
-    uint4 x[TC_X_VECS / TC_THREADS];
-    u8 sx;  // one activation scale per thread (TC_BN * TC_KB <= TC_THREADS)
-};
+__device__ __forceinline__ void cp_async16(u32 dst, const void* src, bool valid) {
+    // src-size 0 fills the 16 bytes with zeros (rows past the expert's pairs).
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0));
+}
 
-// GEMM over one tile: acc[mi][ni][4] for the warp's 2 x TC_NI mma tiles. `w_row(r)` is the
-// global weight row of tile row r; activation row q of the tile is `x_row[q]` (-1: past the
+__device__ __forceinline__ void cp_async4(u32 dst, const void* src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(dst), "l"(src), "r"(valid ? 4 : 0));
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N));
+}
+
+// GEMM over one tile: acc[mi][ni][4] for the warp's 2 x TC_NI mma tiles. `w_rows[r]` is the
+// global weight row of tile row r; activation row q of the tile is `x_rows[q]` (-1: past the
 // expert's pairs, read as zeros).
+//
+// Pipeline: TC_PIPE stages of raw global data (packed weights, E4M3 activations, both scale
+// sets) in flight through cp.async; per stage, the packed weights are decoded once into a
+// shared E4M3 tile (and the scales into floats), then the warps run their mma tiles on it and
+// on the activations where they landed.
 template <int K>
 __device__ __forceinline__ void tc_gemm(const u8* __restrict__ w, const u8* __restrict__ ws, const int* w_rows,
                                         const u8* __restrict__ x, const u8* __restrict__ xs, const int* x_rows,
@@ -151,80 +175,97 @@ __device__ __forceinline__ void tc_gemm(const u8* __restrict__ w, const u8* __re
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.0f;
 
-    TcPrefetch pf;
-    auto load = [&](int s) {
+    u8* dec = smem;                                          // decoded weights [TC_BM][TC_PITCH]
+    float* sws = (float*)(smem + TC_W_BYTES);                // [TC_KB][TC_BM]
+    float* sxs = sws + TC_KB * TC_BM;                        // [TC_KB][TC_BN], 1/4 folded in
+    u8* raw0 = (u8*)(sxs + TC_KB * TC_BN);                   // TC_PIPE raw stages
+    auto raw_w = [&](int b) { return raw0 + b * TC_RAW_BYTES; };                      // [TC_BM][TC_BK/2]
+    auto raw_x = [&](int b) { return raw_w(b) + TC_BM * TC_BK / 2; };                 // [TC_BN][TC_PITCH]
+    auto raw_sw = [&](int b) { return raw_x(b) + TC_X_BYTES; };                        // [TC_BM][TC_KB]
+    auto raw_sx = [&](int b) { return raw_sw(b) + TC_BM * TC_KB; };                    // [TC_BN][TC_KB]
+
+    auto issue = [&](int s) {
+        if (s < STAGES) {
+            const int b = s % TC_PIPE;
 #pragma unroll
-        for (int i = 0; i < TC_W_VECS / TC_THREADS; ++i) {
-            int v = tid + i * TC_THREADS, r = v / TC_KB, kb = s * TC_KB + v % TC_KB;
-            size_t row = (size_t)w_rows[r];
-            pf.w[i] = ((const uint4*)(w + row * (K / 2)))[kb];
-            pf.sw[i] = ws[row * KC + kb];
-        }
+            for (int i = 0; i < TC_W_VECS / TC_THREADS; ++i) {
+                int v = tid + i * TC_THREADS, r = v / TC_KB, c = v % TC_KB;
+                const u8* src = w + (size_t)w_rows[r] * (K / 2) + (size_t)(s * TC_KB + c) * 16;
+                cp_async16(smem_addr(raw_w(b) + v * 16), src, true);
+            }
 #pragma unroll
-        for (int i = 0; i < TC_X_VECS / TC_THREADS; ++i) {
-            int v = tid + i * TC_THREADS, q = v / (TC_BK / 16), c = v % (TC_BK / 16);
-            int row = x_rows[q];
-            pf.x[i] = row >= 0 ? ((const uint4*)(x + (size_t)row * K + s * TC_BK))[c] : make_uint4(0, 0, 0, 0);
+            for (int v = tid; v < TC_X_VECS; v += TC_THREADS) {
+                int q = v / (TC_BK / 16), c = v % (TC_BK / 16);
+                int row = x_rows[q];
+                const u8* src = x + (size_t)max(row, 0) * K + s * TC_BK + c * 16;
+                cp_async16(smem_addr(raw_x(b) + q * TC_PITCH + c * 16), src, row >= 0);
+            }
+            if (tid < TC_BM) {
+                cp_async4(smem_addr(raw_sw(b) + tid * TC_KB), ws + (size_t)w_rows[tid] * KC + s * TC_KB, true);
+            } else if (tid < TC_BM + TC_BN) {
+                int row = x_rows[tid - TC_BM];
+                cp_async4(smem_addr(raw_sx(b) + (tid - TC_BM) * TC_KB), xs + (size_t)max(row, 0) * KC + s * TC_KB,
+                          row >= 0);
+            }
         }
-        if (tid < TC_BN * TC_KB) {
-            int row = x_rows[tid / TC_KB];
-            pf.sx = row >= 0 ? xs[(size_t)row * KC + s * TC_KB + tid % TC_KB] : (u8)127;
-        }
-    };
-    auto store = [&](int buf) {
-        u8* ws_ = smem + buf * TC_STAGE_BYTES;
-        u8* xs_ = ws_ + TC_W_BYTES;
-        float* sws = (float*)(xs_ + TC_X_BYTES);
-        float* sxs = sws + TC_KB * TC_BM;
-#pragma unroll
-        for (int i = 0; i < TC_W_VECS / TC_THREADS; ++i) {
-            int v = tid + i * TC_THREADS, r = v / TC_KB, kb = v % TC_KB;
-            uint4 a, b;
-            e2m1x8_to_e4m3x8(pf.w[i].x, a.x, a.y);
-            e2m1x8_to_e4m3x8(pf.w[i].y, a.z, a.w);
-            e2m1x8_to_e4m3x8(pf.w[i].z, b.x, b.y);
-            e2m1x8_to_e4m3x8(pf.w[i].w, b.z, b.w);
-            uint4* dst = (uint4*)(ws_ + r * TC_PITCH + kb * 32);
-            dst[0] = a;
-            dst[1] = b;
-            sws[kb * TC_BM + r] = e8m0_to_f32(pf.sw[i]);
-        }
-#pragma unroll
-        for (int i = 0; i < TC_X_VECS / TC_THREADS; ++i) {
-            int v = tid + i * TC_THREADS, q = v / (TC_BK / 16), c = v % (TC_BK / 16);
-            *(uint4*)(xs_ + q * TC_PITCH + c * 16) = pf.x[i];
-        }
-        // The 1/4 undoes the doubling of both operands.
-        if (tid < TC_BN * TC_KB) sxs[(tid % TC_KB) * TC_BN + tid / TC_KB] = e8m0_to_f32(pf.sx) * 0.25f;
+        cp_async_commit();  // an empty group past the last stage keeps the wait counts uniform
     };
 
-    load(0);
-    store(0);
-    __syncthreads();
+#pragma unroll
+    for (int s = 0; s < TC_PIPE - 1; ++s) issue(s);
     for (int s = 0; s < STAGES; ++s) {
-        if (s + 1 < STAGES) load(s + 1);  // in flight while this stage computes
-        const u8* ws_ = smem + (s & 1) * TC_STAGE_BYTES;
-        const u8* xs_ = ws_ + TC_W_BYTES;
-        const float* sws = (const float*)(xs_ + TC_X_BYTES);
-        const float* sxs = sws + TC_KB * TC_BM;
-        // Rolled: unrolled, the compiler hoists the next blocks' fragments and spills at the
-        // 128-register bound of two blocks per SM.
-#pragma unroll 1
+        const int b = s % TC_PIPE;
+        cp_async_wait<TC_PIPE - 2>();  // this thread's copies of stage s have landed
+        __syncthreads();               // everyone's have; the previous stage's compute is done
+        issue(s + TC_PIPE - 1);        // into the buffer stage s-1 used
+#pragma unroll
+        for (int i = 0; i < TC_W_VECS / TC_THREADS; ++i) {
+            int v = tid + i * TC_THREADS, r = v / TC_KB, c = v % TC_KB;
+            uint4 p = *(const uint4*)(raw_w(b) + v * 16);
+            uint4 lo, hi;
+            e2m1x8_to_e4m3x8(p.x, lo.x, lo.y);
+            e2m1x8_to_e4m3x8(p.y, lo.z, lo.w);
+            e2m1x8_to_e4m3x8(p.z, hi.x, hi.y);
+            e2m1x8_to_e4m3x8(p.w, hi.z, hi.w);
+            uint4* dst = (uint4*)(dec + r * TC_PITCH + c * 32);
+            dst[0] = lo;
+            dst[1] = hi;
+        }
+        if (tid < TC_BM) {
+            u32 codes = *(const u32*)(raw_sw(b) + tid * TC_KB);
+#pragma unroll
+            for (int c = 0; c < TC_KB; ++c) sws[c * TC_BM + tid] = e8m0_to_f32((codes >> (8 * c)) & 0xffu);
+        } else if (tid < TC_BM + TC_BN) {
+            int q = tid - TC_BM;
+            u32 codes = *(const u32*)(raw_sx(b) + q * TC_KB);
+            // The 1/4 undoes the doubling of both operands.
+#pragma unroll
+            for (int c = 0; c < TC_KB; ++c) sxs[c * TC_BN + q] = e8m0_to_f32((codes >> (8 * c)) & 0xffu) * 0.25f;
+        }
+        __syncthreads();
+        const u8* xs_ = raw_x(b);
+        // Two blocks at a time: fully unrolled, the fragments of all four are hoisted and spill
+        // at the 128-register bound of two blocks per SM.
+#pragma unroll 2
         for (int kb = 0; kb < TC_KB; ++kb) {
-            u32 a[2][4], b[TC_NI][2];
+            u32 a[2][4], bf[TC_NI + 1][2];  // + 1: the x4 branch names bf[ni + 1] even where TC_NI is 1
 #pragma unroll
             for (int mi = 0; mi < 2; ++mi) {
                 // Matrices: rows 0-7 / 8-15 of the 16-row tile, k bytes 0-15 / 16-31.
                 int r = wm * 32 + mi * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
                 int k = kb * 32 + (lane / 16) * 16;
-                ldmatrix_x4(smem_addr(ws_ + r * TC_PITCH + k), a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
+                ldmatrix_x4(smem_addr(dec + r * TC_PITCH + k), a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
             }
 #pragma unroll
             for (int ni = 0; ni < TC_NI; ni += 2) {
-                // Matrices: pairs 0-7 k 0-15, pairs 0-7 k 16-31, pairs 8-15 k 0-15, pairs 8-15 k 16-31.
-                int q = wn * TC_WN + ni * 8 + (lane % 8) + (lane / 16) * 8;
+                // Matrices: pairs 0-7 k 0-15, pairs 0-7 k 16-31, pairs 8-15 k 0-15, pairs 8-15 k 16-31
+                // (the last two only when the warp has a second mma tile of pairs).
+                int q = wn * TC_WN + ni * 8 + (lane % 8) + (TC_NI > 1 ? (lane / 16) * 8 : 0);
                 int k = kb * 32 + ((lane / 8) % 2) * 16;
-                ldmatrix_x4(smem_addr(xs_ + q * TC_PITCH + k), b[ni][0], b[ni][1], b[ni + 1][0], b[ni + 1][1]);
+                if (TC_NI > 1)
+                    ldmatrix_x4(smem_addr(xs_ + q * TC_PITCH + k), bf[ni][0], bf[ni][1], bf[ni + 1][0], bf[ni + 1][1]);
+                else
+                    ldmatrix_x2(smem_addr(xs_ + q * TC_PITCH + k), bf[ni][0], bf[ni][1]);
             }
             const int g = lane / 4, tig = lane % 4;
             float sw_r[2][2];
@@ -239,7 +280,7 @@ __device__ __forceinline__ void tc_gemm(const u8* __restrict__ w, const u8* __re
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
                     float d[4];
-                    mma_e4m3(a[mi], b[ni][0], b[ni][1], d);
+                    mma_e4m3(a[mi], bf[ni][0], bf[ni][1], d);
                     acc[mi][ni][0] = fmaf(d[0], sw_r[mi][0] * sx.x, acc[mi][ni][0]);
                     acc[mi][ni][1] = fmaf(d[1], sw_r[mi][0] * sx.y, acc[mi][ni][1]);
                     acc[mi][ni][2] = fmaf(d[2], sw_r[mi][1] * sx.x, acc[mi][ni][2]);
@@ -247,9 +288,8 @@ __device__ __forceinline__ void tc_gemm(const u8* __restrict__ w, const u8* __re
                 }
             }
         }
-        if (s + 1 < STAGES) store((s + 1) & 1);
-        __syncthreads();
     }
+    cp_async_wait<0>();  // no copy may still target shared memory when the block moves on
 }
 
 // gate_up: tile rows are, per warp wm, the gate rows j0 + wm*16 + 0..15 then the up rows of

@@ -23,7 +23,7 @@ use runtime_rocm::{
 };
 
 use super::error::{GpuError, check_len, check_param};
-use super::moe_tc::{TILE_PAIRS, TcOperands, TensorCoreKernels};
+use super::moe_tc::{TcOperands, TensorCoreKernels, TileKernels};
 use crate::reference::{ActivationQuant, RoutingParams, ScaleRule};
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe.hip");
@@ -769,6 +769,7 @@ impl MoeKernels {
         let slots = params.top_k + params.shared_slots;
         let experts = shape.n_routed + params.shared_slots;
         let tensor = self.tensor_path(act, n_tokens);
+        let routed_tiles = tensor.map(|tc| tc.for_pass(n_tokens * slots, experts));
         mark(stream, &mut ws.marks, "start")?;
         self.route(
             stream,
@@ -785,6 +786,7 @@ impl MoeKernels {
             &ws.routed.ids,
             n_tokens * slots,
             experts,
+            routed_tiles,
             &mut ws.routed_groups,
         )?;
         mark(stream, &mut ws.marks, "align")?;
@@ -810,7 +812,7 @@ impl MoeKernels {
             experts,
             slots,
             n_tokens,
-            tensor,
+            tensor: routed_tiles,
         };
         self.experts_pass(
             stream,
@@ -829,6 +831,7 @@ impl MoeKernels {
         let shared_slots = match mode {
             SharedExpertMode::Separate if shape.n_shared > 0 => {
                 let pairs = n_tokens * shape.n_shared;
+                let shared_tiles = tensor.map(|tc| tc.for_pass(pairs, shape.n_shared));
                 stream.launch(
                     &self.route_all,
                     LaunchConfig::linear(pairs, ELEMENT_THREADS),
@@ -844,6 +847,7 @@ impl MoeKernels {
                     &ws.shared.ids,
                     pairs,
                     shape.n_shared,
+                    shared_tiles,
                     &mut ws.shared_groups,
                 )?;
                 let pass = Pass {
@@ -851,7 +855,7 @@ impl MoeKernels {
                     experts: shape.n_shared,
                     slots: shape.n_shared,
                     n_tokens,
-                    tensor,
+                    tensor: shared_tiles,
                 };
                 self.experts_pass(
                     stream,
@@ -909,6 +913,7 @@ impl MoeKernels {
         ids: &DeviceBuffer<i32>,
         pairs: usize,
         experts: usize,
+        tiles: Option<&TileKernels>,
         g: &mut Grouping,
     ) -> Result<(), GpuError> {
         let smem = 2 * experts * size_of::<i32>();
@@ -929,7 +934,8 @@ impl MoeKernels {
                 ids,
                 &to_i32("pairs", pairs)?,
                 &to_i32("experts", experts)?,
-                &to_i32("tile pairs", TILE_PAIRS)?,
+                // The GEMV kernels read no tile list: any positive width will do.
+                &to_i32("tile pairs", tiles.map_or(1, TileKernels::tile_pairs))?,
                 &g.offsets,
                 &g.sorted,
                 &g.position,
@@ -982,7 +988,7 @@ impl MoeKernels {
         let slots = to_i32("slots", pass.slots)?;
         match act {
             ActivationQuant::Mxfp4(rule) if let Some(tc) = pass.tensor => {
-                let max_tiles = to_u32("tiles", TensorCoreKernels::max_tiles(pairs, pass.experts))?;
+                let max_tiles = to_u32("tiles", tc.max_tiles(pairs, pass.experts))?;
                 let gate_up = TcOperands {
                     weights: &w.w13,
                     scales: &w.s13,
@@ -1116,5 +1122,5 @@ struct Pass<'a> {
     slots: usize,
     n_tokens: usize,
     /// The tensor-core kernels, when this pass uses them.
-    tensor: Option<&'a TensorCoreKernels>,
+    tensor: Option<&'a TileKernels>,
 }

@@ -15,25 +15,46 @@ use super::error::GpuError;
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe_tc.hip");
 
-/// Pairs per tile (`TC_BN`): the work list `moe_align` writes counts tiles of this many pairs.
-pub(super) const TILE_PAIRS: usize = 64;
+/// Pairs per tile (`TC_BN`) of the two compiled variants: narrow tiles waste less tensor work
+/// where experts hold few pairs each (the memory-bound sizes), wide ones reread less shared
+/// memory per multiply where they hold many.
+const NARROW_PAIRS: usize = 16;
+const WIDE_PAIRS: usize = 64;
+/// Mean pairs per active expert up to which a pass takes the narrow tiles.
+const NARROW_UP_TO: usize = 24;
 /// Weight rows per tile (`TC_BM` in the kernel).
 const TILE_ROWS: usize = 128;
 /// K per stage (`TC_BK`), and what hidden and intermediate sizes must be multiples of.
 const TILE_K: usize = 128;
 /// Threads per block (`TC_THREADS`).
 const THREADS: u32 = 256;
-/// Dynamic shared memory: two stages of decoded weights and activations (pitch `TILE_K` + 16
-/// bytes per row) and their scales as floats.
-const SHARED_BYTES: usize =
-    2 * ((TILE_ROWS + TILE_PAIRS) * (TILE_K + 16) + 4 * (TILE_K / 32) * (TILE_ROWS + TILE_PAIRS));
+/// Stages of raw data in flight (`TC_PIPE`).
+const PIPE: usize = 4;
+
+/// Dynamic shared memory of a block with `pairs`-pair tiles (`TC_SMEM_BYTES`): the decoded
+/// weight tile (pitch `TILE_K` + 16 bytes), both scale sets as floats, then `PIPE` raw stages
+/// (packed weights, activations at the same pitch, E8M0 codes).
+const fn shared_bytes(pairs: usize) -> usize {
+    TILE_ROWS * (TILE_K + 16)
+        + 4 * (TILE_K / 32) * (TILE_ROWS + pairs)
+        + PIPE
+            * (TILE_ROWS * TILE_K / 2 + pairs * (TILE_K + 16) + (TILE_K / 32) * (TILE_ROWS + pairs))
+}
 
 /// The first compute capability with E4M3 `mma.sync` (Ada, Hopper and later).
 const MIN_CAPABILITY: u32 = 89;
 
-/// The compiled tensor-core kernels for one (hidden, intermediate) shape.
+/// The compiled tensor-core kernels for one (hidden, intermediate) shape, in both tile widths.
 #[derive(Debug)]
 pub(super) struct TensorCoreKernels {
+    narrow: TileKernels,
+    wide: TileKernels,
+}
+
+/// gate_up and down for one tile width.
+#[derive(Debug)]
+pub(super) struct TileKernels {
+    pairs: usize,
     gate_up: Function,
     down: Function,
 }
@@ -74,28 +95,52 @@ impl TensorCoreKernels {
         if !capable || !hidden.is_multiple_of(TILE_K) || !inter.is_multiple_of(TILE_K) {
             return Ok(None);
         }
-        let defines = Defines::new()
-            .set("MOE_HIDDEN", hidden)
-            .set("MOE_INTER", inter)
-            .set("TC_BN", TILE_PAIRS);
-        let module = device.compile(&SOURCE, &defines)?;
+        let variant = |pairs: usize| -> Result<TileKernels, GpuError> {
+            let defines = Defines::new()
+                .set("MOE_HIDDEN", hidden)
+                .set("MOE_INTER", inter)
+                .set("TC_BN", pairs)
+                .set("TC_PIPE", PIPE);
+            let module = device.compile(&SOURCE, &defines)?;
+            Ok(TileKernels {
+                pairs,
+                gate_up: module.function("moe_tc_gate_up")?,
+                down: module.function("moe_tc_down")?,
+            })
+        };
         Ok(Some(TensorCoreKernels {
-            gate_up: module.function("moe_tc_gate_up")?,
-            down: module.function("moe_tc_down")?,
+            narrow: variant(NARROW_PAIRS)?,
+            wide: variant(WIDE_PAIRS)?,
         }))
+    }
+
+    /// The tile width for a pass of `pairs` pairs over at most `experts` experts.
+    pub(super) fn for_pass(&self, pairs: usize, experts: usize) -> &TileKernels {
+        if pairs <= NARROW_UP_TO * experts.min(pairs) {
+            &self.narrow
+        } else {
+            &self.wide
+        }
+    }
+}
+
+impl TileKernels {
+    /// Pairs per tile: what `moe_align` must cut the experts' pairs into for these kernels.
+    pub(super) fn tile_pairs(&self) -> usize {
+        self.pairs
     }
 
     /// The most tiles a grouping of `pairs` pairs over `experts` experts can have: every
     /// expert's last tile may be partial.
-    pub(super) fn max_tiles(pairs: usize, experts: usize) -> usize {
-        pairs.div_ceil(TILE_PAIRS) + experts.min(pairs)
+    pub(super) fn max_tiles(&self, pairs: usize, experts: usize) -> usize {
+        pairs.div_ceil(self.pairs) + experts.min(pairs)
     }
 
-    fn config(row_tiles: usize, max_tiles: u32) -> Result<LaunchConfig, GpuError> {
+    fn config(&self, row_tiles: usize, max_tiles: u32) -> Result<LaunchConfig, GpuError> {
         Ok(LaunchConfig {
             grid: [super::moe::to_u32("row tiles", row_tiles)?, max_tiles, 1],
             block: [THREADS, 1, 1],
-            shared_mem_bytes: SHARED_BYTES as u32,
+            shared_mem_bytes: shared_bytes(self.pairs) as u32,
         })
     }
 
@@ -111,7 +156,7 @@ impl TensorCoreKernels {
     ) -> Result<(), GpuError> {
         stream.launch(
             &self.gate_up,
-            Self::config(inter / (TILE_ROWS / 2), op.max_tiles)?,
+            self.config(inter / (TILE_ROWS / 2), op.max_tiles)?,
             &[
                 op.weights,
                 op.scales,
@@ -139,7 +184,7 @@ impl TensorCoreKernels {
     ) -> Result<(), GpuError> {
         stream.launch(
             &self.down,
-            Self::config(hidden / TILE_ROWS, op.max_tiles)?,
+            self.config(hidden / TILE_ROWS, op.max_tiles)?,
             &[
                 op.weights,
                 op.scales,
