@@ -104,8 +104,10 @@ __device__ __forceinline__ void ldmatrix_x2(u32 addr, u32& r0, u32& r1) {
 }
 
 // d = a (16x32 E4M3, row) * b (32x8 E4M3, col), f32, from zero.
+// Not volatile: a pure function of its registers, so the compiler may interleave it with
+// other work.
 __device__ __forceinline__ void mma_e4m3(const u32* a, u32 b0, u32 b1, float* d) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%10,%10,%10,%10};"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
@@ -274,17 +276,22 @@ __device__ __forceinline__ void tc_gemm(const u8* __restrict__ w, const u8* __re
                 sw_r[mi][0] = sws[kb * TC_BM + wm * 32 + mi * 16 + g];
                 sw_r[mi][1] = sws[kb * TC_BM + wm * 32 + mi * 16 + g + 8];
             }
+            // Every mma of the block first, then the scaling: the tensor-core latency is paid
+            // once, not once per tile.
+            float d[TC_NI][2][4];
+#pragma unroll
+            for (int ni = 0; ni < TC_NI; ++ni)
+#pragma unroll
+                for (int mi = 0; mi < 2; ++mi) mma_e4m3(a[mi], bf[ni][0], bf[ni][1], d[ni][mi]);
 #pragma unroll
             for (int ni = 0; ni < TC_NI; ++ni) {
                 float2 sx = *(const float2*)(sxs + kb * TC_BN + wn * TC_WN + ni * 8 + 2 * tig);
 #pragma unroll
                 for (int mi = 0; mi < 2; ++mi) {
-                    float d[4];
-                    mma_e4m3(a[mi], bf[ni][0], bf[ni][1], d);
-                    acc[mi][ni][0] = fmaf(d[0], sw_r[mi][0] * sx.x, acc[mi][ni][0]);
-                    acc[mi][ni][1] = fmaf(d[1], sw_r[mi][0] * sx.y, acc[mi][ni][1]);
-                    acc[mi][ni][2] = fmaf(d[2], sw_r[mi][1] * sx.x, acc[mi][ni][2]);
-                    acc[mi][ni][3] = fmaf(d[3], sw_r[mi][1] * sx.y, acc[mi][ni][3]);
+                    acc[mi][ni][0] = fmaf(d[ni][mi][0], sw_r[mi][0] * sx.x, acc[mi][ni][0]);
+                    acc[mi][ni][1] = fmaf(d[ni][mi][1], sw_r[mi][0] * sx.y, acc[mi][ni][1]);
+                    acc[mi][ni][2] = fmaf(d[ni][mi][2], sw_r[mi][1] * sx.x, acc[mi][ni][2]);
+                    acc[mi][ni][3] = fmaf(d[ni][mi][3], sw_r[mi][1] * sx.y, acc[mi][ni][3]);
                 }
             }
         }

@@ -201,8 +201,10 @@ pub enum ExpertPath {
     TensorCore,
 }
 
-/// Tokens from which [`ExpertPath::Auto`] takes the tensor cores.
-pub const TENSOR_CORE_MIN_TOKENS: usize = 64;
+/// Tokens from which [`ExpertPath::Auto`] takes the tensor cores: on an H200 the GEMV kernels
+/// win at 64 tokens (4.1 against 4.6 ms for a Kimi-K2.5 layer), the tensor cores at 128 (5.8
+/// against 7.2 ms); see `PERF-NOTES.md`, v6.
+pub const TENSOR_CORE_MIN_TOKENS: usize = 128;
 
 /// One routing result on the device: `ids` and `weights` `[tokens][slots]`.
 #[derive(Debug)]
