@@ -22,7 +22,8 @@
 //
 // Work list: the pairs of each active expert are cut into tiles of TC_BN; `tiles[a]` (from
 // moe_align) is the first tile of the a-th active expert, `tiles[n_active]` the total. Grid:
-// (row tiles, upper bound of the tiles); a block past the total exits at once.
+// (row tiles, upper bound of the tiles); a block past the total exits at once. The last
+// `n_tail` active experts can be left to a second launch in dense mode (see tile_of_block).
 //
 // Defines: MOE_HIDDEN, MOE_INTER as in moe.hip (multiples of 128 here), TC_BN (32 or 64),
 // TC_PIPE (stages in flight, >= 2); the launcher sizes shared memory from the same numbers.
@@ -121,18 +122,30 @@ struct TcTile {
     int e, p0, p_end;
 };
 
+// The work of block y. List mode (dense_pairs == 0): the tile list over the active experts but
+// the last n_tail. Dense mode: only the last n_tail active experts, each holding exactly
+// dense_pairs pairs (the fused shared slots, which every token routes to), cut into tiles
+// without a list — so one pass can give sparse routed experts narrow tiles and the dense shared
+// slots wide ones.
 __device__ __forceinline__ bool tile_of_block(const int* offsets, const int* active, const int* n_active,
-                                              const int* tiles, TcTile& t) {
-    const int n = n_active[0];
+                                              const int* tiles, int n_tail, int dense_pairs, TcTile& t) {
+    const int n = n_active[0] - n_tail;
     const int y = blockIdx.y;
-    if (y >= tiles[n]) return false;
-    int lo = 0, hi = n - 1;  // the last active expert whose first tile is <= y
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (tiles[mid] <= y) lo = mid; else hi = mid - 1;
+    if (dense_pairs > 0) {
+        const int per_slot = (dense_pairs + TC_BN - 1) / TC_BN;
+        if (y >= per_slot * n_tail) return false;
+        t.e = active[n + y / per_slot];
+        t.p0 = offsets[t.e] + (y % per_slot) * TC_BN;
+    } else {
+        if (n <= 0 || y >= tiles[n]) return false;
+        int lo = 0, hi = n - 1;  // the last active expert whose first tile is <= y
+        while (lo < hi) {
+            int mid = (lo + hi + 1) >> 1;
+            if (tiles[mid] <= y) lo = mid; else hi = mid - 1;
+        }
+        t.e = active[lo];
+        t.p0 = offsets[t.e] + (y - tiles[lo]) * TC_BN;
     }
-    t.e = active[lo];
-    t.p0 = offsets[t.e] + (y - tiles[lo]) * TC_BN;
     t.p_end = offsets[t.e + 1];
     return true;
 }
@@ -306,11 +319,11 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
 moe_tc_gate_up(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base, const u8* __restrict__ xq,
                const u8* __restrict__ xs, const int* __restrict__ offsets, const int* __restrict__ sorted_pairs,
                const int* __restrict__ active, const int* __restrict__ n_active, const int* __restrict__ tiles,
-               int slots, float* __restrict__ h) {
+               int n_tail, int dense_pairs, int slots, float* __restrict__ h) {
     extern __shared__ __align__(16) u8 tc_smem[];
     __shared__ int w_rows[TC_BM], x_rows[TC_BN];
     TcTile t;
-    if (!tile_of_block(offsets, active, n_active, tiles, t)) return;
+    if (!tile_of_block(offsets, active, n_active, tiles, n_tail, dense_pairs, t)) return;
     const int j0 = blockIdx.x * (TC_BM / 2);
     const size_t e = (size_t)(t.e + expert_base);
     for (int r = threadIdx.x; r < TC_BM; r += TC_THREADS) {
@@ -343,11 +356,12 @@ moe_tc_gate_up(const u8* __restrict__ w13, const u8* __restrict__ s13, int exper
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
 moe_tc_down(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const u8* __restrict__ hq,
             const u8* __restrict__ hs, const int* __restrict__ offsets, const int* __restrict__ active,
-            const int* __restrict__ n_active, const int* __restrict__ tiles, float* __restrict__ y) {
+            const int* __restrict__ n_active, const int* __restrict__ tiles, int n_tail, int dense_pairs,
+            float* __restrict__ y) {
     extern __shared__ __align__(16) u8 tc_smem[];
     __shared__ int w_rows[TC_BM], x_rows[TC_BN];
     TcTile t;
-    if (!tile_of_block(offsets, active, n_active, tiles, t)) return;
+    if (!tile_of_block(offsets, active, n_active, tiles, n_tail, dense_pairs, t)) return;
     const int n0 = blockIdx.x * TC_BM;
     const size_t e = (size_t)(t.e + expert_base);
     for (int r = threadIdx.x; r < TC_BM; r += TC_THREADS) w_rows[r] = (int)(e * MOE_HIDDEN + n0 + r);

@@ -23,7 +23,7 @@ use runtime_rocm::{
 };
 
 use super::error::{GpuError, check_len, check_param};
-use super::moe_tc::{TcOperands, TensorCoreKernels, TileKernels};
+use super::moe_tc::{TcOperands, TcPlan, TensorCoreKernels};
 use crate::reference::{ActivationQuant, RoutingParams, ScaleRule};
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe.hip");
@@ -771,7 +771,8 @@ impl MoeKernels {
         let slots = params.top_k + params.shared_slots;
         let experts = shape.n_routed + params.shared_slots;
         let tensor = self.tensor_path(act, n_tokens);
-        let routed_tiles = tensor.map(|tc| tc.for_pass(n_tokens * slots, experts));
+        let routed_tiles =
+            tensor.map(|tc| tc.plan(n_tokens * slots, experts, params.shared_slots, n_tokens));
         mark(stream, &mut ws.marks, "start")?;
         self.route(
             stream,
@@ -833,7 +834,7 @@ impl MoeKernels {
         let shared_slots = match mode {
             SharedExpertMode::Separate if shape.n_shared > 0 => {
                 let pairs = n_tokens * shape.n_shared;
-                let shared_tiles = tensor.map(|tc| tc.for_pass(pairs, shape.n_shared));
+                let shared_tiles = tensor.map(|tc| tc.plan(pairs, shape.n_shared, 0, 0));
                 stream.launch(
                     &self.route_all,
                     LaunchConfig::linear(pairs, ELEMENT_THREADS),
@@ -915,7 +916,7 @@ impl MoeKernels {
         ids: &DeviceBuffer<i32>,
         pairs: usize,
         experts: usize,
-        tiles: Option<&TileKernels>,
+        tiles: Option<TcPlan<'_>>,
         g: &mut Grouping,
     ) -> Result<(), GpuError> {
         let smem = 2 * experts * size_of::<i32>();
@@ -937,7 +938,7 @@ impl MoeKernels {
                 &to_i32("pairs", pairs)?,
                 &to_i32("experts", experts)?,
                 // The GEMV kernels read no tile list: any positive width will do.
-                &to_i32("tile pairs", tiles.map_or(1, TileKernels::tile_pairs))?,
+                &to_i32("tile pairs", tiles.map_or(1, |t| t.tile_pairs()))?,
                 &g.offsets,
                 &g.sorted,
                 &g.position,
@@ -990,7 +991,6 @@ impl MoeKernels {
         let slots = to_i32("slots", pass.slots)?;
         match act {
             ActivationQuant::Mxfp4(rule) if let Some(tc) = pass.tensor => {
-                let max_tiles = to_u32("tiles", tc.max_tiles(pairs, pass.experts))?;
                 let gate_up = TcOperands {
                     weights: &w.w13,
                     scales: &w.s13,
@@ -1001,10 +1001,12 @@ impl MoeKernels {
                     active: &g.active,
                     n_active: &g.n_active,
                     tiles: &g.tiles,
-                    max_tiles,
                     out: h,
                 };
-                tc.gate_up(stream, self.inter, &gate_up, &g.sorted, slots)?;
+                let experts = pass.experts;
+                tc.gate_up(
+                    stream, self.inter, pairs, experts, &gate_up, &g.sorted, slots,
+                )?;
                 mark(stream, marks, "gate_up")?;
                 self.launch_quantize(
                     stream,
@@ -1024,7 +1026,7 @@ impl MoeKernels {
                     out: y,
                     ..gate_up
                 };
-                tc.down(stream, self.hidden, &down)?;
+                tc.down(stream, self.hidden, pairs, experts, &down)?;
                 mark(stream, marks, "down")?;
             }
             ActivationQuant::Mxfp4(rule) => {
@@ -1124,5 +1126,5 @@ struct Pass<'a> {
     slots: usize,
     n_tokens: usize,
     /// The tensor-core kernels, when this pass uses them.
-    tensor: Option<&'a TileKernels>,
+    tensor: Option<TcPlan<'a>>,
 }

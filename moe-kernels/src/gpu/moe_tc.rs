@@ -59,6 +59,23 @@ pub(super) struct TileKernels {
     down: Function,
 }
 
+/// The tile widths of one pass: `list` over the active experts (from `moe_align`'s tile list),
+/// and optionally wide tiles for trailing dense slots (the fused shared slots: each holds one
+/// pair per token), which `list` then leaves out.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TcPlan<'a> {
+    pub list: &'a TileKernels,
+    pub tail: Option<DenseTail<'a>>,
+}
+
+/// Trailing active experts served in dense mode (see `tile_of_block` in the kernel).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DenseTail<'a> {
+    kernels: &'a TileKernels,
+    slots: usize,
+    pairs_per_slot: usize,
+}
+
 /// Where one tensor-core GEMM reads and writes (see the kernel signatures).
 pub(super) struct TcOperands<'a> {
     pub weights: &'a DeviceBuffer<u8>,
@@ -70,9 +87,104 @@ pub(super) struct TcOperands<'a> {
     pub active: &'a DeviceBuffer<i32>,
     pub n_active: &'a DeviceBuffer<i32>,
     pub tiles: &'a DeviceBuffer<i32>,
-    /// Upper bound of the tiles `moe_align` can have written: the grid's y extent.
-    pub max_tiles: u32,
     pub out: &'a DeviceBuffer<f32>,
+}
+
+impl TcPlan<'_> {
+    /// Pairs per tile of the list `moe_align` must write.
+    pub(super) fn tile_pairs(&self) -> usize {
+        self.list.pairs
+    }
+
+    /// Each launch of one GEMM: kernels, (n_tail, dense_pairs) arguments, grid y extent.
+    fn launches(&self, pairs: usize, experts: usize) -> Vec<(&TileKernels, [i32; 2], usize)> {
+        let n_tail = self.tail.map_or(0, |t| t.slots);
+        // Every expert's last tile may be partial: at most one tile per expert beyond pairs / width.
+        let mut launches = vec![(
+            self.list,
+            [n_tail as i32, 0],
+            pairs.div_ceil(self.list.pairs) + experts.min(pairs),
+        )];
+        if let Some(t) = self.tail {
+            launches.push((
+                t.kernels,
+                [n_tail as i32, t.pairs_per_slot as i32],
+                t.slots * t.pairs_per_slot.div_ceil(t.kernels.pairs),
+            ));
+        }
+        launches
+    }
+
+    /// gate_up with SiLU·up over `pairs` pairs of at most `experts` experts:
+    /// `h[position][inter]` from E4M3 activations `[tokens][hidden]`, gathered through
+    /// `sorted` (flat pair index / `slots` = token).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn gate_up(
+        &self,
+        stream: &Stream,
+        inter: usize,
+        pairs: usize,
+        experts: usize,
+        op: &TcOperands<'_>,
+        sorted: &DeviceBuffer<i32>,
+        slots: i32,
+    ) -> Result<(), GpuError> {
+        for (kernels, [n_tail, dense], grid_y) in self.launches(pairs, experts) {
+            stream.launch(
+                &kernels.gate_up,
+                kernels.config(inter / (TILE_ROWS / 2), grid_y)?,
+                &[
+                    op.weights,
+                    op.scales,
+                    &op.expert_base,
+                    op.act,
+                    op.act_scales,
+                    op.offsets,
+                    sorted,
+                    op.active,
+                    op.n_active,
+                    op.tiles,
+                    &n_tail,
+                    &dense,
+                    &slots,
+                    op.out,
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// down: unweighted `y[position][hidden]` from E4M3 `h` `[positions][inter]`.
+    pub(super) fn down(
+        &self,
+        stream: &Stream,
+        hidden: usize,
+        pairs: usize,
+        experts: usize,
+        op: &TcOperands<'_>,
+    ) -> Result<(), GpuError> {
+        for (kernels, [n_tail, dense], grid_y) in self.launches(pairs, experts) {
+            stream.launch(
+                &kernels.down,
+                kernels.config(hidden / TILE_ROWS, grid_y)?,
+                &[
+                    op.weights,
+                    op.scales,
+                    &op.expert_base,
+                    op.act,
+                    op.act_scales,
+                    op.offsets,
+                    op.active,
+                    op.n_active,
+                    op.tiles,
+                    &n_tail,
+                    &dense,
+                    op.out,
+                ],
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// `sm_XY` -> XY; anything else (AMD `gfx…`) -> None.
@@ -114,91 +226,48 @@ impl TensorCoreKernels {
         }))
     }
 
-    /// The tile width for a pass of `pairs` pairs over at most `experts` experts.
-    pub(super) fn for_pass(&self, pairs: usize, experts: usize) -> &TileKernels {
-        if pairs <= NARROW_UP_TO * experts.min(pairs) {
-            &self.narrow
-        } else {
-            &self.wide
+    /// The tile widths for a pass of `pairs` pairs over at most `experts` experts, of which
+    /// the last `dense_slots` hold `pairs_per_dense_slot` pairs each (fused shared slots; 0 for
+    /// none): narrow tiles where the other experts average few pairs, and wide ones for dense
+    /// slots that hold many.
+    pub(super) fn plan(
+        &self,
+        pairs: usize,
+        experts: usize,
+        dense_slots: usize,
+        pairs_per_dense_slot: usize,
+    ) -> TcPlan<'_> {
+        let sparse_pairs = pairs - dense_slots * pairs_per_dense_slot;
+        let sparse_experts = experts.saturating_sub(dense_slots).min(sparse_pairs).max(1);
+        if sparse_pairs > NARROW_UP_TO * sparse_experts {
+            return TcPlan {
+                list: &self.wide,
+                tail: None,
+            };
+        }
+        let tail = (dense_slots > 0 && pairs_per_dense_slot > NARROW_UP_TO).then_some(DenseTail {
+            kernels: &self.wide,
+            slots: dense_slots,
+            pairs_per_slot: pairs_per_dense_slot,
+        });
+        TcPlan {
+            list: &self.narrow,
+            tail,
         }
     }
 }
 
 impl TileKernels {
-    /// Pairs per tile: what `moe_align` must cut the experts' pairs into for these kernels.
-    pub(super) fn tile_pairs(&self) -> usize {
-        self.pairs
-    }
-
-    /// The most tiles a grouping of `pairs` pairs over `experts` experts can have: every
-    /// expert's last tile may be partial.
-    pub(super) fn max_tiles(&self, pairs: usize, experts: usize) -> usize {
-        pairs.div_ceil(self.pairs) + experts.min(pairs)
-    }
-
-    fn config(&self, row_tiles: usize, max_tiles: u32) -> Result<LaunchConfig, GpuError> {
+    fn config(&self, row_tiles: usize, tiles: usize) -> Result<LaunchConfig, GpuError> {
         Ok(LaunchConfig {
-            grid: [super::moe::to_u32("row tiles", row_tiles)?, max_tiles, 1],
+            grid: [
+                super::moe::to_u32("row tiles", row_tiles)?,
+                super::moe::to_u32("tiles", tiles)?,
+                1,
+            ],
             block: [THREADS, 1, 1],
             shared_mem_bytes: shared_bytes(self.pairs) as u32,
         })
-    }
-
-    /// gate_up with SiLU·up: `h[position][inter]` from E4M3 activations `[tokens][hidden]`,
-    /// gathered through `sorted` (flat pair index / `slots` = token).
-    pub(super) fn gate_up(
-        &self,
-        stream: &Stream,
-        inter: usize,
-        op: &TcOperands<'_>,
-        sorted: &DeviceBuffer<i32>,
-        slots: i32,
-    ) -> Result<(), GpuError> {
-        stream.launch(
-            &self.gate_up,
-            self.config(inter / (TILE_ROWS / 2), op.max_tiles)?,
-            &[
-                op.weights,
-                op.scales,
-                &op.expert_base,
-                op.act,
-                op.act_scales,
-                op.offsets,
-                sorted,
-                op.active,
-                op.n_active,
-                op.tiles,
-                &slots,
-                op.out,
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// down: unweighted `y[position][hidden]` from E4M3 `h` `[positions][inter]`.
-    pub(super) fn down(
-        &self,
-        stream: &Stream,
-        hidden: usize,
-        op: &TcOperands<'_>,
-    ) -> Result<(), GpuError> {
-        stream.launch(
-            &self.down,
-            self.config(hidden / TILE_ROWS, op.max_tiles)?,
-            &[
-                op.weights,
-                op.scales,
-                &op.expert_base,
-                op.act,
-                op.act_scales,
-                op.offsets,
-                op.active,
-                op.n_active,
-                op.tiles,
-                op.out,
-            ],
-        )?;
-        Ok(())
     }
 }
 
