@@ -5,7 +5,9 @@
 //! Tolerance: the kernels compute the same f32 formulas as the reference in another summation
 //! order (and `expf`/`sqrtf` of the device library), so relative L2 errors land near 1e-6;
 //! 1e-4 leaves room for the longest sums. W4A4 layers quantize identical f32 inputs with the
-//! same rule, so they too match to f32 rounding.
+//! same rule, so they too match to f32 rounding. MLA attention keeps a running softmax over key
+//! tiles and splits (rescaling partial sums: f32 rounding again) and stores `kv_b_proj` bf16
+//! only when its values are bf16, so it multiplies by the reference's exact weights.
 
 use moe_kernels::gpu::model_ops::{
     DeviceLinear, MLA_MAX_KEYS, MlaWeights, MlaWorkspace, ModelOps, PagedKeys, mla_splits,
