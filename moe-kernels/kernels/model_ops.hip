@@ -425,7 +425,7 @@ extern "C" __global__ void ops_cache_store(const float* __restrict__ latent, con
 // Absorbed MLA attention (see moe_kernels::reference::mla_attention) over a paged latent cache,
 // flash-decoding style. The launcher first absorbs each query into the latent space
 // (lat[t][h] = W_UK[h]^T q_nope[t][h], a batched linear layer), then runs ops_mla_split over
-// blocks of (MLA_HEADS heads of one token, one key range), then, when the keys were split
+// blocks of (up to MLA_HEADS heads of one token, one key range), then, when the keys were split
 // over several blocks, ops_mla_combine, and finally the batched W_UV output absorption.
 //
 // Token t attends to keys 0..=pos[t] of its sequence, whose block table is
@@ -436,8 +436,8 @@ __device__ __forceinline__ size_t paged_row(const int* __restrict__ table, int j
     return ((size_t)table[j >> block_shift] << block_shift) + (size_t)(j & mask);
 }
 
-// One block per (group of MLA_HEADS heads, key split, token): blockIdx.x = g + groups*(s +
-// splits*t), the group fastest, so the groups reading the same keys run side by side and
+// One block per (group of `group` <= MLA_HEADS heads, key split, token): blockIdx.x = g +
+// groups*(s + splits*t), the group fastest, so the groups reading the same keys run side by side and
 // share them through L2. Split s of a token with `keys` keys takes keys [s*per, s*per + per)
 // with per = ceil(keys / splits) rounded up to a whole tile; the bounds come from pos on the
 // device, so the grid depends only on (tokens, splits). The block walks its keys a tile of
@@ -455,7 +455,7 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_mla_split(const float* __restrict__ q, float* lat, const float* __restrict__ cache_latent,
               const float* __restrict__ cache_rope, const int* __restrict__ tables,
               const int* __restrict__ table_off, const int* __restrict__ pos, int block_shift,
-              int heads, int nope, int rope, int kv_lora, float scale, int splits,
+              int heads, int group, int nope, int rope, int kv_lora, float scale, int splits,
               float* __restrict__ partials) {
     extern __shared__ float smem[];
     float* q_s = smem;                        // [MLA_HEADS][kv_lora]
@@ -465,12 +465,12 @@ ops_mla_split(const float* __restrict__ q, float* lat, const float* __restrict__
     __shared__ float p_s[MLA_HEADS][MLA_KEYS];
     __shared__ float m_s[MLA_HEADS], l_s[MLA_HEADS], corr_s[MLA_HEADS];
     const int tid = threadIdx.x, lane = tid % WARP_SIZE, wave = tid / WARP_SIZE;
-    const int groups = (heads + MLA_HEADS - 1) / MLA_HEADS;
+    const int groups = (heads + group - 1) / group;
     const int g = blockIdx.x % groups;
     const int s = (blockIdx.x / groups) % splits;
     const int t = blockIdx.x / groups / splits;
-    const int h0 = g * MLA_HEADS;
-    const int gh = min(MLA_HEADS, heads - h0);
+    const int h0 = g * group;
+    const int gh = min(group, heads - h0);
     const int keys = pos[t] + 1;
     int per = (keys + splits - 1) / splits;
     per = (per + MLA_KEYS - 1) / MLA_KEYS * MLA_KEYS;
@@ -505,9 +505,9 @@ ops_mla_split(const float* __restrict__ q, float* lat, const float* __restrict__
         }
         __syncthreads();
         // One wave per (head, key) score; the branch is uniform over the wave.
-        for (int i = wave; i < MLA_HEADS * MLA_KEYS; i += OPS_WAVES) {
+        for (int i = wave; i < gh * MLA_KEYS; i += OPS_WAVES) {
             int h = i / MLA_KEYS, kk = i % MLA_KEYS;
-            if (h < gh && kk < nk) {
+            if (kk < nk) {
                 float a = 0.0f;
                 const float* qh = q_s + h * kv_lora;
                 const float* kr = k_s + kk * kv_lora;

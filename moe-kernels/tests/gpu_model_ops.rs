@@ -10,7 +10,7 @@
 //! only when its values are bf16, so it multiplies by the reference's exact weights.
 
 use moe_kernels::gpu::model_ops::{
-    DeviceLinear, MLA_MAX_KEYS, MlaWeights, MlaWorkspace, ModelOps, PagedKeys, mla_splits,
+    DeviceLinear, MLA_MAX_KEYS, MlaWeights, MlaWorkspace, ModelOps, PagedKeys, mla_launch,
 };
 use moe_kernels::reference::{
     ActivationMode, ActivationQuant, Linear, Matrix, MlaCache, MlaDims, Mxfp4Matrix, Rope,
@@ -472,11 +472,11 @@ fn attention_case(
     )
     .unwrap();
     s.synchronize().unwrap();
-    let splits = mla_splits(queries.len(), d.heads, max_keys);
+    let launch = mla_launch(queries.len(), d.heads, max_keys);
     check(
         &format!(
-            "mla_attention {d:?} block {block}, {} queries, {max_keys} keys at most, {splits} \
-             splits, kv_b {}",
+            "mla_attention {d:?} block {block}, {} queries, {max_keys} keys at most, {launch:?}, \
+             kv_b {}",
             queries.len(),
             if bf16_kv_b { "bf16" } else { "f32" }
         ),

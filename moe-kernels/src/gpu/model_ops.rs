@@ -216,7 +216,7 @@ pub struct PagedKeys<'a> {
     /// Rows per cache block (a power of two, so the kernel maps keys with a shift and a mask).
     pub block_tokens: usize,
     /// At least `position + 1` of every query, at most [`MLA_MAX_KEYS`]. Only its
-    /// power-of-two bucket matters (it picks the key split count, see [`mla_splits`]); the
+    /// power-of-two bucket matters (it picks the launch shape, see [`mla_launch`]); the
     /// kernels read each query's own key count from `positions`.
     pub max_keys: usize,
 }
@@ -289,19 +289,37 @@ pub fn mla_weight_bytes(kv_b: &Linear) -> usize {
     }
 }
 
-/// Key splits of an attention launch for `tokens` queries with at most `max_keys` keys:
-/// enough (head group, split, token) blocks for [`MLA_TARGET_BLOCKS`], no more than the
-/// key tiles of `max_keys` rounded up to a power of two, at most [`MLA_MAX_SPLITS`]. A decode
-/// batch's grid therefore changes only when its longest sequence crosses a power of two.
-pub fn mla_splits(tokens: usize, heads: usize, max_keys: usize) -> usize {
-    let blocks = (tokens * heads.div_ceil(MLA_HEADS)).max(1);
+/// How an attention call is spread over blocks: each block takes `group` heads of one token
+/// over one of `splits` key ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaLaunch {
+    /// Heads per block (a power of two, at most 8): they share every key row the block reads.
+    pub group: usize,
+    /// Key ranges per (token, head group); with more than one, a combine kernel merges them.
+    pub splits: usize,
+}
+
+/// The launch shape of an attention call of `tokens` queries with at most `max_keys` keys:
+/// aim for [`MLA_TARGET_BLOCKS`] blocks, first by splitting the keys (up to their tiles
+/// rounded up to a power of two, at most [`MLA_MAX_SPLITS`]), then, when the keys are too few
+/// for that (short decode contexts), by giving each block fewer heads. It depends only on
+/// `tokens`, `heads` and the power-of-two bucket of `max_keys`, so a decode batch's grids
+/// change only when its longest sequence crosses a power of two.
+pub fn mla_launch(tokens: usize, heads: usize, max_keys: usize) -> MlaLaunch {
     let tiles = max_keys
         .clamp(1, MLA_MAX_KEYS)
         .next_power_of_two()
-        .div_ceil(MLA_KEYS);
-    (MLA_TARGET_BLOCKS / blocks)
-        .min(tiles)
-        .clamp(1, MLA_MAX_SPLITS)
+        .div_ceil(MLA_KEYS)
+        .min(MLA_MAX_SPLITS);
+    let blocks = |group: usize| tokens.max(1) * heads.max(1).div_ceil(group);
+    let mut group = MLA_HEADS;
+    while group > 1 && blocks(group) * tiles < MLA_TARGET_BLOCKS {
+        group /= 2;
+    }
+    MlaLaunch {
+        group,
+        splits: (MLA_TARGET_BLOCKS / blocks(group)).clamp(1, tiles),
+    }
 }
 
 /// Scratch of [`ModelOps::mla_attention`] for up to `max_tokens` queries: the absorbed
@@ -329,11 +347,14 @@ impl MlaWorkspace {
     }
 
     /// f32 lengths of the two buffers (at least 1 each). Partials exist only for calls split
-    /// over keys, which [`mla_splits`] allows only while tokens × splits stays under the
-    /// target block count, so their size does not grow with `max_tokens`.
+    /// over keys, which [`mla_launch`] allows only while tokens × splits stays under the
+    /// target block count, so their size does not grow with `max_tokens`: the largest over
+    /// every token count and key bucket.
     fn lengths(d: &MlaDims, max_tokens: usize) -> (usize, usize) {
+        let buckets = (0..=MLA_MAX_KEYS.ilog2() + 1).map(|b| 1usize << b);
         let split_rows = (1..=max_tokens.min(MLA_TARGET_BLOCKS))
-            .map(|t| match mla_splits(t, d.heads, MLA_MAX_KEYS) {
+            .flat_map(|t| buckets.clone().map(move |keys| (t, keys)))
+            .map(|(t, keys)| match mla_launch(t, d.heads, keys).splits {
                 1 => 0,
                 s => t * s,
             })
@@ -689,12 +710,12 @@ impl ModelOps {
     /// [`crate::reference::mla_attention`] for `tokens` queries of any sequences over a paged
     /// latent cache (see [`PagedKeys`]), in four launches: the query absorption
     /// `W_UK[h]ᵀ·q_nope` of every (token, head) as one batched linear layer, the scores,
-    /// softmax and latent context split over blocks of (8 heads, a key range, a token)
-    /// ([`mla_splits`] of them per token and head group), a combine of the splits (only when
-    /// there are several), and the output absorption `W_UV[h]·o_lat` as a batched linear
-    /// layer. `workspace` must have been sized for at least `tokens`.
+    /// softmax and latent context over blocks of (up to 8 heads, a key range, a token) (see
+    /// [`mla_launch`]), a combine of the key ranges (only when there are several), and the
+    /// output absorption `W_UV[h]·o_lat` as a batched linear layer. `workspace` must have been
+    /// sized for at least `tokens`.
     ///
-    /// Shapes for graph capture: the grids depend on `tokens`, `dims` and the split count,
+    /// Shapes for graph capture: the grids depend on `tokens`, `dims` and [`mla_launch`],
     /// which depends only on `tokens` and the power-of-two bucket of `keys.max_keys`. Every
     /// per-query quantity (positions, block tables and their offsets) is read on the device,
     /// so a captured launch replays correctly for any key lengths within the bucket it was
@@ -762,7 +783,7 @@ impl ModelOps {
         if tokens == 0 {
             return Ok(());
         }
-        let splits = mla_splits(tokens, d.heads, keys.max_keys);
+        let MlaLaunch { group, splits } = mla_launch(tokens, d.heads, keys.max_keys);
         room("workspace", &workspace.latent, tokens * d.heads * d.kv_lora)?;
         if splits > 1 {
             room(
@@ -781,7 +802,7 @@ impl ModelOps {
             d.heads,
             (&mut ws.latent, lat_stride, d.kv_lora),
         )?;
-        let groups = d.heads.div_ceil(MLA_HEADS);
+        let groups = d.heads.div_ceil(group);
         stream.launch(
             &self.mla_split,
             LaunchConfig {
@@ -799,6 +820,7 @@ impl ModelOps {
                 keys.positions,
                 &(b.trailing_zeros() as i32),
                 &int("heads", d.heads)?,
+                &int("group", group)?,
                 &int("qk_nope", d.qk_nope)?,
                 &int("qk_rope", d.qk_rope)?,
                 &int("kv_lora", d.kv_lora)?,
@@ -971,21 +993,24 @@ mod tests {
     }
 
     #[test]
-    fn attention_splits_keys_only_while_blocks_are_few() {
-        // Kimi-K2.5: 64 heads, 8 groups of 8. At c=1 the split count follows the key bucket
-        // (20 keys: 32 rounds to 4 tiles) up to the target of 512 blocks (64 splits).
-        assert_eq!(mla_splits(1, 64, 20), 4);
-        assert_eq!(mla_splits(1, 64, 32), 4);
-        assert_eq!(mla_splits(1, 64, 33), 8);
-        assert_eq!(mla_splits(1, 64, 5000), 64);
-        assert_eq!(mla_splits(1, 64, MLA_MAX_KEYS), 64);
-        assert_eq!(mla_splits(16, 64, 5000), 4);
-        // c=64 and prefill already give 512 blocks and more: one split, no combine.
-        assert_eq!(mla_splits(64, 64, 5000), 1);
-        assert_eq!(mla_splits(1024, 64, 1024), 1);
-        // A partial head group counts as a group; one key is one split.
-        assert_eq!(mla_splits(1, 12, 1), 1);
-        assert_eq!(mla_splits(5, 12, 300), 51);
+    fn attention_fills_the_device_with_splits_then_smaller_head_groups() {
+        let launch = |group, splits| MlaLaunch { group, splits };
+        // Kimi-K2.5, 64 heads. c=1 with 20 keys (4 tiles in the 32 bucket): 8 heads a block
+        // give 8 × 4 = 32 blocks, so groups shrink to one head: 64 × 4 = 256 blocks.
+        assert_eq!(mla_launch(1, 64, 20), launch(1, 4));
+        assert_eq!(mla_launch(1, 64, 32), launch(1, 4));
+        assert_eq!(mla_launch(1, 64, 33), launch(1, 8));
+        // 64 tiles (512 keys) and more: 8 groups × 64 splits = 512 blocks.
+        assert_eq!(mla_launch(1, 64, 5000), launch(8, 64));
+        assert_eq!(mla_launch(1, 64, MLA_MAX_KEYS), launch(8, 64));
+        assert_eq!(mla_launch(16, 64, 5000), launch(8, 4));
+        // c=64 and prefill already have 512 blocks and more: one split, no combine.
+        assert_eq!(mla_launch(64, 64, 5000), launch(8, 1));
+        assert_eq!(mla_launch(64, 64, 20), launch(8, 1));
+        assert_eq!(mla_launch(1024, 64, 1024), launch(8, 1));
+        // One key is one split; a partial head group counts as a group.
+        assert_eq!(mla_launch(1, 12, 1), launch(1, 1));
+        assert_eq!(mla_launch(5, 12, 300), launch(8, 51));
     }
 
     #[test]
@@ -997,7 +1022,8 @@ mod tests {
             v: 128,
             kv_lora: 512,
         };
-        // Partials peak at 64 (token, split) pairs per head (c=1 with 64 splits).
+        // Partials peak at 64 (token, split) pairs per head (c=1 with 64 splits, or c=2 with
+        // 32, ...).
         let partials = 64 * 64 * 514;
         assert_eq!(
             MlaWorkspace::lengths(&kimi, 1024),
