@@ -41,13 +41,7 @@ impl LayerAttention {
         Self {
             layer,
             rope,
-            dims: MlaDims {
-                heads: c.num_attention_heads,
-                qk_nope: c.qk_nope_head_dim,
-                qk_rope: c.qk_rope_head_dim,
-                v: c.v_head_dim,
-                kv_lora: c.kv_lora_rank,
-            },
+            dims: c.mla_dims(),
             softmax_scale: c.softmax_scale(),
             eps: c.rms_norm_eps,
             mode,

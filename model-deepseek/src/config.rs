@@ -10,7 +10,7 @@
 //! `configuration_deepseek.py`); every value present in the file wins. Published copies of
 //! these configs disagree on rope and epsilon fields, so nothing here is hard-coded per model.
 
-use moe_kernels::reference::{Rope, YarnParams};
+use moe_kernels::reference::{MlaDims, Rope, YarnParams};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -205,6 +205,17 @@ impl ModelConfig {
     /// Query/key head dimension: `qk_nope_head_dim + qk_rope_head_dim`.
     pub fn qk_head_dim(&self) -> usize {
         self.qk_nope_head_dim + self.qk_rope_head_dim
+    }
+
+    /// The attention's dimensions as the MLA kernels take them.
+    pub fn mla_dims(&self) -> MlaDims {
+        MlaDims {
+            heads: self.num_attention_heads,
+            qk_nope: self.qk_nope_head_dim,
+            qk_rope: self.qk_rope_head_dim,
+            v: self.v_head_dim,
+            kv_lora: self.kv_lora_rank,
+        }
     }
 
     /// Whether decoder layer `layer` has a MoE block (else the dense MLP).

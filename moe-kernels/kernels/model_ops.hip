@@ -9,8 +9,12 @@
 //   OPS_THREADS   threads per block of the block-wide kernels (a multiple of WARP_SIZE)
 //   LIN_ROWS      output rows per wave of the linear kernels
 //   LIN_TOKS      tokens per weight read of the linear kernels
+//   MLA_HEADS     heads of one attention block (they share each key row it reads)
+//   MLA_KEYS      keys per shared-memory tile of the attention kernel
+//   MLA_COLS      latent columns per thread of the attention kernel (kv_lora <= OPS_THREADS*MLA_COLS)
 // check-defines: OPS_THREADS=128
 // check-defines: LIN_ROWS=2 LIN_TOKS=16
+// check-defines: MLA_HEADS=4 MLA_KEYS=16 MLA_COLS=8
 
 #ifndef OPS_THREADS
 #define OPS_THREADS 256
@@ -24,6 +28,15 @@
 #endif
 #ifndef LIN_TOKS
 #define LIN_TOKS 8
+#endif
+#ifndef MLA_HEADS
+#define MLA_HEADS 8
+#endif
+#ifndef MLA_KEYS
+#define MLA_KEYS 8
+#endif
+#ifndef MLA_COLS
+#define MLA_COLS 4
 #endif
 #define MX_BLOCK 32
 
@@ -222,12 +235,15 @@ struct Mxfp4Rows {
 };
 
 // One block: OPS_WAVES / ksplit row groups of LIN_ROWS rows, each group's k range split over
-// `ksplit` waves; token tile blockIdx.y. The vector path needs k to be a multiple of the chunk
-// (rows and activation rows then start 16-byte aligned); otherwise every element goes through
+// `ksplit` waves; token tile blockIdx.y. Token t's input row is x[t*x_stride ..] and its output
+// row out[t*out_stride ..]. The vector path needs k to be a multiple of the chunk, x_stride a
+// multiple of 4 and x 16-byte aligned (weight and activation rows then start 16-byte aligned;
+// a batched call's per-batch offset may break the last); otherwise every element goes through
 // the scalar loop.
 template <typename W>
-__device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict__ x, int m, int k,
-                                            int n, int ksplit, float* __restrict__ out) {
+__device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict__ x, int x_stride,
+                                            int m, int k, int n, int ksplit, float* __restrict__ out,
+                                            int out_stride) {
     __shared__ float red[OPS_WAVES][LIN_ROWS][LIN_TOKS];
     int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
     int groups = OPS_WAVES / ksplit;
@@ -244,8 +260,9 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
     for (int r = 0; r < LIN_ROWS; ++r)
 #pragma unroll
         for (int tt = 0; tt < LIN_TOKS; ++tt) acc[r][tt] = 0.0f;
-    const float* xt = x + (size_t)t0 * k;
-    int chunks = (k % W::CHUNK == 0) ? k / W::CHUNK : 0;
+    const float* xt = x + (size_t)t0 * x_stride;
+    bool aligned = x_stride % 4 == 0 && ((size_t)x & 15) == 0;
+    int chunks = (k % W::CHUNK == 0 && aligned) ? k / W::CHUNK : 0;
     int stride = ksplit * WARP_SIZE, first = p * WARP_SIZE + lane;
     for (int c = first; c < chunks; c += stride) {
         typename W::Reg reg[LIN_ROWS];
@@ -260,7 +277,7 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
 #pragma unroll
             for (int tt = 0; tt < LIN_TOKS; ++tt) {
                 if (tt < nt) {
-                    const float4* xv = (const float4*)(xt + (size_t)tt * k + e);
+                    const float4* xv = (const float4*)(xt + (size_t)tt * x_stride + e);
                     float4 a = xv[0], b = xv[1];
                     float xs[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
 #pragma unroll
@@ -277,7 +294,7 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
             float wv = wt.scalar(rows[r], e);
 #pragma unroll
             for (int tt = 0; tt < LIN_TOKS; ++tt)
-                if (tt < nt) acc[r][tt] = fmaf(xt[(size_t)tt * k + e], wv, acc[r][tt]);
+                if (tt < nt) acc[r][tt] = fmaf(xt[(size_t)tt * x_stride + e], wv, acc[r][tt]);
         }
     }
     // nt is uniform over the block, so every lane of a wave takes part in each shuffle.
@@ -297,7 +314,7 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
         if (tt >= nt || row >= n) continue;
         float s = 0.0f;
         for (int q = 0; q < ksplit; ++q) s += red[gg * ksplit + q][r][tt];
-        out[(size_t)(t0 + tt) * n + row] = s;
+        out[(size_t)(t0 + tt) * out_stride + row] = s;
     }
 }
 
@@ -305,14 +322,36 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, int k, int n,
                int ksplit, float* __restrict__ out) {
     F32Rows wt = {w, k};
-    linear_tile(wt, x, m, k, n, ksplit, out);
+    linear_tile(wt, x, k, m, k, n, ksplit, out, n);
 }
 
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_bf16(const float* __restrict__ x, const u16* __restrict__ w, int m, int k, int n,
                 int ksplit, float* __restrict__ out) {
     Bf16Rows wt = {w, k};
-    linear_tile(wt, x, m, k, n, ksplit, out);
+    linear_tile(wt, x, k, m, k, n, ksplit, out, n);
+}
+
+// Batched linear layers (the per-head absorptions of MLA attention): batch b = blockIdx.z
+// multiplies weight b (rows b*n .. b*n+n-1 of a stacked [batches*n][k] weight) by the rows
+// x[t*x_stride + b*x_batch ..] and writes out[t*out_stride + b*out_batch ..]. Each weight
+// byte is read once per token tile, as in the plain linear kernels.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_batched_f32(const float* __restrict__ x, int x_stride, int x_batch,
+                       const float* __restrict__ w, int m, int k, int n, int ksplit,
+                       float* __restrict__ out, int out_stride, int out_batch) {
+    size_t b = blockIdx.z;
+    F32Rows wt = {w + b * n * k, k};
+    linear_tile(wt, x + b * x_batch, x_stride, m, k, n, ksplit, out + b * out_batch, out_stride);
+}
+
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_batched_bf16(const float* __restrict__ x, int x_stride, int x_batch,
+                        const u16* __restrict__ w, int m, int k, int n, int ksplit,
+                        float* __restrict__ out, int out_stride, int out_batch) {
+    size_t b = blockIdx.z;
+    Bf16Rows wt = {w + b * n * k, k};
+    linear_tile(wt, x + b * x_batch, x_stride, m, k, n, ksplit, out + b * out_batch, out_stride);
 }
 
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
@@ -320,7 +359,7 @@ ops_linear_mxfp4(const float* __restrict__ x, const u8* __restrict__ packed,
                  const u8* __restrict__ scales, int m, int k, int n, int ksplit,
                  float* __restrict__ out) {
     Mxfp4Rows wt = {packed, scales, k};
-    linear_tile(wt, x, m, k, n, ksplit, out);
+    linear_tile(wt, x, k, m, k, n, ksplit, out, n);
 }
 
 // Dynamic MXFP4 fake quantization of `n_blocks` blocks of 32 values: quantize with the shared
@@ -383,92 +422,189 @@ extern "C" __global__ void ops_cache_store(const float* __restrict__ latent, con
     }
 }
 
-// Absorbed MLA attention (see moe_kernels::reference::mla_attention) over a paged latent cache.
-// One block per (token, head): q [t][heads][nope + rope] (rope part rotated); token t attends to
-// keys 0..=pos[t] of its sequence, whose block table is tables[table_off[t] ..]: key j lives in
-// cache row tables[table_off[t] + (j >> block_shift)] * 2^block_shift + (j & (2^block_shift - 1)).
-// kv_b [heads][nope + v][kv_lora]; out [t][heads][v]. Dynamic shared memory: 2*kv_lora + pos+1
-// floats. The arithmetic is the same as over one contiguous slab: only the address of key j
-// changes. Scores and outputs are dot products of 512 (kv_lora) terms, each taken by one wave
-// (lane-strided partial sums, then a wave reduction), so their summation order differs from
-// the reference's sequential one by f32 rounding only.
+// Absorbed MLA attention (see moe_kernels::reference::mla_attention) over a paged latent cache,
+// flash-decoding style. The launcher first absorbs each query into the latent space
+// (lat[t][h] = W_UK[h]^T q_nope[t][h], a batched linear layer), then runs ops_mla_split over
+// blocks of (up to MLA_HEADS heads of one token, one key range), then, when the keys were split
+// over several blocks, ops_mla_combine, and finally the batched W_UV output absorption.
+//
+// Token t attends to keys 0..=pos[t] of its sequence, whose block table is
+// tables[table_off[t] ..]: key j lives in cache row
+// tables[table_off[t] + (j >> block_shift)] * 2^block_shift + (j & (2^block_shift - 1)).
 __device__ __forceinline__ size_t paged_row(const int* __restrict__ table, int j, int block_shift) {
     int mask = (1 << block_shift) - 1;
     return ((size_t)table[j >> block_shift] << block_shift) + (size_t)(j & mask);
 }
 
+// One block per (group of `group` <= MLA_HEADS heads, key split, token): blockIdx.x = g +
+// groups*(s + splits*t), the group fastest, so the groups reading the same keys run side by side and
+// share them through L2. Split s of a token with `keys` keys takes keys [s*per, s*per + per)
+// with per = ceil(keys / splits) rounded up to a whole tile; the bounds come from pos on the
+// device, so the grid depends only on (tokens, splits). The block walks its keys a tile of
+// MLA_KEYS at a time: it stages the tile's latent and rope rows in shared memory (each key
+// row read once for all its heads), takes every (head, key) score as a wave-wide dot
+// product, updates each head's running max and sum (online softmax) and the latent
+// accumulators (registers: thread i owns columns i, i + OPS_THREADS, ...).
+//
+// lat [t][heads][kv_lora]: the absorbed queries on input. With splits == 1 the block writes
+// its heads' normalized latent context over their queries (it read them first, and no other
+// block reads them); otherwise it writes partials[((t*heads + h)*splits + s)*(kv_lora + 2)]:
+// the unnormalized accumulator, then the running max and sum (an empty split: -inf, 0).
+// Dynamic shared memory: (MLA_HEADS + MLA_KEYS) * (kv_lora + rope) floats.
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
-ops_mla_attention(const float* __restrict__ q, const float* __restrict__ cache_latent,
-                  const float* __restrict__ cache_rope, const float* __restrict__ kv_b,
-                  const int* __restrict__ tables, const int* __restrict__ table_off,
-                  const int* __restrict__ pos, int block_shift, int heads, int nope, int rope,
-                  int vdim, int kv_lora, float scale, float* __restrict__ out) {
+ops_mla_split(const float* __restrict__ q, float* lat, const float* __restrict__ cache_latent,
+              const float* __restrict__ cache_rope, const int* __restrict__ tables,
+              const int* __restrict__ table_off, const int* __restrict__ pos, int block_shift,
+              int heads, int group, int nope, int rope, int kv_lora, float scale, int splits,
+              float* __restrict__ partials) {
     extern __shared__ float smem[];
-    __shared__ float scratch[OPS_WAVES];
-    float* q_lat = smem;
-    float* o_lat = smem + kv_lora;
-    float* scores = smem + 2 * kv_lora;
-    int t = blockIdx.x / heads, h = blockIdx.x % heads;
-    const float* qv = q + ((size_t)t * heads + h) * (nope + rope);
-    const float* w_uk = kv_b + (size_t)h * (nope + vdim) * kv_lora;
-    const float* w_uv = w_uk + (size_t)nope * kv_lora;
+    float* q_s = smem;                        // [MLA_HEADS][kv_lora]
+    float* k_s = q_s + MLA_HEADS * kv_lora;   // [MLA_KEYS][kv_lora]
+    float* qpe_s = k_s + MLA_KEYS * kv_lora;  // [MLA_HEADS][rope]
+    float* kpe_s = qpe_s + MLA_HEADS * rope;  // [MLA_KEYS][rope]
+    __shared__ float p_s[MLA_HEADS][MLA_KEYS];
+    __shared__ float m_s[MLA_HEADS], l_s[MLA_HEADS], corr_s[MLA_HEADS];
+    const int tid = threadIdx.x, lane = tid % WARP_SIZE, wave = tid / WARP_SIZE;
+    const int groups = (heads + group - 1) / group;
+    const int g = blockIdx.x % groups;
+    const int s = (blockIdx.x / groups) % splits;
+    const int t = blockIdx.x / groups / splits;
+    const int h0 = g * group;
+    const int gh = min(group, heads - h0);
+    const int keys = pos[t] + 1;
+    int per = (keys + splits - 1) / splits;
+    per = (per + MLA_KEYS - 1) / MLA_KEYS * MLA_KEYS;
+    // s * per <= keys - 1 + splits * MLA_KEYS: in range for any key count the launcher allows.
+    const int begin = min(s * per, keys), end = min(begin + per, keys);
     const int* table = tables + table_off[t];
-    int keys = pos[t] + 1;
-    int block_tokens = 1 << block_shift;
 
-    for (int c = threadIdx.x; c < kv_lora; c += OPS_THREADS) {
-        float a = 0.0f;
-        // Unrolled so that several W_UK loads are in flight before their FMAs.
-#pragma unroll 8
-        for (int n = 0; n < nope; ++n) a = fmaf(qv[n], w_uk[(size_t)n * kv_lora + c], a);
-        q_lat[c] = a;
+    float* lat_g = lat + ((size_t)t * heads + h0) * kv_lora;
+    for (int i = tid; i < gh * kv_lora; i += OPS_THREADS) q_s[i] = lat_g[i];
+    for (int h = 0; h < gh; ++h)
+        for (int c = tid; c < rope; c += OPS_THREADS)
+            qpe_s[h * rope + c] = q[((size_t)t * heads + h0 + h) * (nope + rope) + nope + c];
+    if (tid < MLA_HEADS) {
+        m_s[tid] = -__uint_as_float(0x7f800000u);
+        l_s[tid] = 0.0f;
     }
+    float acc[MLA_HEADS][MLA_COLS];
+#pragma unroll
+    for (int h = 0; h < MLA_HEADS; ++h)
+#pragma unroll
+        for (int j = 0; j < MLA_COLS; ++j) acc[h][j] = 0.0f;
     __syncthreads();
-    // One wave per key: the lanes read the key's latent and rope rows together (coalesced) and
-    // reduce, instead of one thread walking a whole row alone.
-    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
-    float local_max = -__uint_as_float(0x7f800000u);
-    for (int k = wave; k < keys; k += OPS_WAVES) {
-        size_t row = paged_row(table, k, block_shift);
-        const float* ck = cache_latent + row * kv_lora;
-        const float* kpe = cache_rope + row * rope;
-        float s = 0.0f, r = 0.0f;
-#pragma unroll 4
-        for (int c = lane; c < kv_lora; c += WARP_SIZE) s = fmaf(q_lat[c], ck[c], s);
-        for (int c = lane; c < rope; c += WARP_SIZE) r = fmaf(qv[nope + c], kpe[c], r);
-        float sc = (wave_sum(s) + wave_sum(r)) * scale;
-        if (lane == 0) scores[k] = sc;
-        local_max = fmaxf(local_max, sc);
-    }
-    float mx = block_reduce(local_max, scratch, true);
-    float local_sum = 0.0f;
-    for (int k = threadIdx.x; k < keys; k += OPS_THREADS) {
-        float e = expf(scores[k] - mx);
-        scores[k] = e;
-        local_sum += e;
-    }
-    float sum = block_reduce(local_sum, scratch, false);
-    __syncthreads();
-    for (int c = threadIdx.x; c < kv_lora; c += OPS_THREADS) {
-        // Keys in ascending order, a block at a time: one table read per block.
-        float a = 0.0f;
-        for (int k0 = 0; k0 < keys; k0 += block_tokens) {
-            const float* lat = cache_latent + ((size_t)table[k0 >> block_shift] << block_shift) * kv_lora;
-            int end = min(block_tokens, keys - k0);
-            for (int k = 0; k < end; ++k) a = fmaf(scores[k0 + k], lat[(size_t)k * kv_lora + c], a);
+
+    for (int k0 = begin; k0 < end; k0 += MLA_KEYS) {
+        const int nk = min(MLA_KEYS, end - k0);
+        for (int kk = 0; kk < nk; ++kk) {
+            size_t row = paged_row(table, k0 + kk, block_shift);
+            for (int c = tid; c < kv_lora; c += OPS_THREADS)
+                k_s[kk * kv_lora + c] = cache_latent[row * kv_lora + c];
+            for (int c = tid; c < rope; c += OPS_THREADS)
+                kpe_s[kk * rope + c] = cache_rope[row * rope + c];
         }
-        o_lat[c] = a / sum;
+        __syncthreads();
+        // One wave per (head, key) score; the branch is uniform over the wave.
+        for (int i = wave; i < gh * MLA_KEYS; i += OPS_WAVES) {
+            int h = i / MLA_KEYS, kk = i % MLA_KEYS;
+            if (kk < nk) {
+                float a = 0.0f;
+                const float* qh = q_s + h * kv_lora;
+                const float* kr = k_s + kk * kv_lora;
+                for (int c = lane; c < kv_lora; c += WARP_SIZE) a = fmaf(qh[c], kr[c], a);
+                for (int c = lane; c < rope; c += WARP_SIZE)
+                    a = fmaf(qpe_s[h * rope + c], kpe_s[kk * rope + c], a);
+                a = wave_sum(a);
+                if (lane == 0) p_s[h][kk] = a * scale;
+            }
+        }
+        __syncthreads();
+        // Online softmax, one thread per head: p becomes exp(score - new max) (0 past nk), the
+        // running sum and the accumulators are rescaled by exp(old max - new max).
+        if (tid < gh) {
+            float mo = m_s[tid], mn = mo;
+            for (int kk = 0; kk < nk; ++kk) mn = fmaxf(mn, p_s[tid][kk]);
+            float corr = expf(mo - mn), sum = 0.0f;
+            for (int kk = 0; kk < MLA_KEYS; ++kk) {
+                float e = kk < nk ? expf(p_s[tid][kk] - mn) : 0.0f;
+                p_s[tid][kk] = e;
+                sum += e;
+            }
+            l_s[tid] = l_s[tid] * corr + sum;
+            m_s[tid] = mn;
+            corr_s[tid] = corr;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < MLA_COLS; ++j) {
+            int c = tid + j * OPS_THREADS;
+            if (c < kv_lora) {
+#pragma unroll
+                for (int h = 0; h < MLA_HEADS; ++h)
+                    if (h < gh) acc[h][j] *= corr_s[h];
+                // Rows past nk hold an earlier tile's keys (or nothing): skipped, not 0 * x.
+                for (int kk = 0; kk < nk; ++kk) {
+                    float v = k_s[kk * kv_lora + c];
+#pragma unroll
+                    for (int h = 0; h < MLA_HEADS; ++h)
+                        if (h < gh) acc[h][j] = fmaf(p_s[h][kk], v, acc[h][j]);
+                }
+            }
+        }
+        // The next tile overwrites k_s and p_s.
+        __syncthreads();
     }
+
+#pragma unroll
+    for (int j = 0; j < MLA_COLS; ++j) {
+        int c = tid + j * OPS_THREADS;
+        if (c >= kv_lora) continue;
+#pragma unroll
+        for (int h = 0; h < MLA_HEADS; ++h) {
+            if (h >= gh) continue;
+            if (splits == 1) {
+                lat_g[(size_t)h * kv_lora + c] = acc[h][j] / l_s[h];
+            } else {
+                size_t r = (((size_t)t * heads + h0 + h) * splits + s) * (size_t)(kv_lora + 2);
+                partials[r + c] = acc[h][j];
+            }
+        }
+    }
+    if (splits > 1 && tid < gh) {
+        size_t r = (((size_t)t * heads + h0 + tid) * splits + s) * (size_t)(kv_lora + 2);
+        partials[r + kv_lora] = m_s[tid];
+        partials[r + kv_lora + 1] = l_s[tid];
+    }
+}
+
+// Merges the key splits of ops_mla_split: one block per (head, token), blockIdx.x = h +
+// heads*t. Split s weighs exp(m_s - M) (M the largest running max of the non-empty splits);
+// the normalized latent context goes to lat[t][h]. `splits` <= OPS_THREADS. Every split
+// wrote its whole row (an empty one a zero accumulator), so 0-weighted terms add 0.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_mla_combine(const float* __restrict__ partials, int heads, int kv_lora, int splits,
+                float* __restrict__ lat) {
+    __shared__ float w_s[OPS_THREADS];
+    __shared__ float scratch[OPS_WAVES];
+    const int h = blockIdx.x % heads, t = blockIdx.x / heads;
+    const size_t row0 = ((size_t)t * heads + h) * splits * (size_t)(kv_lora + 2);
+    const int tid = threadIdx.x;
+    float m = -__uint_as_float(0x7f800000u), l = 0.0f;
+    if (tid < splits) {
+        m = partials[row0 + (size_t)tid * (kv_lora + 2) + kv_lora];
+        l = partials[row0 + (size_t)tid * (kv_lora + 2) + kv_lora + 1];
+    }
+    // An empty split (l == 0) takes no part; every token has at least one key.
+    float mx = block_reduce(l > 0.0f ? m : -__uint_as_float(0x7f800000u), scratch, true);
+    float w = (tid < splits && l > 0.0f) ? expf(m - mx) : 0.0f;
+    float sum = block_reduce(w * l, scratch, false);
+    if (tid < splits) w_s[tid] = w;
     __syncthreads();
-    // One wave per output: its W_UV row is read coalesced across the lanes.
-    float* o = out + ((size_t)t * heads + h) * vdim;
-    for (int j = wave; j < vdim; j += OPS_WAVES) {
-        const float* wr = w_uv + (size_t)j * kv_lora;
+    for (int c = tid; c < kv_lora; c += OPS_THREADS) {
         float a = 0.0f;
-#pragma unroll 4
-        for (int c = lane; c < kv_lora; c += WARP_SIZE) a = fmaf(wr[c], o_lat[c], a);
-        a = wave_sum(a);
-        if (lane == 0) o[j] = a;
+        for (int sp = 0; sp < splits; ++sp)
+            a = fmaf(w_s[sp], partials[row0 + (size_t)sp * (kv_lora + 2) + c], a);
+        lat[((size_t)t * heads + h) * kv_lora + c] = a / sum;
     }
 }
 

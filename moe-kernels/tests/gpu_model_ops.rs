@@ -5,14 +5,19 @@
 //! Tolerance: the kernels compute the same f32 formulas as the reference in another summation
 //! order (and `expf`/`sqrtf` of the device library), so relative L2 errors land near 1e-6;
 //! 1e-4 leaves room for the longest sums. W4A4 layers quantize identical f32 inputs with the
-//! same rule, so they too match to f32 rounding.
+//! same rule, so they too match to f32 rounding. MLA attention keeps a running softmax over key
+//! tiles and splits (rescaling partial sums: f32 rounding again) and stores `kv_b_proj` bf16
+//! only when its values are bf16, so it multiplies by the reference's exact weights.
 
-use moe_kernels::gpu::model_ops::{DeviceLinear, ModelOps, PagedKeys, mla_max_keys};
+use moe_kernels::gpu::model_ops::{
+    DeviceLinear, MLA_MAX_KEYS, MlaWeights, MlaWorkspace, ModelOps, PagedKeys, mla_launch,
+};
 use moe_kernels::reference::{
     ActivationMode, ActivationQuant, Linear, Matrix, MlaCache, MlaDims, Mxfp4Matrix, Rope,
     ScaleRule, YarnParams, fake_quantize_rows, linear, mla_attention, rmsnorm, silu_mul,
 };
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
 use runtime_rocm::{Device, DeviceBuffer};
 
@@ -213,7 +218,7 @@ fn fake_quantize_matches_the_reference_bit_for_bit() {
 }
 
 #[test]
-fn norm_rope_attention_and_elementwise_match_the_reference() {
+fn norm_rope_cache_store_and_elementwise_match_the_reference() {
     let Some(device) = gpu() else { return };
     let ops = ModelOps::compile(&device).unwrap();
     let s = device.create_stream().unwrap();
@@ -280,9 +285,6 @@ fn norm_rope_attention_and_elementwise_match_the_reference() {
     .unwrap();
     check("rope", &q_dev, &want);
 
-    // Absorbed MLA attention over a paged cache: two sequences whose blocks of 8 rows are
-    // scattered through the cache out of order (a partly filled last block included), queries
-    // at several positions, block boundaries among them.
     let dims = MlaDims {
         heads,
         qk_nope: nope,
@@ -290,97 +292,13 @@ fn norm_rope_attention_and_elementwise_match_the_reference() {
         v: 128,
         kv_lora: 512,
     };
-    let block = 8;
-    let total_blocks = 12;
-    let rows = total_blocks * block;
-    let latent = normal(&mut rng, rows * dims.kv_lora, 1.0);
-    let rope_key = normal(&mut rng, rows * dims.qk_rope, 1.0);
-    let kv_b = normal(&mut rng, heads * (nope + dims.v) * dims.kv_lora, 0.05);
-    let tables: [Vec<usize>; 2] = [vec![7, 2, 10, 0, 5], vec![11, 3, 1]];
-    let queries = [
-        (0usize, 0usize),
-        (0, 39),
-        (1, 7),
-        (1, 8),
-        (1, 20),
-        (0, 12),
-        (0, 23),
-    ];
-    let q = normal(&mut rng, queries.len() * heads * q_head, 1.0);
-    let mut want = vec![0f32; queries.len() * heads * dims.v];
-    for (i, &(seq, pos)) in queries.iter().enumerate() {
-        // The reference reads one contiguous slab: gather the sequence's rows in order.
-        let gather = |data: &[f32], width: usize| -> Vec<f32> {
-            (0..=pos)
-                .flat_map(|j| {
-                    let row = tables[seq][j / block] * block + j % block;
-                    data[row * width..(row + 1) * width].iter().copied()
-                })
-                .collect()
-        };
-        let (lat, kpe) = (
-            gather(&latent, dims.kv_lora),
-            gather(&rope_key, dims.qk_rope),
-        );
-        let cache = MlaCache {
-            latent: &lat,
-            rope_key: &kpe,
-        };
-        mla_attention(
-            &q[i * heads * q_head..(i + 1) * heads * q_head],
-            &[pos],
-            &cache,
-            &kv_b,
-            &dims,
-            0.07,
-            &mut want[i * heads * dims.v..(i + 1) * heads * dims.v],
-        );
-    }
-    let flat: Vec<i32> = tables.iter().flatten().map(|&b| b as i32).collect();
-    let offsets: Vec<i32> = queries
-        .iter()
-        .map(|&(seq, _)| if seq == 0 { 0 } else { tables[0].len() as i32 })
-        .collect();
-    let pos: Vec<i32> = queries.iter().map(|&(_, p)| p as i32).collect();
-    let (flat, offsets, pos) = (
-        device.upload(&flat).unwrap(),
-        device.upload(&offsets).unwrap(),
-        device.upload(&pos).unwrap(),
-    );
-    let keys = PagedKeys {
-        tables: &flat,
-        table_offsets: &offsets,
-        positions: &pos,
-        block_tokens: block,
-        max_keys: 40,
-    };
-    let mut out = poisoned(&device, want.len());
-    let (latent, rope_key) = (
-        device.upload(&latent).unwrap(),
-        device.upload(&rope_key).unwrap(),
-    );
-    let kv_b = device.upload(&kv_b).unwrap();
-    let q = device.upload(&q).unwrap();
-    ops.mla_attention(
-        &s,
-        &q,
-        &latent,
-        &rope_key,
-        &kv_b,
-        &keys,
-        queries.len(),
-        &dims,
-        0.07,
-        &mut out,
-    )
-    .unwrap();
-    check("mla_attention", &out, &want);
     // The cache store writes each token to its own (scattered) row and nothing else.
     let stored = [13usize, 2, 95, 40];
     let fresh_latent = normal(&mut rng, stored.len() * dims.kv_lora, 1.0);
     let kv_a = normal(&mut rng, stored.len() * (dims.kv_lora + dims.qk_rope), 1.0);
     let mut cache_latent = device.upload(&vec![0f32; rows * dims.kv_lora]).unwrap();
     let mut cache_rope = device.upload(&vec![0f32; rows * dims.qk_rope]).unwrap();
+    let rows = 96;
     let row_ids: Vec<i32> = stored.iter().map(|&r| r as i32).collect();
     ops.cache_store(
         &s,
@@ -417,29 +335,6 @@ fn norm_rope_attention_and_elementwise_match_the_reference() {
         "cache_store rope key"
     );
 
-    // More keys than shared memory holds is refused by name, before launching.
-    let limit = ops.max_keys(dims.kv_lora);
-    assert_eq!(limit, mla_max_keys(&device, dims.kv_lora));
-    let too_many = PagedKeys {
-        max_keys: limit + 1,
-        ..keys
-    };
-    let err = ops
-        .mla_attention(
-            &s,
-            &q,
-            &latent,
-            &rope_key,
-            &kv_b,
-            &too_many,
-            queries.len(),
-            &dims,
-            0.07,
-            &mut out,
-        )
-        .unwrap_err();
-    assert!(err.to_string().contains("max_keys"), "{err}");
-
     // SwiGLU.
     let n = 3000;
     let (g, u) = (normal(&mut rng, n, 3.0), normal(&mut rng, n, 1.0));
@@ -455,4 +350,271 @@ fn norm_rope_attention_and_elementwise_match_the_reference() {
     )
     .unwrap();
     check("silu_mul", &out, &want);
+}
+
+/// One absorbed MLA attention call against [`mla_attention`]: sequences of `lens` keys whose
+/// cache blocks of `block` rows are scattered over a cache with spare blocks (random block
+/// tables, each sequence's last block partly filled where its length says so), queries
+/// `(sequence, position)` in any order. `kv_b` is drawn as bf16 values (stored bf16 on the
+/// device) or as f32 values (stored f32); either way the device multiplies by exactly the
+/// reference's values, so the tolerance is the f32 summation-order one. Also checks that a
+/// key count beyond the kernels' limit is refused by name.
+fn attention_case(
+    device: &Device,
+    ops: &ModelOps,
+    rng: &mut StdRng,
+    (dims, block): (MlaDims, usize),
+    lens: &[usize],
+    queries: &[(usize, usize)],
+    bf16_kv_b: bool,
+) {
+    let s = device.create_stream().unwrap();
+    let d = dims;
+    let q_head = d.qk_nope + d.qk_rope;
+    let mut order: Vec<usize> =
+        (0..lens.iter().map(|l| l.div_ceil(block)).sum::<usize>() + 3).collect();
+    let rows = order.len() * block;
+    order.shuffle(rng);
+    let mut free = order.into_iter();
+    let tables: Vec<Vec<usize>> = lens
+        .iter()
+        .map(|l| free.by_ref().take(l.div_ceil(block)).collect())
+        .collect();
+    let latent = normal(rng, rows * d.kv_lora, 1.0);
+    let rope_key = normal(rng, rows * d.qk_rope, 1.0);
+    let mut kv_b = normal(rng, d.heads * (d.qk_nope + d.v) * d.kv_lora, 0.05);
+    if bf16_kv_b {
+        for v in &mut kv_b {
+            *v = half::bf16::from_f32(*v).to_f32();
+        }
+    }
+    let q = normal(rng, queries.len() * d.heads * q_head, 1.0);
+    let scale = 0.07;
+
+    let (q_len, out_len) = (d.heads * q_head, d.heads * d.v);
+    let mut want = vec![0f32; queries.len() * out_len];
+    for (seq, table) in tables.iter().enumerate() {
+        // The reference reads one contiguous slab: gather the sequence's rows in order.
+        let gather = |data: &[f32], width: usize| -> Vec<f32> {
+            (0..lens[seq])
+                .flat_map(|j| {
+                    let row = table[j / block] * block + j % block;
+                    data[row * width..(row + 1) * width].iter().copied()
+                })
+                .collect()
+        };
+        let (lat, kpe) = (gather(&latent, d.kv_lora), gather(&rope_key, d.qk_rope));
+        let cache = MlaCache {
+            latent: &lat,
+            rope_key: &kpe,
+        };
+        for (i, &(_, pos)) in queries.iter().enumerate().filter(|(_, q)| q.0 == seq) {
+            mla_attention(
+                &q[i * q_len..(i + 1) * q_len],
+                &[pos],
+                &cache,
+                &kv_b,
+                &d,
+                scale,
+                &mut want[i * out_len..(i + 1) * out_len],
+            );
+        }
+    }
+
+    let starts: Vec<i32> = tables
+        .iter()
+        .scan(0, |at, t| {
+            let start = *at;
+            *at += t.len() as i32;
+            Some(start)
+        })
+        .collect();
+    let flat: Vec<i32> = tables.iter().flatten().map(|&b| b as i32).collect();
+    let offsets: Vec<i32> = queries.iter().map(|&(seq, _)| starts[seq]).collect();
+    let pos: Vec<i32> = queries.iter().map(|&(_, p)| p as i32).collect();
+    let max_keys = queries.iter().map(|&(_, p)| p + 1).max().unwrap();
+    let (flat, offsets, pos) = (
+        device.upload(&flat).unwrap(),
+        device.upload(&offsets).unwrap(),
+        device.upload(&pos).unwrap(),
+    );
+    let keys = PagedKeys {
+        tables: &flat,
+        table_offsets: &offsets,
+        positions: &pos,
+        block_tokens: block,
+        max_keys,
+    };
+    let kv_b = Linear::Dense(Matrix::new(d.heads * (d.qk_nope + d.v), d.kv_lora, kv_b).unwrap());
+    let weights = MlaWeights::upload(device, &kv_b, &d).unwrap();
+    for w in [&weights.uk_t, &weights.uv] {
+        assert_eq!(matches!(w, DeviceLinear::Bf16 { .. }), bf16_kv_b, "{w:?}");
+    }
+    let mut workspace = MlaWorkspace::new(device, &d, queries.len()).unwrap();
+    let (latent, rope_key) = (
+        device.upload(&latent).unwrap(),
+        device.upload(&rope_key).unwrap(),
+    );
+    let q = device.upload(&q).unwrap();
+    let mut out = poisoned(device, want.len());
+    ops.mla_attention(
+        &s,
+        &q,
+        &latent,
+        &rope_key,
+        &weights,
+        &keys,
+        queries.len(),
+        &d,
+        scale,
+        &mut workspace,
+        &mut out,
+    )
+    .unwrap();
+    s.synchronize().unwrap();
+    let launch = mla_launch(queries.len(), d.heads, max_keys);
+    check(
+        &format!(
+            "mla_attention {d:?} block {block}, {} queries, {max_keys} keys at most, {launch:?}, \
+             kv_b {}",
+            queries.len(),
+            if bf16_kv_b { "bf16" } else { "f32" }
+        ),
+        &out,
+        &want,
+    );
+
+    let too_many = PagedKeys {
+        max_keys: MLA_MAX_KEYS + 1,
+        ..keys
+    };
+    let err = ops
+        .mla_attention(
+            &s,
+            &q,
+            &latent,
+            &rope_key,
+            &weights,
+            &too_many,
+            queries.len(),
+            &d,
+            scale,
+            &mut workspace,
+            &mut out,
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("max_keys"), "{err}");
+}
+
+/// Absorbed MLA attention against the reference: decode batches over key lengths around a
+/// cache block (1, 63, 64, 65) and a few hundred, a ragged batch of 16 sequences, prefill
+/// chunks (every position of a sequence, and a chunk after a cached prefix; one key split),
+/// the old shared-memory cap exceeded (70 000 keys), small blocks of 8 rows, the tiny test
+/// model's dimensions, odd dimensions that take the scalar paths, and head counts that leave
+/// a partial group of heads.
+#[test]
+fn mla_attention_matches_the_reference() {
+    let Some(device) = gpu() else { return };
+    let ops = ModelOps::compile(&device).unwrap();
+    let mut rng = StdRng::seed_from_u64(4);
+    let kimi = |heads| MlaDims {
+        heads,
+        qk_nope: 128,
+        qk_rope: 64,
+        v: 128,
+        kv_lora: 512,
+    };
+    let last = |lens: &[usize]| -> Vec<(usize, usize)> {
+        lens.iter().enumerate().map(|(s, &l)| (s, l - 1)).collect()
+    };
+
+    let lens = [1, 63, 64, 65, 300];
+    attention_case(
+        &device,
+        &ops,
+        &mut rng,
+        (kimi(12), 64),
+        &lens,
+        &last(&lens),
+        false,
+    );
+
+    let lens: Vec<usize> = (0..16).map(|_| rng.random_range(1..=1000)).collect();
+    attention_case(
+        &device,
+        &ops,
+        &mut rng,
+        (kimi(16), 64),
+        &lens,
+        &last(&lens),
+        true,
+    );
+
+    let lens = [200, 90];
+    let queries: Vec<(usize, usize)> = (0..200)
+        .map(|p| (0, p))
+        .chain((60..90).map(|p| (1, p)))
+        .collect();
+    attention_case(
+        &device,
+        &ops,
+        &mut rng,
+        (kimi(12), 64),
+        &lens,
+        &queries,
+        true,
+    );
+
+    let lens = [70_000, 4_500];
+    let queries = [(0, 69_999), (1, 4_499), (0, 57_000)];
+    attention_case(
+        &device,
+        &ops,
+        &mut rng,
+        (kimi(8), 64),
+        &lens,
+        &queries,
+        true,
+    );
+
+    let lens = [40, 21];
+    let queries = [(0, 0), (0, 39), (1, 7), (1, 8), (1, 20), (0, 12), (0, 23)];
+    attention_case(
+        &device,
+        &ops,
+        &mut rng,
+        (kimi(4), 8),
+        &lens,
+        &queries,
+        false,
+    );
+
+    let tiny = MlaDims {
+        heads: 4,
+        qk_nope: 16,
+        qk_rope: 8,
+        v: 16,
+        kv_lora: 32,
+    };
+    let lens = [5, 130];
+    attention_case(
+        &device,
+        &ops,
+        &mut rng,
+        (tiny, 64),
+        &lens,
+        &last(&lens),
+        true,
+    );
+
+    let odd = MlaDims {
+        heads: 3,
+        qk_nope: 20,
+        qk_rope: 6,
+        v: 12,
+        kv_lora: 36,
+    };
+    let lens = [17, 70];
+    let queries = [(1, 69), (0, 16), (1, 3)];
+    attention_case(&device, &ops, &mut rng, (odd, 16), &lens, &queries, false);
 }

@@ -215,7 +215,7 @@ fn plan_gpu(
         source,
     })?;
     let config = &plan.config.model;
-    let context = context_length(device, config);
+    let context = context_length(config);
     let gpu_error = |source: GpuModelError| LaunchError::Gpu {
         device: device.id().to_string(),
         source,

@@ -46,18 +46,15 @@ pub enum GpuModelError {
     /// The device given is the CPU.
     #[error("the GPU model needs a GPU device; use model_deepseek::Model on the CPU")]
     NotAGpu,
-    /// A sequence would outgrow the longest context the attention kernel holds on this
-    /// device (its keys' scores sit in shared memory).
-    #[error(
-        "{seq}: {length} tokens exceed the {max} keys the attention kernel holds in shared \
-         memory on this device"
-    )]
+    /// A sequence would outgrow the longest context the attention kernels index (32-bit key
+    /// positions; see [`context_length`]), for a model whose own limit is longer still.
+    #[error("{seq}: {length} tokens exceed the {max} keys the attention kernels index per query")]
     AttentionContext {
         /// The sequence.
         seq: SeqId,
         /// Cached plus new tokens.
         length: usize,
-        /// The device's limit.
+        /// The kernels' limit.
         max: usize,
     },
     /// The KV block pool cannot hold the call's new tokens (nothing was taken).

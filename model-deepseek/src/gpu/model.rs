@@ -11,7 +11,7 @@ use crate::config::ModelConfig;
 use crate::kv_cache::SeqId;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
 use crate::sampling::{Picked, SampledChunk, check_picks};
-use moe_kernels::gpu::model_ops::{ModelOps, PagedKeys, mla_max_keys};
+use moe_kernels::gpu::model_ops::{MLA_MAX_KEYS, MlaWorkspace, ModelOps, PagedKeys};
 use moe_kernels::gpu::{MoeKernels, MoeWorkspace, RowPick, SamplingKernel, SharedExpertMode};
 use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
 use runtime_rocm::{Device, DeviceBuffer, Stream};
@@ -71,13 +71,12 @@ impl Activations {
     }
 }
 
-/// The longest sequence a [`GpuModel`] of `config` runs on `device`: the model's
-/// `max_position_embeddings`, or fewer where the attention kernel cannot hold that many keys
-/// in the device's shared memory.
-pub fn context_length(device: &Device, config: &ModelConfig) -> usize {
-    config
-        .max_position_embeddings
-        .min(mla_max_keys(device, config.kv_lora_rank))
+/// The longest sequence a [`GpuModel`] of `config` runs: the model's
+/// `max_position_embeddings`, or fewer where that exceeds the keys the attention kernels
+/// index ([`MLA_MAX_KEYS`]; they split long contexts over blocks, so no device limit such as
+/// shared memory bounds it). The KV cache budget bounds what the server admits separately.
+pub fn context_length(config: &ModelConfig) -> usize {
+    config.max_position_embeddings.min(MLA_MAX_KEYS)
 }
 
 /// Per-call inputs on the device.
@@ -114,6 +113,8 @@ pub struct GpuModel {
     rope: Rope,
     dims: MlaDims,
     acts: Activations,
+    /// The attention's absorbed queries and key-split partials.
+    attention: MlaWorkspace,
     /// See [`context_length`].
     context: usize,
     sampling: SamplingKernel,
@@ -179,21 +180,16 @@ impl GpuModel {
             }
             None => None,
         };
-        let dims = MlaDims {
-            heads: config.num_attention_heads,
-            qk_nope: config.qk_nope_head_dim,
-            qk_rope: config.qk_rope_head_dim,
-            v: config.v_head_dim,
-            kv_lora: config.kv_lora_rank,
-        };
+        let dims = config.mla_dims();
         Ok(Self {
             device: device.clone(),
             stream: device.create_stream()?,
             ops: ModelOps::compile(device)?,
             sampling: SamplingKernel::compile(device)?,
             acts: Activations::new(device, &config, options.max_batch_tokens)?,
+            attention: MlaWorkspace::new(device, &dims, options.max_batch_tokens)?,
             rope: config.rope(),
-            context: context_length(device, &config),
+            context: context_length(&config),
             config,
             options: forward,
             gpu_options: options,
@@ -487,6 +483,7 @@ impl GpuModel {
         cache: &mut GpuKvCache,
     ) -> Result<(), GpuModelError> {
         let (s, ops, a) = (&self.stream, &self.ops, &mut self.acts);
+        let attention = &mut self.attention;
         let c = &self.config;
         let t = call.tokens;
         let h = c.hidden_size;
@@ -583,6 +580,7 @@ impl GpuModel {
             t,
             d,
             c.softmax_scale(),
+            attention,
             &mut a.attn,
         )?;
         ops.linear(s, &a.attn, t, &w.o_proj, mode, &mut a.quant, &mut a.delta)?;

@@ -8,7 +8,9 @@ use crate::loader::catalog::Role;
 use crate::loader::header::Dtype;
 use crate::loader::{LinearFormat, Plan};
 use crate::weights::{FeedForward, Linear, Matrix, MlpWeights, ModelWeights, QueryWeights};
-use moe_kernels::gpu::model_ops::{dense_is_bf16, linear_device_bytes};
+use moe_kernels::gpu::model_ops::{
+    MlaWorkspace, dense_is_bf16, linear_device_bytes, mla_weight_bytes,
+};
 use thiserror::Error;
 
 /// Bytes kept free for what the plan does not count: the driver context, loaded kernel code,
@@ -78,7 +80,7 @@ pub enum PlanError {
 pub struct MemoryPlan {
     /// Weights as uploaded (dense linear layers, embedding and router in bf16 — f32 where a
     /// value is not a bf16 —, norms and biases f32, MXFP4 packed codes and scales;
-    /// `kv_b_proj` dense f32, since attention reads it dequantized).
+    /// `kv_b_proj` split into per-head `W_UKᵀ` and `W_UV`, bf16 where exact, else f32).
     pub weights: u64,
     /// The latent KV cache: the block pool (f32 latent and rope key, every layer) and its
     /// block tables as uploaded per call (4 bytes a block).
@@ -239,7 +241,7 @@ pub fn device_weight_bytes(w: &ModelWeights) -> u64 {
             QueryWeights::Direct { q_proj } => linear_bytes(q_proj),
         };
         total += linear_bytes(&a.kv_a_proj_with_mqa) + vec_bytes(&a.kv_a_layernorm);
-        total += (a.kv_b_proj.out_features() * a.kv_b_proj.in_features() * 4) as u64;
+        total += mla_weight_bytes(&a.kv_b_proj) as u64;
         total += linear_bytes(&a.o_proj);
         total += match &layer.feed_forward {
             FeedForward::Dense(m) => mlp_bytes(m),
@@ -258,8 +260,9 @@ pub fn device_weight_bytes(w: &ModelWeights) -> u64 {
 /// [`device_weight_bytes`] counts them once loaded: bf16 linear layers, embedding and router
 /// stay bf16 (f32 and f16 tensors are counted at 4 bytes, an upper bound: one whose values all
 /// happen to be bf16 goes up in 2), norms and biases widen to f32, MXFP4 layers keep codes and
-/// scales, `kv_b_proj` goes up dense f32; the multi-token-prediction layers (not run) are not
-/// counted.
+/// scales, `kv_b_proj` goes up dense (bf16 when the checkpoint stores it bf16 or MXFP4, whose
+/// values are all bf16; else counted at 4 bytes); the multi-token-prediction layers (not run)
+/// are not counted.
 pub fn planned_weight_bytes(plan: &Plan) -> u64 {
     let layers = plan.config.model.num_hidden_layers;
     plan.expected
@@ -285,7 +288,11 @@ pub fn planned_weight_bytes(plan: &Plan) -> u64 {
                 .get(&tensor)
                 .is_some_and(|t| t.dtype == Dtype::Bf16);
             match (e.role, e.format) {
-                _ if e.canonical.ends_with("self_attn.kv_b_proj") => dense,
+                _ if e.canonical.ends_with("self_attn.kv_b_proj") => match e.format {
+                    LinearFormat::Mxfp4 { .. } => dense / 2,
+                    _ if stored_bf16 => dense / 2,
+                    _ => dense,
+                },
                 (Role::Linear, LinearFormat::Mxfp4 { .. }) => (elements / 2 + elements / 32) as u64,
                 (Role::Linear | Role::Embedding | Role::Router, _) if stored_bf16 => dense / 2,
                 _ => dense,
@@ -342,7 +349,8 @@ fn workspace_bytes(c: &ModelConfig, moe_slots: Option<usize>, t: usize) -> u64 {
     // Logits of up to every token, and the last-row copy of the residual stream.
     let logits = c.vocab_size * 4 + c.hidden_size * 4;
     let moe = moe_slots.map_or(0, |slots| moe_workspace_bytes(c, slots, t));
-    ((per_token + per_token_small + logits) * t) as u64 + moe
+    let attention = MlaWorkspace::bytes(&c.mla_dims(), t) as u64;
+    ((per_token + per_token_small + logits) * t) as u64 + moe + attention
 }
 
 /// What `moe_kernels::gpu::MoeWorkspace::new` allocates for `t` tokens and `slots` stacked
@@ -403,13 +411,14 @@ mod tests {
         let plan = MemoryPlan::new(&config, &weights, kv, 16).unwrap();
         // The KV cache: 320 tokens × 2 layers × (32 + 8) f32, and 4 table bytes a block.
         assert_eq!(plan.kv_cache, 320 * 2 * 40 * 4 + 5 * 4);
-        // Upload bytes differ from host bytes only in kv_b_proj, which goes up dense.
+        // Upload bytes differ from host bytes only in kv_b_proj, which goes up dense: bf16,
+        // since the MXFP4 values are all bf16.
         let kv_b_host: u64 = weights
             .layers
             .iter()
             .map(|l| linear_bytes(&l.attention.kv_b_proj))
             .sum();
-        let kv_b_dense = (2 * 4 * 32 * 32 * 4) as u64;
+        let kv_b_dense = (2 * 4 * 32 * 32 * 2) as u64;
         assert_eq!(
             plan.weights,
             weights.size_bytes() as u64 - kv_b_host + kv_b_dense

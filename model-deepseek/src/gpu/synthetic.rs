@@ -4,8 +4,8 @@
 //! from the device machine's disk in a benchmark's time. The formats are those of the Quark
 //! MXFP4 Kimi-K2.5 checkpoint: routed and shared experts MXFP4 W4A4 (`even` scale rule, the
 //! shared expert stacked as one more slot), attention, dense MLP, router, embedding and
-//! `lm_head` bf16, norms and the correction bias f32, `kv_b_proj` f32 (attention reads it
-//! dequantized).
+//! `lm_head` bf16 (`kv_b_proj` too, split into the attention's per-head `W_UKᵀ` and `W_UV`),
+//! norms and the correction bias f32.
 //!
 //! Values are drawn so activations stay O(1) through the layers: dense weights normal with
 //! variance `1/in`, MXFP4 experts random E2M1 codes with the one E8M0 scale that gives
@@ -24,7 +24,7 @@ use super::weights::{
 use crate::config::{ConfigError, ModelConfig, parse_config};
 use crate::model::ForwardOptions;
 use half::bf16;
-use moe_kernels::gpu::model_ops::DeviceLinear;
+use moe_kernels::gpu::model_ops::{DeviceLinear, MlaWeights};
 use moe_kernels::gpu::{self, MoeShape, SharedExpertMode, Synthetic};
 use moe_kernels::reference::{ActivationQuant, RoutingParams, ScaleRule};
 use rand::{Rng, SeedableRng};
@@ -92,7 +92,7 @@ fn bf16_matrix(out: usize, input: usize) -> u64 {
     (out * input * 2) as u64
 }
 
-/// Weight bytes of one layer's attention (bf16 projections, f32 `kv_b_proj` and norms).
+/// Weight bytes of one layer's attention (bf16 projections and `kv_b_proj`, f32 norms).
 fn attention_bytes(c: &ModelConfig) -> u64 {
     let h = c.hidden_size;
     let q_out = c.num_attention_heads * c.qk_head_dim();
@@ -100,7 +100,7 @@ fn attention_bytes(c: &ModelConfig) -> u64 {
         Some(r) => bf16_matrix(r, h) + (r * 4) as u64 + bf16_matrix(q_out, r),
         None => bf16_matrix(q_out, h),
     };
-    let kv_b = c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank * 4;
+    let kv_b = c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank * 2;
     query
         + bf16_matrix(c.kv_lora_rank + c.qk_rope_head_dim, h)
         + (c.kv_lora_rank * 4) as u64
@@ -315,7 +315,8 @@ impl Filler<'_> {
 
     fn attention(&mut self, c: &ModelConfig) -> Result<DeviceAttention, GpuModelError> {
         let h = c.hidden_size;
-        let q_out = c.num_attention_heads * c.qk_head_dim();
+        let heads = c.num_attention_heads;
+        let q_out = heads * c.qk_head_dim();
         let query = match c.q_lora_rank {
             Some(r) => DeviceQuery::Lora {
                 a: self.bf16(r, h, 1.0)?,
@@ -324,12 +325,19 @@ impl Filler<'_> {
             },
             None => DeviceQuery::Direct(self.bf16(q_out, h, 1.0)?),
         };
-        let kv_b_len = c.num_attention_heads * (c.qk_nope_head_dim + c.v_head_dim) * c.kv_lora_rank;
         Ok(DeviceAttention {
             query,
             kv_a: self.bf16(c.kv_lora_rank + c.qk_rope_head_dim, h, 1.0)?,
             kv_a_norm: self.norm(c.kv_lora_rank)?,
-            kv_b: self.f32(kv_b_len, 1.0 / (c.kv_lora_rank as f32).sqrt())?,
+            // kv_b_proj's values have variance 1/kv_lora (its input width) in both halves.
+            kv_b: MlaWeights {
+                uk_t: self.bf16(
+                    heads * c.kv_lora_rank,
+                    c.qk_nope_head_dim,
+                    (c.qk_nope_head_dim as f32 / c.kv_lora_rank as f32).sqrt(),
+                )?,
+                uv: self.bf16(heads * c.v_head_dim, c.kv_lora_rank, 1.0)?,
+            },
             kv_b_input: ActivationQuant::None,
             o_proj: self.bf16(h, c.num_attention_heads * c.v_head_dim, 1.0)?,
         })
@@ -454,8 +462,12 @@ mod tests {
         // DESIGN §7: 3·7168·2048·4.25/8 bytes per MXFP4 expert.
         let expert = 3.0 * 7168.0 * 2048.0 * 4.25 / 8.0;
         let attention = 2.0
-            * (7168.0 * 1536.0 + 1536.0 * 64.0 * 192.0 + 7168.0 * 576.0 + 64.0 * 128.0 * 7168.0)
-            + 4.0 * (1536.0 + 512.0 + 64.0 * 256.0 * 512.0);
+            * (7168.0 * 1536.0
+                + 1536.0 * 64.0 * 192.0
+                + 7168.0 * 576.0
+                + 64.0 * 256.0 * 512.0
+                + 64.0 * 128.0 * 7168.0)
+            + 4.0 * (1536.0 + 512.0);
         let norms = 2.0 * 7168.0 * 4.0;
         let dense_mlp = 2.0 * 3.0 * 7168.0 * 18432.0;
         let moe = 2.0 * 384.0 * 7168.0 + 4.0 * 384.0 + 385.0 * expert;

@@ -7,7 +7,7 @@ use crate::config::ModelConfig;
 use crate::weights::{
     ActivationQuant, FeedForward, Linear, MlpWeights, ModelWeights, MoeWeights, QueryWeights,
 };
-use moe_kernels::gpu::model_ops::DeviceLinear;
+use moe_kernels::gpu::model_ops::{DeviceLinear, MlaWeights};
 use moe_kernels::gpu::{self, MoeShape, SharedExpertMode};
 use moe_kernels::reference::{ActivationMode, RoutingParams};
 use runtime_rocm::{Device, DeviceBuffer};
@@ -62,8 +62,8 @@ pub(crate) struct DeviceAttention {
     pub query: DeviceQuery,
     pub kv_a: DeviceLinear,
     pub kv_a_norm: DeviceBuffer<f32>,
-    /// `kv_b_proj` dequantized to f32 (the absorbed attention reads it per head).
-    pub kv_b: DeviceBuffer<f32>,
+    /// `kv_b_proj` split into the absorbed attention's per-head `W_UKᵀ` and `W_UV`.
+    pub kv_b: MlaWeights,
     /// How `kv_b_proj` quantizes its input: applied to the latent before it is cached.
     pub kv_b_input: ActivationQuant,
     pub o_proj: DeviceLinear,
@@ -124,7 +124,7 @@ impl DeviceWeights {
                 DeviceQuery::Lora { a, norm, b } => linear(a) + vector_bytes(norm) + linear(b),
                 DeviceQuery::Direct(q) => linear(q),
             };
-            total += linear(&a.kv_a) + vector_bytes(&a.kv_a_norm) + vector_bytes(&a.kv_b);
+            total += linear(&a.kv_a) + vector_bytes(&a.kv_a_norm) + a.kv_b.device_bytes() as u64;
             total += linear(&a.o_proj);
             total += match &layer.ffn {
                 DeviceFfn::Dense(m) => m.device_bytes(),
@@ -174,7 +174,7 @@ impl DeviceWeights {
                     query,
                     kv_a: DeviceLinear::upload(device, &a.kv_a_proj_with_mqa)?,
                     kv_a_norm: device.upload(&a.kv_a_layernorm)?,
-                    kv_b: device.upload(&a.kv_b_proj.to_dense().data)?,
+                    kv_b: MlaWeights::upload(device, &a.kv_b_proj, &c.mla_dims())?,
                     kv_b_input,
                     o_proj: DeviceLinear::upload(device, &a.o_proj)?,
                 };

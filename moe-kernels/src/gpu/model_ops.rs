@@ -1,7 +1,7 @@
 //! Launchers for the dense model ops in `kernels/model_ops.hip`: row gather, RMSNorm, f32 and
 //! MXFP4 linear layers (with dynamic MXFP4 activation quantization for W4A4), interleaved
-//! rotary embedding, latent-cache store, absorbed MLA attention over a paged latent cache,
-//! SwiGLU and residual adds.
+//! rotary embedding, latent-cache store, absorbed MLA attention over a paged latent cache
+//! (flash-decoding: batched absorptions, key splits, a combine), SwiGLU and residual adds.
 //!
 //! Each launcher computes what the CPU reference op of the same name computes
 //! ([`crate::reference`]), in f32, up to summation order. Buffers may be longer than a call
@@ -32,6 +32,22 @@ pub const LINEAR_TOKEN_TILE: usize = 8;
 /// Blocks a linear launch aims for before it stops splitting k over more waves: a few per
 /// compute unit of the largest devices, so small projections still keep every unit busy.
 const LINEAR_TARGET_BLOCKS: usize = 1024;
+/// Heads of one attention block (`MLA_HEADS`): each key row it stages serves them all.
+const MLA_HEADS: usize = 8;
+/// Keys per shared-memory tile of the attention kernel (`MLA_KEYS`).
+const MLA_KEYS: usize = 8;
+/// Latent columns per thread of the attention kernel (`MLA_COLS`): `kv_lora` may be at most
+/// `THREADS × MLA_COLS`.
+const MLA_COLS: usize = 4;
+/// Blocks an attention launch aims for before it stops splitting keys: a few per compute
+/// unit, enough to spread one long sequence over the whole device.
+const MLA_TARGET_BLOCKS: usize = 512;
+/// Most key splits of one (token, head group) (the combine kernel takes at most `THREADS`).
+const MLA_MAX_SPLITS: usize = 64;
+/// Most keys one query of [`ModelOps::mla_attention`] may attend to: positions and key
+/// indices are 32-bit on the device, with headroom for the split arithmetic. Nothing else in
+/// the kernels bounds the context (no per-key shared memory).
+pub const MLA_MAX_KEYS: usize = (i32::MAX / 2) as usize;
 
 fn room<T: bytemuck::Pod>(
     name: &'static str,
@@ -101,19 +117,9 @@ impl DeviceLinear {
     /// (see [`dense_is_bf16`]), else as f32; MXFP4 as codes and scales.
     pub fn upload(device: &Device, w: &Linear) -> Result<Self, GpuError> {
         Ok(match w {
-            Linear::Dense(m) if dense_is_bf16(&m.data) => {
-                let narrow: Vec<bf16> = m.data.iter().map(|&v| bf16::from_f32(v)).collect();
-                DeviceLinear::Bf16 {
-                    weight: device.upload(&narrow)?,
-                    out: m.rows,
-                    input: m.cols,
-                }
+            Linear::Dense(m) => {
+                Self::dense(device, &m.data, m.rows, m.cols, dense_is_bf16(&m.data))?
             }
-            Linear::Dense(m) => DeviceLinear::Dense {
-                weight: device.upload(&m.data)?,
-                out: m.rows,
-                input: m.cols,
-            },
             Linear::Mxfp4 {
                 weight,
                 activations,
@@ -124,6 +130,31 @@ impl DeviceLinear {
                 input: weight.cols(),
                 activations: *activations,
             },
+        })
+    }
+
+    /// A dense `[out, input]` weight, as bf16 when `narrow` (the caller has checked that
+    /// every value is one), else as f32.
+    fn dense(
+        device: &Device,
+        data: &[f32],
+        out: usize,
+        input: usize,
+        narrow: bool,
+    ) -> Result<Self, GpuError> {
+        Ok(if narrow {
+            let narrow: Vec<bf16> = data.iter().map(|&v| bf16::from_f32(v)).collect();
+            DeviceLinear::Bf16 {
+                weight: device.upload(&narrow)?,
+                out,
+                input,
+            }
+        } else {
+            DeviceLinear::Dense {
+                weight: device.upload(data)?,
+                out,
+                input,
+            }
         })
     }
 
@@ -184,26 +215,156 @@ pub struct PagedKeys<'a> {
     pub positions: &'a DeviceBuffer<i32>,
     /// Rows per cache block (a power of two, so the kernel maps keys with a shift and a mask).
     pub block_tokens: usize,
-    /// At least `position + 1` of every query (it sizes the kernel's shared memory).
+    /// At least `position + 1` of every query, at most [`MLA_MAX_KEYS`]. Only its
+    /// power-of-two bucket matters (it picks the launch shape, see [`mla_launch`]); the
+    /// kernels read each query's own key count from `positions`.
     pub max_keys: usize,
 }
 
-/// Most keys one query of [`ModelOps::mla_attention`] may attend to on `device` with a
-/// latent of `kv_lora` values: the scores of all its keys sit in shared memory next to two
-/// latent vectors (0 on the CPU). Longer contexts need a split-key kernel.
-pub fn mla_max_keys(device: &Device, kv_lora: usize) -> usize {
-    let info = device.info();
-    attention_keys(info.max_shared_memory_per_block, info.wave_size, kv_lora)
+/// `kv_b_proj` arranged for the absorbed attention's two batched linear layers: per head,
+/// `W_UK[h]ᵀ` (the query absorption `q_lat = W_UK[h]ᵀ·q_nope`) and `W_UV[h]` (the output
+/// absorption `out = W_UV[h]·o_lat`), each head's matrix stacked after the previous one's.
+/// Stored bf16 when every value of `kv_b_proj` is a bf16 (a bf16 checkpoint tensor, or an
+/// MXFP4 one: an E2M1 code times a power of two has at most two significant bits), else f32:
+/// either way exactly the values the CPU reference multiplies by.
+#[derive(Debug)]
+pub struct MlaWeights {
+    /// `W_UK[h]ᵀ` of every head: `[heads·kv_lora, qk_nope]`.
+    pub uk_t: DeviceLinear,
+    /// `W_UV[h]` of every head: `[heads·v, kv_lora]`.
+    pub uv: DeviceLinear,
 }
 
-fn attention_keys(max_shared_memory: u32, wave_size: u32, kv_lora: usize) -> usize {
-    if wave_size == 0 {
-        return 0;
+impl MlaWeights {
+    /// Splits and uploads `kv_b_proj` (`[heads·(qk_nope + v), kv_lora]`).
+    pub fn upload(device: &Device, kv_b: &Linear, dims: &MlaDims) -> Result<Self, GpuError> {
+        let d = dims;
+        let kv_b = kv_b.to_dense();
+        let head_rows = d.qk_nope + d.v;
+        check_param(
+            "kv_b_proj",
+            kv_b.rows,
+            kv_b.rows == d.heads * head_rows && kv_b.cols == d.kv_lora,
+            || {
+                format!(
+                    "[{}, {}] is not [heads·(qk_nope + v), kv_lora] = [{}, {}]",
+                    kv_b.rows,
+                    kv_b.cols,
+                    d.heads * head_rows,
+                    d.kv_lora
+                )
+            },
+        )?;
+        let mut uk_t = vec![0f32; d.heads * d.kv_lora * d.qk_nope];
+        let mut uv = Vec::with_capacity(d.heads * d.v * d.kv_lora);
+        for (h, head) in kv_b.data.chunks_exact(head_rows * d.kv_lora).enumerate() {
+            let (w_uk, w_uv) = head.split_at(d.qk_nope * d.kv_lora);
+            let t = &mut uk_t[h * d.kv_lora * d.qk_nope..(h + 1) * d.kv_lora * d.qk_nope];
+            for (n, row) in w_uk.chunks_exact(d.kv_lora).enumerate() {
+                for (c, &w) in row.iter().enumerate() {
+                    t[c * d.qk_nope + n] = w;
+                }
+            }
+            uv.extend_from_slice(w_uv);
+        }
+        let narrow = dense_is_bf16(&kv_b.data);
+        Ok(Self {
+            uk_t: DeviceLinear::dense(device, &uk_t, d.heads * d.kv_lora, d.qk_nope, narrow)?,
+            uv: DeviceLinear::dense(device, &uv, d.heads * d.v, d.kv_lora, narrow)?,
+        })
     }
-    // The kernel's static `scratch[OPS_WAVES]` takes its share of the per-block limit.
-    let fixed = (THREADS / wave_size) as usize * size_of::<f32>();
-    let floats = (max_shared_memory as usize).saturating_sub(fixed) / size_of::<f32>();
-    floats.saturating_sub(2 * kv_lora)
+
+    /// Bytes on the device.
+    pub fn device_bytes(&self) -> usize {
+        self.uk_t.device_bytes() + self.uv.device_bytes()
+    }
+}
+
+/// Bytes [`MlaWeights::upload`] stores for `kv_b_proj`.
+pub fn mla_weight_bytes(kv_b: &Linear) -> usize {
+    let elements = kv_b.out_features() * kv_b.in_features();
+    match kv_b {
+        Linear::Dense(m) if !dense_is_bf16(&m.data) => elements * 4,
+        Linear::Dense(_) | Linear::Mxfp4 { .. } => elements * 2,
+    }
+}
+
+/// How an attention call is spread over blocks: each block takes `group` heads of one token
+/// over one of `splits` key ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MlaLaunch {
+    /// Heads per block (a power of two, at most 8): they share every key row the block reads.
+    pub group: usize,
+    /// Key ranges per (token, head group); with more than one, a combine kernel merges them.
+    pub splits: usize,
+}
+
+/// The launch shape of an attention call of `tokens` queries with at most `max_keys` keys:
+/// aim for [`MLA_TARGET_BLOCKS`] blocks, first by splitting the keys (up to their tiles
+/// rounded up to a power of two, at most [`MLA_MAX_SPLITS`]), then, when the keys are too few
+/// for that (short decode contexts), by giving each block fewer heads. It depends only on
+/// `tokens`, `heads` and the power-of-two bucket of `max_keys`, so a decode batch's grids
+/// change only when its longest sequence crosses a power of two.
+pub fn mla_launch(tokens: usize, heads: usize, max_keys: usize) -> MlaLaunch {
+    let tiles = max_keys
+        .clamp(1, MLA_MAX_KEYS)
+        .next_power_of_two()
+        .div_ceil(MLA_KEYS)
+        .min(MLA_MAX_SPLITS);
+    let blocks = |group: usize| tokens.max(1) * heads.max(1).div_ceil(group);
+    let mut group = MLA_HEADS;
+    while group > 1 && blocks(group) * tiles < MLA_TARGET_BLOCKS {
+        group /= 2;
+    }
+    MlaLaunch {
+        group,
+        splits: (MLA_TARGET_BLOCKS / blocks(group)).clamp(1, tiles),
+    }
+}
+
+/// Scratch of [`ModelOps::mla_attention`] for up to `max_tokens` queries: the absorbed
+/// queries (overwritten by the latent context) and the key splits' partial results.
+#[derive(Debug)]
+pub struct MlaWorkspace {
+    latent: DeviceBuffer<f32>,
+    partials: DeviceBuffer<f32>,
+}
+
+impl MlaWorkspace {
+    /// Allocates the workspace for calls of up to `max_tokens` queries.
+    pub fn new(device: &Device, dims: &MlaDims, max_tokens: usize) -> Result<Self, GpuError> {
+        let (latent, partials) = Self::lengths(dims, max_tokens);
+        Ok(Self {
+            latent: device.alloc_zeroed(latent)?,
+            partials: device.alloc_zeroed(partials)?,
+        })
+    }
+
+    /// Bytes [`Self::new`] allocates.
+    pub fn bytes(dims: &MlaDims, max_tokens: usize) -> usize {
+        let (latent, partials) = Self::lengths(dims, max_tokens);
+        (latent + partials) * size_of::<f32>()
+    }
+
+    /// f32 lengths of the two buffers (at least 1 each). Partials exist only for calls split
+    /// over keys, which [`mla_launch`] allows only while tokens × splits stays under the
+    /// target block count, so their size does not grow with `max_tokens`: the largest over
+    /// every token count and key bucket.
+    fn lengths(d: &MlaDims, max_tokens: usize) -> (usize, usize) {
+        let buckets = (0..=MLA_MAX_KEYS.ilog2() + 1).map(|b| 1usize << b);
+        let split_rows = (1..=max_tokens.min(MLA_TARGET_BLOCKS))
+            .flat_map(|t| buckets.clone().map(move |keys| (t, keys)))
+            .map(|(t, keys)| match mla_launch(t, d.heads, keys).splits {
+                1 => 0,
+                s => t * s,
+            })
+            .max()
+            .unwrap_or(0);
+        (
+            (max_tokens * d.heads * d.kv_lora).max(1),
+            (split_rows * d.heads * (d.kv_lora + 2)).max(1),
+        )
+    }
 }
 
 /// The dense model ops compiled for one device.
@@ -217,10 +378,13 @@ pub struct ModelOps {
     linear_f32: Function,
     linear_bf16: Function,
     linear_mxfp4: Function,
+    linear_batched_f32: Function,
+    linear_batched_bf16: Function,
     fake_quantize: Function,
     rope: Function,
     cache_store: Function,
-    mla_attention: Function,
+    mla_split: Function,
+    mla_combine: Function,
     silu_mul: Function,
     add: Function,
 }
@@ -236,7 +400,10 @@ impl ModelOps {
         let defines = Defines::new()
             .set("OPS_THREADS", THREADS)
             .set("LIN_ROWS", LINEAR_ROWS)
-            .set("LIN_TOKS", LINEAR_TOKEN_TILE);
+            .set("LIN_TOKS", LINEAR_TOKEN_TILE)
+            .set("MLA_HEADS", MLA_HEADS)
+            .set("MLA_KEYS", MLA_KEYS)
+            .set("MLA_COLS", MLA_COLS);
         let module = device.compile(&SOURCE, &defines)?;
         let f = |name: &str| module.function(name);
         Ok(ModelOps {
@@ -248,10 +415,13 @@ impl ModelOps {
             linear_f32: f("ops_linear_f32")?,
             linear_bf16: f("ops_linear_bf16")?,
             linear_mxfp4: f("ops_linear_mxfp4")?,
+            linear_batched_f32: f("ops_linear_batched_f32")?,
+            linear_batched_bf16: f("ops_linear_batched_bf16")?,
             fake_quantize: f("ops_fake_quantize")?,
             rope: f("ops_rope")?,
             cache_store: f("ops_cache_store")?,
-            mla_attention: f("ops_mla_attention")?,
+            mla_split: f("ops_mla_split")?,
+            mla_combine: f("ops_mla_combine")?,
             silu_mul: f("ops_silu_mul")?,
             add: f("ops_add")?,
         })
@@ -538,8 +708,18 @@ impl ModelOps {
     }
 
     /// [`crate::reference::mla_attention`] for `tokens` queries of any sequences over a paged
-    /// latent cache (see [`PagedKeys`]); `kv_b` is `kv_b_proj` as f32. The keys of one query
-    /// live in shared memory, so `keys.max_keys` may not exceed [`mla_max_keys`].
+    /// latent cache (see [`PagedKeys`]), in four launches: the query absorption
+    /// `W_UK[h]ᵀ·q_nope` of every (token, head) as one batched linear layer, the scores,
+    /// softmax and latent context over blocks of (up to 8 heads, a key range, a token) (see
+    /// [`mla_launch`]), a combine of the key ranges (only when there are several), and the
+    /// output absorption `W_UV[h]·o_lat` as a batched linear layer. `workspace` must have been
+    /// sized for at least `tokens`.
+    ///
+    /// Shapes for graph capture: the grids depend on `tokens`, `dims` and [`mla_launch`],
+    /// which depends only on `tokens` and the power-of-two bucket of `keys.max_keys`. Every
+    /// per-query quantity (positions, block tables and their offsets) is read on the device,
+    /// so a captured launch replays correctly for any key lengths within the bucket it was
+    /// captured with.
     #[allow(clippy::too_many_arguments)]
     pub fn mla_attention(
         &self,
@@ -547,16 +727,27 @@ impl ModelOps {
         q: &DeviceBuffer<f32>,
         cache_latent: &DeviceBuffer<f32>,
         cache_rope: &DeviceBuffer<f32>,
-        kv_b: &DeviceBuffer<f32>,
+        weights: &MlaWeights,
         keys: &PagedKeys<'_>,
         tokens: usize,
         dims: &MlaDims,
         softmax_scale: f32,
+        workspace: &mut MlaWorkspace,
         out: &mut DeviceBuffer<f32>,
     ) -> Result<(), GpuError> {
         let d = dims;
-        room("q", q, tokens * d.heads * (d.qk_nope + d.qk_rope))?;
-        room("kv_b", kv_b, d.heads * (d.qk_nope + d.v) * d.kv_lora)?;
+        let q_head = d.qk_nope + d.qk_rope;
+        room("q", q, tokens * d.heads * q_head)?;
+        let shaped = |w: &DeviceLinear, out: usize, input: usize| {
+            w.out_features() == out && w.in_features() == input
+        };
+        check_param(
+            "kv_b",
+            d.heads,
+            shaped(&weights.uk_t, d.heads * d.kv_lora, d.qk_nope)
+                && shaped(&weights.uv, d.heads * d.v, d.kv_lora),
+            || "absorption weights of other dimensions than the call's heads".into(),
+        )?;
         room("table_offsets", keys.table_offsets, tokens)?;
         room("positions", keys.positions, tokens)?;
         room("out", out, tokens * d.heads * d.v)?;
@@ -564,45 +755,175 @@ impl ModelOps {
         check_param("block_tokens", b, b.is_power_of_two(), || {
             "must be a power of two".into()
         })?;
-        let limit = self.max_keys(d.kv_lora);
-        check_param("max_keys", keys.max_keys, keys.max_keys <= limit, || {
-            format!("the attention kernel holds at most {limit} keys in shared memory here")
+        check_param(
+            "max_keys",
+            keys.max_keys,
+            keys.max_keys <= MLA_MAX_KEYS,
+            || format!("the attention kernels index at most {MLA_MAX_KEYS} keys per query"),
+        )?;
+        let cols = THREADS as usize * MLA_COLS;
+        check_param("kv_lora", d.kv_lora, d.kv_lora <= cols, || {
+            format!("the attention kernel holds at most {cols} latent values per head")
         })?;
+        // Dynamic shared memory: the group's queries and one key tile, latent and rope parts.
+        let smem = (MLA_HEADS + MLA_KEYS) * (d.kv_lora + d.qk_rope) * size_of::<f32>();
+        let static_smem = (MLA_HEADS * MLA_KEYS + 3 * MLA_HEADS) * size_of::<f32>();
+        check_param(
+            "kv_lora",
+            d.kv_lora,
+            smem + static_smem <= self.max_shared_memory as usize,
+            || {
+                format!(
+                    "the attention kernel needs {} bytes of shared memory, the device has {}",
+                    smem + static_smem,
+                    self.max_shared_memory
+                )
+            },
+        )?;
         if tokens == 0 {
             return Ok(());
         }
-        let smem = (2 * d.kv_lora + keys.max_keys) * size_of::<f32>();
+        let MlaLaunch { group, splits } = mla_launch(tokens, d.heads, keys.max_keys);
+        room("workspace", &workspace.latent, tokens * d.heads * d.kv_lora)?;
+        if splits > 1 {
+            room(
+                "workspace",
+                &workspace.partials,
+                tokens * splits * d.heads * (d.kv_lora + 2),
+            )?;
+        }
+        let ws = workspace;
+        let lat_stride = d.heads * d.kv_lora;
+        self.linear_batched(
+            stream,
+            (q, d.heads * q_head, q_head),
+            tokens,
+            &weights.uk_t,
+            d.heads,
+            (&mut ws.latent, lat_stride, d.kv_lora),
+        )?;
+        let groups = d.heads.div_ceil(group);
         stream.launch(
-            &self.mla_attention,
+            &self.mla_split,
             LaunchConfig {
-                grid: [grid("tokens × heads", tokens * d.heads)?, 1, 1],
+                grid: [grid("attention blocks", groups * splits * tokens)?, 1, 1],
                 block: [THREADS, 1, 1],
                 shared_mem_bytes: grid("attention shared memory", smem)?,
             },
             &[
                 q,
+                &ws.latent,
                 cache_latent,
                 cache_rope,
-                kv_b,
                 keys.tables,
                 keys.table_offsets,
                 keys.positions,
                 &(b.trailing_zeros() as i32),
                 &int("heads", d.heads)?,
+                &int("group", group)?,
                 &int("qk_nope", d.qk_nope)?,
                 &int("qk_rope", d.qk_rope)?,
-                &int("v", d.v)?,
                 &int("kv_lora", d.kv_lora)?,
                 &softmax_scale,
-                out,
+                &int("splits", splits)?,
+                &ws.partials,
             ],
         )?;
-        Ok(())
+        if splits > 1 {
+            stream.launch(
+                &self.mla_combine,
+                LaunchConfig {
+                    grid: [grid("tokens × heads", tokens * d.heads)?, 1, 1],
+                    block: [THREADS, 1, 1],
+                    shared_mem_bytes: 0,
+                },
+                &[
+                    &ws.partials,
+                    &int("heads", d.heads)?,
+                    &int("kv_lora", d.kv_lora)?,
+                    &int("splits", splits)?,
+                    &ws.latent,
+                ],
+            )?;
+        }
+        self.linear_batched(
+            stream,
+            (&ws.latent, lat_stride, d.kv_lora),
+            tokens,
+            &weights.uv,
+            d.heads,
+            (out, d.heads * d.v, d.v),
+        )
     }
 
-    /// Most keys one query of [`Self::mla_attention`] may attend to on this device.
-    pub fn max_keys(&self, kv_lora: usize) -> usize {
-        attention_keys(self.max_shared_memory, self.wave_size, kv_lora)
+    /// `batches` linear layers at once (the attention's per-head absorptions): `w` stacks
+    /// `batches` dense `[n, k]` weights; batch `b` of token `t` reads its input at
+    /// `x[t·x_stride + b·x_batch ..]` and writes `out[t·out_stride + b·out_batch ..]` (each
+    /// buffer given as `(buffer, stride, batch offset)`).
+    fn linear_batched(
+        &self,
+        stream: &Stream,
+        (x, x_stride, x_batch): (&DeviceBuffer<f32>, usize, usize),
+        m: usize,
+        w: &DeviceLinear,
+        batches: usize,
+        (out, out_stride, out_batch): (&mut DeviceBuffer<f32>, usize, usize),
+    ) -> Result<(), GpuError> {
+        let (rows, k) = (w.out_features(), w.in_features());
+        check_param(
+            "batches",
+            batches,
+            batches > 0 && rows % batches == 0,
+            || format!("does not divide the weight's {rows} rows"),
+        )?;
+        let n = rows / batches;
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        room("x", x, (m - 1) * x_stride + (batches - 1) * x_batch + k)?;
+        room(
+            "out",
+            out,
+            (m - 1) * out_stride + (batches - 1) * out_batch + n,
+        )?;
+        let waves = (THREADS / self.wave_size) as usize;
+        let tiles = m.div_ceil(LINEAR_TOKEN_TILE);
+        // Blocks of all batches count towards the target, as if one layer of rows·batches.
+        let ksplit = k_split(rows, k.div_ceil(8), tiles, waves, self.wave_size as usize);
+        let rows_per_block = LINEAR_ROWS * waves / ksplit;
+        let config = LaunchConfig {
+            grid: [
+                grid("out features", n.div_ceil(rows_per_block))?,
+                grid("token tiles", tiles)?,
+                grid("batches", batches)?,
+            ],
+            block: [THREADS, 1, 1],
+            shared_mem_bytes: 0,
+        };
+        let (xs, xb) = (int("x_stride", x_stride)?, int("x_batch", x_batch)?);
+        let (mi, ki, ni) = (int("m", m)?, int("in", k)?, int("out", n)?);
+        let ks = int("ksplit", ksplit)?;
+        let (os, ob) = (int("out_stride", out_stride)?, int("out_batch", out_batch)?);
+        match w {
+            DeviceLinear::Bf16 { weight, .. } => stream.launch(
+                &self.linear_batched_bf16,
+                config,
+                &[x, &xs, &xb, weight, &mi, &ki, &ni, &ks, out, &os, &ob],
+            )?,
+            DeviceLinear::Dense { weight, .. } => stream.launch(
+                &self.linear_batched_f32,
+                config,
+                &[x, &xs, &xb, weight, &mi, &ki, &ni, &ks, out, &os, &ob],
+            )?,
+            DeviceLinear::Mxfp4 { .. } => {
+                return Err(GpuError::Parameter {
+                    parameter: "w",
+                    value: "MXFP4".into(),
+                    reason: "the batched linear layers take dense (bf16 or f32) weights".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// [`crate::reference::silu_mul`] of the first `n` values.
@@ -669,6 +990,47 @@ mod tests {
         assert!(dense_is_bf16(&exact));
         assert!(!dense_is_bf16(&[1.0, 1.0 + f32::EPSILON]));
         assert!(dense_is_bf16(&[]));
+    }
+
+    #[test]
+    fn attention_fills_the_device_with_splits_then_smaller_head_groups() {
+        let launch = |group, splits| MlaLaunch { group, splits };
+        // Kimi-K2.5, 64 heads. c=1 with 20 keys (4 tiles in the 32 bucket): 8 heads a block
+        // give 8 × 4 = 32 blocks, so groups shrink to one head: 64 × 4 = 256 blocks.
+        assert_eq!(mla_launch(1, 64, 20), launch(1, 4));
+        assert_eq!(mla_launch(1, 64, 32), launch(1, 4));
+        assert_eq!(mla_launch(1, 64, 33), launch(1, 8));
+        // 64 tiles (512 keys) and more: 8 groups × 64 splits = 512 blocks.
+        assert_eq!(mla_launch(1, 64, 5000), launch(8, 64));
+        assert_eq!(mla_launch(1, 64, MLA_MAX_KEYS), launch(8, 64));
+        assert_eq!(mla_launch(16, 64, 5000), launch(8, 4));
+        // c=64 and prefill already have 512 blocks and more: one split, no combine.
+        assert_eq!(mla_launch(64, 64, 5000), launch(8, 1));
+        assert_eq!(mla_launch(64, 64, 20), launch(8, 1));
+        assert_eq!(mla_launch(1024, 64, 1024), launch(8, 1));
+        // One key is one split; a partial head group counts as a group.
+        assert_eq!(mla_launch(1, 12, 1), launch(1, 1));
+        assert_eq!(mla_launch(5, 12, 300), launch(8, 51));
+    }
+
+    #[test]
+    fn attention_partials_do_not_grow_with_the_batch() {
+        let kimi = MlaDims {
+            heads: 64,
+            qk_nope: 128,
+            qk_rope: 64,
+            v: 128,
+            kv_lora: 512,
+        };
+        // Partials peak at 64 (token, split) pairs per head (c=1 with 64 splits, or c=2 with
+        // 32, ...).
+        let partials = 64 * 64 * 514;
+        assert_eq!(
+            MlaWorkspace::lengths(&kimi, 1024),
+            (1024 * 64 * 512, partials)
+        );
+        assert_eq!(MlaWorkspace::lengths(&kimi, 8), (8 * 64 * 512, partials));
+        assert_eq!(MlaWorkspace::bytes(&kimi, 1), (64 * 512 + partials) * 4);
     }
 
     #[test]
