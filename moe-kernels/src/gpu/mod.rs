@@ -17,5 +17,5 @@ pub use moe::{
     MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations, Routing,
     SharedExpertMode,
 };
-pub use sampling::{RowPick, RowSample, SamplingKernel};
+pub use sampling::{REQUEST_WIDTH, RESULT_WIDTH, RowPick, RowSample, SamplingKernel};
 pub use synthetic::Synthetic;
