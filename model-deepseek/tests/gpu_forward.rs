@@ -26,6 +26,10 @@
 //! These prompts leave out 14 of 120 logits vectors and 47 of 480 greedy tokens; on the H100
 //! every logits vector, left out or not, agreed to 4.5e-7 or better.
 //!
+//! Decode graphs: the model options here replay decode steps from captured graphs (the
+//! default), so the comparisons above cover them; the last two tests compare graph replay
+//! with one launch per op on the GPU alone, bit for bit.
+//!
 //! History: with the MoE in bf16 (input rounded to bf16 before MXFP4 quantization, bf16
 //! output) W4A4 cases landed at 1.4e-1..1.8e-1 on the H100 and greedy decoding diverged after
 //! 7..18 tokens; on the CPU the bf16 rounding of the MoE input alone moved the second MoE
@@ -37,6 +41,7 @@ use model_deepseek::gpu::{
     PlanError,
 };
 use model_deepseek::loader::{self, LoadOptions};
+use model_deepseek::sampling::{ChunkPick, SampledChunk, SamplingRule};
 use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
 use model_deepseek::{ActivationMode, KvCache, Model, RoutingMargin, SeqId, SequenceChunk};
 use rand::rngs::StdRng;
@@ -137,6 +142,7 @@ fn options() -> GpuOptions {
     GpuOptions {
         kv: KvBudget::for_tokens(512),
         max_batch_tokens: 32,
+        graphs: true,
     }
 }
 
@@ -427,6 +433,7 @@ fn refuses_a_kv_budget_the_device_cannot_hold_before_allocating() {
     let options = GpuOptions {
         kv: KvBudget { blocks: 1 << 22 },
         max_batch_tokens: 32,
+        graphs: true,
     };
     match GpuModel::new(&device, &model, options) {
         Err(GpuModelError::Plan(PlanError::DoesNotFit {
@@ -521,6 +528,7 @@ impl<'m> Lockstep<'m> {
                     blocks: SCRIPT_BLOCKS,
                 },
                 max_batch_tokens: 256,
+                graphs: true,
             };
             let gpu = GpuModel::new(device, model, options).unwrap();
             let cache = gpu.new_cache().unwrap();
@@ -833,4 +841,209 @@ fn paged_cache_interleaved_growth_reuse_and_fragmentation_match_the_cpu_model() 
     }
     println!("compared {compared} logits vectors over paged scripts");
     assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// Graph replay against one launch per op (see `GpuOptions::graphs`): both run the same
+/// kernels on the same inputs, so they must agree bit for bit, not just to a tolerance.
+const GRAPH_BATCHES: [usize; 3] = [1, 3, 6];
+/// Decode steps per batch: every sequence starts at 50..105 tokens and ends past 128, so each
+/// one crosses a 64-token block boundary and the attention buckets of 64, 128 and 256 keys.
+const GRAPH_STEPS: usize = 90;
+const GRAPH_MAX_BATCH_TOKENS: usize = 128;
+
+/// The graph key's attention bucket as the model defines it: the step's most keys in whole
+/// blocks, rounded up to a power of two of them (the tiny model is far below the kernel's
+/// limit).
+fn key_bucket(max_keys: usize) -> usize {
+    max_keys.div_ceil(KV_BLOCK_TOKENS).next_power_of_two() * KV_BLOCK_TOKENS
+}
+
+/// One decode step of every sequence (id, next token): through `forward` (the next token is
+/// the argmax of its logits) or, with `draws`, through `forward_sampled` (greedy where the
+/// draw is `None`, else temperature 0.8 / top-k 40 / top-p 0.9 with that draw; every pick
+/// asks for its logits row). Returns each sequence's next token and logits row.
+fn decode_step(
+    gpu: &mut GpuModel,
+    cache: &mut GpuKvCache,
+    seqs: &[(SeqId, u32)],
+    draws: Option<&[Option<f64>]>,
+) -> Vec<(u32, Vec<f32>)> {
+    let tokens: Vec<[u32; 1]> = seqs.iter().map(|s| [s.1]).collect();
+    let chunks: Vec<SequenceChunk<'_>> = seqs
+        .iter()
+        .zip(&tokens)
+        .map(|(s, t)| SequenceChunk {
+            seq: s.0,
+            tokens: t,
+        })
+        .collect();
+    let Some(draws) = draws else {
+        let rows = gpu.forward(&chunks, cache).unwrap();
+        return rows.into_iter().map(|r| (argmax(&r), r)).collect();
+    };
+    let sampled: Vec<SampledChunk<'_>> = chunks
+        .iter()
+        .zip(draws)
+        .map(|(&chunk, draw)| SampledChunk {
+            chunk,
+            pick: Some(ChunkPick {
+                rule: match draw {
+                    None => SamplingRule::GREEDY,
+                    Some(_) => SamplingRule {
+                        temperature: 0.8,
+                        top_k: 40,
+                        top_p: 0.9,
+                    },
+                },
+                u: draw.unwrap_or(0.0),
+                logits: true,
+            }),
+        })
+        .collect();
+    gpu.forward_sampled(&sampled, cache)
+        .unwrap()
+        .into_iter()
+        .map(|p| {
+            let p = p.expect("every chunk asked for a token");
+            (p.token, p.logits.expect("every pick asked for its logits"))
+        })
+        .collect()
+}
+
+fn bits(rows: &[(u32, Vec<f32>)]) -> Vec<(u32, Vec<u32>)> {
+    rows.iter()
+        .map(|(t, r)| (*t, r.iter().map(|v| v.to_bits()).collect()))
+        .collect()
+}
+
+#[test]
+fn decode_graph_replay_matches_launching_every_op_bit_for_bit() {
+    let Some(device) = gpu() else { return };
+    let options = GpuOptions {
+        kv: KvBudget::for_tokens(GRAPH_BATCHES[2] * 4 * KV_BLOCK_TOKENS),
+        max_batch_tokens: GRAPH_MAX_BATCH_TOKENS,
+        graphs: true,
+    };
+    let mut failures = Vec::new();
+    let mut replayed = 0;
+    let graph_cases = cases()
+        .into_iter()
+        .filter(|c| c.fusion == FusionMode::Auto && c.activations == ActivationMode::Quantized);
+    for (i, case) in graph_cases.enumerate() {
+        let model = load(&case, 900 + i as u64);
+        let vocab = model.config().vocab_size as u32;
+        let mut gpu = GpuModel::new(&device, &model, options).unwrap();
+        let mut rng = StdRng::seed_from_u64(900 + i as u64);
+        // Fused and unfused: a quantized shared expert switches between the two; a bf16 one
+        // stays a separate MLP either way.
+        for fused in [true, false] {
+            gpu.set_shared_expert_fusion(fused);
+            for batch in GRAPH_BATCHES {
+                let label = format!("{} fused {fused} batch {batch}", name(&case));
+                // A cache for each path, fed the same tokens.
+                let mut eager = gpu.new_cache().unwrap();
+                let mut graphed = gpu.new_cache().unwrap();
+                let mut seqs = Vec::new();
+                for j in 0..batch {
+                    let seq = SeqId(j as u64);
+                    let prompt: Vec<u32> = (0..50 + 11 * j)
+                        .map(|_| rng.random_range(0..vocab))
+                        .collect();
+                    let chunk = [SequenceChunk {
+                        seq,
+                        tokens: &prompt,
+                    }];
+                    let want = gpu.forward(&chunk, &mut eager).unwrap();
+                    assert_eq!(gpu.forward(&chunk, &mut graphed).unwrap(), want, "{label}");
+                    seqs.push((seq, argmax(&want[0])));
+                }
+                let captures = gpu.graph_captures();
+                let mut keys = std::collections::HashSet::new();
+                let mut longest = 50 + 11 * (batch - 1);
+                for step in 0..GRAPH_STEPS {
+                    // Every other step samples on the device; odd sequences draw.
+                    let draws: Vec<Option<f64>> = (0..batch)
+                        .map(|j| (j % 2 == 1).then(|| rng.random()))
+                        .collect();
+                    let draws = (step % 2 == 1).then_some(&draws[..]);
+                    gpu.set_graphs(false);
+                    let want = decode_step(&mut gpu, &mut eager, &seqs, draws);
+                    gpu.set_graphs(true);
+                    let got = decode_step(&mut gpu, &mut graphed, &seqs, draws);
+                    longest += 1;
+                    keys.insert((key_bucket(longest), draws.is_some()));
+                    if bits(&got) != bits(&want) {
+                        failures.push(format!("{label}: step {step} (longest {longest})"));
+                        break;
+                    }
+                    replayed += 1;
+                    for (s, (token, _)) in seqs.iter_mut().zip(&want) {
+                        s.1 = *token;
+                    }
+                }
+                // One capture per key (batch, bucket, sampled): a growing context does not
+                // capture a graph each step.
+                assert_eq!(gpu.graph_captures() - captures, keys.len(), "{label}");
+            }
+        }
+    }
+    println!("{replayed} decode steps replayed from graphs, bit for bit as launched");
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn greedy_generation_is_the_same_with_and_without_decode_graphs() {
+    let Some(device) = gpu() else { return };
+    let case = &cases()[6];
+    let model = load(case, 950);
+    let vocab = model.config().vocab_size as u32;
+    let mut rng = StdRng::seed_from_u64(950);
+    let prompts: Vec<Vec<u32>> = [7, 70]
+        .iter()
+        .map(|&n| (0..n).map(|_| rng.random_range(0..vocab)).collect())
+        .collect();
+    let run = |graphs: bool| {
+        let options = GpuOptions {
+            kv: KvBudget::for_tokens(4 * 128),
+            max_batch_tokens: GRAPH_MAX_BATCH_TOKENS,
+            graphs,
+        };
+        let mut gpu = GpuModel::new(&device, &model, options).unwrap();
+        let mut cache = gpu.new_cache().unwrap();
+        let mut next: Vec<Vec<u32>> = prompts.clone();
+        let mut generated = vec![Vec::new(); prompts.len()];
+        for _ in 0..GREEDY_TOKENS {
+            let chunks: Vec<SampledChunk<'_>> = next
+                .iter()
+                .enumerate()
+                .map(|(j, tokens)| SampledChunk {
+                    chunk: SequenceChunk {
+                        seq: SeqId(j as u64),
+                        tokens,
+                    },
+                    pick: Some(ChunkPick {
+                        rule: SamplingRule::GREEDY,
+                        u: 0.0,
+                        logits: false,
+                    }),
+                })
+                .collect();
+            let picked = gpu.forward_sampled(&chunks, &mut cache).unwrap();
+            for (j, p) in picked.into_iter().enumerate() {
+                let token = p.expect("greedy pick").token;
+                generated[j].push(token);
+                next[j] = vec![token];
+            }
+        }
+        (generated, gpu.graph_captures())
+    };
+    let (eager, eager_captures) = run(false);
+    let (graphed, graph_captures) = run(true);
+    assert_eq!(eager_captures, 0);
+    assert!(graph_captures > 0, "the decode steps were not replayed");
+    assert_eq!(graphed, eager);
+    println!(
+        "{}: {GREEDY_TOKENS} greedy tokens of 2 sequences equal with {graph_captures} graphs",
+        name(case)
+    );
 }

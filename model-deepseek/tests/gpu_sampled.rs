@@ -146,6 +146,7 @@ fn device_sampled_tokens_match_the_cpu_model_and_the_reference() {
         let options = GpuOptions {
             kv: KvBudget::for_tokens(4 * 128),
             max_batch_tokens: 32,
+            graphs: true,
         };
         let mut gpu = GpuModel::new(&device, &model, options).unwrap();
         let mut cache = gpu.new_cache().unwrap();
@@ -244,6 +245,7 @@ fn bad_sampling_requests_are_refused_before_the_cache_changes() {
     let options = GpuOptions {
         kv: KvBudget::for_tokens(4 * 128),
         max_batch_tokens: 16,
+        graphs: true,
     };
     let mut gpu = GpuModel::new(&device, &model, options).unwrap();
     let mut cache = gpu.new_cache().unwrap();

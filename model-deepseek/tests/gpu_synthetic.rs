@@ -42,6 +42,7 @@ fn synthetic_model_plans_its_bytes_and_fuses_to_the_same_logits() {
         // One 64-token block for each of the four sequences the test may hold.
         kv: KvBudget { blocks: 4 },
         max_batch_tokens: 64,
+        graphs: true,
     };
     let mut model = GpuModel::synthetic(&device, &config, 11, options).unwrap();
     let plan = synthetic_plan(&config, options.kv, options.max_batch_tokens).unwrap();

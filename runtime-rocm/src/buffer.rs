@@ -163,13 +163,46 @@ impl<T: Pod> DeviceBuffer<T> {
         self.htod("copy host to device (async)", src, Some(stream))
     }
 
+    /// Queues a copy of `src` into the first `src.len()` elements of this buffer on `stream`,
+    /// leaving the rest as it is: for a buffer sized for the largest call and filled per call
+    /// in place (a captured graph keeps its address).
+    pub fn copy_prefix_from_host_async(&mut self, src: &[T], stream: &Stream) -> Result<()> {
+        const OPERATION: &str = "copy host to device prefix (async)";
+        self.check_stream(OPERATION, stream)?;
+        self.check_fits(OPERATION, src.len())?;
+        self.write_from_host(OPERATION, src, Some(stream))
+    }
+
+    fn check_fits(&self, operation: &'static str, found: usize) -> Result<()> {
+        if found <= self.len() {
+            Ok(())
+        } else {
+            Err(Error::DoesNotFit {
+                operation,
+                capacity: self.len(),
+                found,
+            })
+        }
+    }
+
     fn htod(&mut self, operation: &'static str, src: &[T], stream: Option<&Stream>) -> Result<()> {
         self.check_len(operation, src.len())?;
+        self.write_from_host(operation, src, stream)
+    }
+
+    /// Copies `src` to the first `src.len()` elements (checked to fit by the caller).
+    fn write_from_host(
+        &mut self,
+        operation: &'static str,
+        src: &[T],
+        stream: Option<&Stream>,
+    ) -> Result<()> {
         let device = self.device.clone();
         match (&mut self.storage, device.gpu()) {
-            (Storage::Host(v), _) => v.copy_from_slice(src),
+            (Storage::Host(v), _) => v[..src.len()].copy_from_slice(src),
             (Storage::Gpu { ptr, .. }, Some(gpu)) => {
-                // SAFETY: `src` is readable for the buffer's byte length, checked above.
+                // SAFETY: `src` is readable for its byte length, which the allocation holds
+                // (checked by the callers).
                 let result = unsafe {
                     gpu.copy_htod(
                         *ptr,
@@ -197,17 +230,36 @@ impl<T: Pod> DeviceBuffer<T> {
         self.dtoh("copy device to host (async)", dst, Some(stream))
     }
 
+    /// Copies the first `dst.len()` elements of this buffer into `dst` and waits for the copy:
+    /// the part of a buffer sized for the largest call that one call wrote.
+    pub fn copy_prefix_to_host(&self, dst: &mut [T]) -> Result<()> {
+        const OPERATION: &str = "copy device prefix to host";
+        self.check_fits(OPERATION, dst.len())?;
+        self.read_to_host(OPERATION, dst, None)
+    }
+
     fn dtoh(&self, operation: &'static str, dst: &mut [T], stream: Option<&Stream>) -> Result<()> {
         self.check_len(operation, dst.len())?;
+        self.read_to_host(operation, dst, stream)
+    }
+
+    /// Copies the first `dst.len()` elements (checked to fit by the caller) into `dst`.
+    fn read_to_host(
+        &self,
+        operation: &'static str,
+        dst: &mut [T],
+        stream: Option<&Stream>,
+    ) -> Result<()> {
         match (&self.storage, self.device.gpu()) {
-            (Storage::Host(v), _) => dst.copy_from_slice(v),
+            (Storage::Host(v), _) => dst.copy_from_slice(&v[..dst.len()]),
             (Storage::Gpu { ptr, .. }, Some(gpu)) => {
-                // SAFETY: `dst` is writable for the buffer's byte length, checked above.
+                // SAFETY: `dst` is writable for its byte length, which the allocation holds
+                // (checked by the callers).
                 let result = unsafe {
                     gpu.copy_dtoh(
                         dst.as_mut_ptr() as *mut u8,
                         *ptr,
-                        self.size_bytes(),
+                        byte_len::<T>(dst.len()),
                         stream.map(Stream::raw),
                     )
                 };

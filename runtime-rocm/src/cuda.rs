@@ -387,17 +387,30 @@ impl GpuApi for CudaGpu {
         self.bind()?;
         if shared_mem_bytes > DEFAULT_DYNAMIC_SHARED_LIMIT {
             // Above 48 KiB a kernel must opt in; doing it here keeps launches uniform across
-            // vendors. The driver rejects values over the device's opt-in maximum.
-            // SAFETY: caller passes a live function.
+            // vendors. The driver rejects values over the device's opt-in maximum. The limit
+            // is only ever raised: a captured graph may replay a launch of this function with
+            // more shared memory than a later direct launch asks for.
+            let attribute =
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            let mut current = 0;
+            // SAFETY: caller passes a live function; valid out-pointer.
             unsafe {
-                sys::cuFuncSetAttribute(
-                    function as sys::CUfunction,
-                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    shared_mem_bytes as i32,
-                )
+                sys::cuFuncGetAttribute(&mut current, attribute, function as sys::CUfunction)
             }
             .result()
             .map_err(api_error)?;
+            if i64::from(shared_mem_bytes) > i64::from(current) {
+                // SAFETY: caller passes a live function.
+                unsafe {
+                    sys::cuFuncSetAttribute(
+                        function as sys::CUfunction,
+                        attribute,
+                        shared_mem_bytes as i32,
+                    )
+                }
+                .result()
+                .map_err(api_error)?;
+            }
         }
         // SAFETY: caller passes a live function and stream, and one pointer per kernel parameter.
         unsafe {

@@ -102,6 +102,17 @@ pub enum Error {
         found: usize,
     },
 
+    /// A partial copy is longer than the buffer it reads or writes.
+    #[error("{operation}: {found} elements do not fit a buffer of {capacity}")]
+    DoesNotFit {
+        /// The copy that was attempted.
+        operation: &'static str,
+        /// The buffer's length.
+        capacity: usize,
+        /// The host slice's length.
+        found: usize,
+    },
+
     /// Objects from two different devices were combined.
     #[error("{operation}: expected an object on {expected}, found one on {found}")]
     WrongDevice {

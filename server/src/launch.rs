@@ -162,6 +162,7 @@ pub fn launch_on(
             let options = GpuOptions {
                 kv,
                 max_batch_tokens: limits.max_batch_tokens,
+                graphs: true,
             };
             let gpu = GpuModel::new(device, &model, options).map_err(gpu_error)?;
             // The host copy of the weights is no longer needed once they are on the device.

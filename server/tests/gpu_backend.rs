@@ -50,6 +50,7 @@ fn device_picks_follow_the_reference_rule() {
     let options = GpuOptions {
         kv: KvBudget::for_tokens(4 * 64),
         max_batch_tokens: 32,
+        graphs: true,
     };
     let mut gpu = GpuBackend::new(GpuModel::new(&device, &model, options).unwrap()).unwrap();
     let mut cpu = ModelBackend::new(model, 256);

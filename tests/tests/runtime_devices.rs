@@ -87,6 +87,30 @@ fn cpu_buffers_copy_set_and_check_lengths() {
             ..
         })
     ));
+
+    // Prefix copies write and read the first elements only and refuse what does not fit.
+    let head: Vec<f32> = (0..10).map(|_| rng.random_range(-1.0..1.0)).collect();
+    copy.copy_from_async(&source, &stream).unwrap();
+    copy.copy_prefix_from_host_async(&head, &stream).unwrap();
+    let mut want = data.clone();
+    want[..head.len()].copy_from_slice(&head);
+    assert_eq!(copy.to_vec().unwrap(), want);
+    let mut first = vec![0f32; 17];
+    copy.copy_prefix_to_host(&mut first).unwrap();
+    assert_eq!(first, want[..17]);
+    let mut long = vec![0f32; data.len() + 1];
+    assert!(matches!(
+        copy.copy_prefix_to_host(&mut long),
+        Err(Error::DoesNotFit {
+            capacity: 1000,
+            found: 1001,
+            ..
+        })
+    ));
+    assert!(matches!(
+        copy.copy_prefix_from_host_async(&long, &stream),
+        Err(Error::DoesNotFit { .. })
+    ));
 }
 
 #[test]

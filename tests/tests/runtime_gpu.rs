@@ -67,12 +67,34 @@ fn copies_round_trip_sync_and_async() {
             copy.memset_async(0xa5, &stream).unwrap();
             stream.synchronize().unwrap();
             assert!(copy.to_vec().unwrap().iter().all(|&v| v == 0xa5a5_a5a5));
+
+            // A prefix copy writes and reads the first elements only; the host slice may be
+            // dropped as soon as the queued copy returns (pageable memory is read by then).
+            let head = n.div_ceil(3);
+            {
+                let fresh: Vec<u32> = other[..head].to_vec();
+                copy.copy_prefix_from_host_async(&fresh, &stream).unwrap();
+            }
+            stream.synchronize().unwrap();
+            let mut first = vec![0u32; head];
+            copy.copy_prefix_to_host(&mut first).unwrap();
+            assert_eq!(first, other[..head]);
+            let whole = copy.to_vec().unwrap();
+            assert!(whole[head..].iter().all(|&v| v == 0xa5a5_a5a5));
         }
         let mut small = device.alloc_zeroed::<f32>(4).unwrap();
         assert!(matches!(
             small.copy_from_host(&[1.0; 5]),
             Err(Error::LengthMismatch {
                 expected: 4,
+                found: 5,
+                ..
+            })
+        ));
+        assert!(matches!(
+            small.copy_prefix_from_host_async(&[1.0; 5], &stream),
+            Err(Error::DoesNotFit {
+                capacity: 4,
                 found: 5,
                 ..
             })

@@ -1,6 +1,7 @@
 //! `cargo xtask bench-decode`: builds `bench-decode` (in `model-deepseek`) in release and runs
 //! it on this machine's GPU — decode inter-token latency of a Kimi-K2.5-shaped model at
-//! concurrency 1, 4, 16, 64, shared-expert fusion on and off, next to the bandwidth floor.
+//! concurrency 1, 4, 16, 64, shared-expert fusion on and off, decode graphs on and off, next to
+//! the bandwidth floor.
 //!
 //! The model's weights are generated on the GPU from a seed (a checkpoint of the ~60 GB one
 //! card holds could not be written to and read from the device machine's disk in the

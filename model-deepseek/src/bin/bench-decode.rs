@@ -9,8 +9,10 @@
 //! the device machine's disk in a benchmark's time.
 //!
 //! For each concurrency c, c sequences get a random prompt, then decode steps run with the
-//! shared expert fused and unfused alternately (the same weights, interleaved so both see the
-//! same context lengths and clocks). Inter-token latency (ITL) is the median wall time of a
+//! shared expert fused and unfused, each with decode graphs on and off (`--graphs`: replayed
+//! from a captured graph, or one launch per op), in turn (the same weights, interleaved so
+//! every mode sees the same context lengths and clocks). A step that captures a graph (the
+//! first of its batch size and attention bucket) is timed too; the median hides the few. Inter-token latency (ITL) is the median wall time of a
 //! step (`GpuModel::forward_sampled` with a greedy pick on the device, as the server decodes:
 //! one token per sequence comes back, no logits).
 //! The floor is the bytes the step must move (`decode_step_bytes`: dense and attention
@@ -20,7 +22,7 @@
 //!
 //! ```text
 //! bench-decode [--device auto] [--concurrency 1,4,16,64] [--steps 16] [--prompt 16]
-//!              [--layers N] [--seed 7]
+//!              [--layers N] [--seed 7] [--graphs on,off]
 //! ```
 
 use std::process::ExitCode;
@@ -50,6 +52,8 @@ struct Args {
     prompt: usize,
     layers: Option<usize>,
     seed: u32,
+    /// Graph settings to measure, in turn.
+    graphs: Vec<bool>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -60,6 +64,7 @@ fn parse_args() -> Result<Args> {
         prompt: 16,
         layers: None,
         seed: 7,
+        graphs: vec![true, false],
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,13 +84,24 @@ fn parse_args() -> Result<Args> {
             "--prompt" => args.prompt = number("--prompt", value()?)?,
             "--layers" => args.layers = Some(number("--layers", value()?)?),
             "--seed" => args.seed = number("--seed", value()?)? as u32,
+            "--graphs" => {
+                args.graphs = value()?
+                    .split(',')
+                    .map(|g| match g {
+                        "on" => Ok(true),
+                        "off" => Ok(false),
+                        other => Err(format!("--graphs: {other}: expected on or off")),
+                    })
+                    .collect::<std::result::Result<_, _>>()?
+            }
             "--help" | "-h" => {
                 println!(
                     "bench-decode [--device auto] [--concurrency 1,4,16,64] [--steps 16] \
-                     [--prompt 16] [--layers N] [--seed 7]\n\n\
+                     [--prompt 16] [--layers N] [--seed 7] [--graphs on,off]\n\n\
                      Decode ITL of a Kimi-K2.5-shaped model (weights generated on the GPU \
                      from the seed; as many layers as fit unless --layers), fusion on and off, \
-                     next to the bandwidth floor. See the source's doc comment."
+                     decode graphs as listed, next to the bandwidth floor. See the source's \
+                     doc comment."
                 );
                 std::process::exit(0);
             }
@@ -94,6 +110,9 @@ fn parse_args() -> Result<Args> {
     }
     if args.concurrency.is_empty() || args.concurrency.contains(&0) {
         return Err("--concurrency must list positive sizes".into());
+    }
+    if args.graphs.is_empty() {
+        return Err("--graphs must list on and/or off".into());
     }
     if args.steps == 0 || args.prompt == 0 {
         return Err("--steps and --prompt must be positive".into());
@@ -169,6 +188,7 @@ fn finish_sequences(cache: &mut GpuKvCache, seqs: &[(SeqId, u32)]) {
 struct Row {
     concurrency: usize,
     fused: bool,
+    graphs: bool,
     itl_s: f64,
     floor_s: f64,
 }
@@ -200,10 +220,15 @@ fn run() -> Result<()> {
     );
 
     let max_c = *args.concurrency.iter().max().expect("checked non-empty");
-    // Per sequence: the prompt, one token from prefill, 2 × steps decode tokens (fused and
-    // unfused alternate), each sequence in whole blocks.
+    // Fusion on and off, each with every graph setting, in turn.
+    let modes: Vec<(bool, bool)> = [true, false]
+        .into_iter()
+        .flat_map(|fused| args.graphs.iter().map(move |&g| (fused, g)))
+        .collect();
+    // Per sequence: the prompt, one token from prefill, one untimed and `steps` timed decode
+    // tokens per mode, each sequence in whole blocks.
     let kv = KvBudget {
-        blocks: max_c * blocks_for(args.prompt + 2 * args.steps + 2),
+        blocks: max_c * blocks_for(args.prompt + 1 + modes.len() * (args.steps + 1)),
     };
     let (free, _) = device.memory_info()?;
     let (config, plan) = match args.layers {
@@ -228,6 +253,7 @@ fn run() -> Result<()> {
     let options = GpuOptions {
         kv,
         max_batch_tokens: MAX_BATCH_TOKENS,
+        graphs: true,
     };
     let mut model = GpuModel::synthetic(&device, &config, args.seed, options)?;
     if model.weight_bytes_allocated() != plan.weights {
@@ -245,13 +271,15 @@ fn run() -> Result<()> {
     let mut rows = Vec::new();
     for &c in &args.concurrency {
         let mut seqs = start_sequences(&mut model, &mut cache, c, args.prompt, &mut rng)?;
-        let mut times = [Vec::new(), Vec::new()];
+        let mut times = vec![Vec::new(); modes.len()];
         let mut cached = c * args.prompt;
-        let mut floor_s = [0.0f64; 2];
+        let mut floor_s = vec![0.0f64; modes.len()];
         // One untimed step per mode first (warm-up), then `steps` timed ones per mode.
-        for step in 0..2 * (args.steps + 1) {
-            let fused = step % 2 == 0;
+        for step in 0..modes.len() * (args.steps + 1) {
+            let mode = step % modes.len();
+            let (fused, graphs) = modes[mode];
             model.set_shared_expert_fusion(fused);
+            model.set_graphs(graphs);
             let tokens: Vec<[u32; 1]> = seqs.iter().map(|s| [s.1]).collect();
             let chunks: Vec<SampledChunk<'_>> = seqs
                 .iter()
@@ -261,8 +289,7 @@ fn run() -> Result<()> {
             let start = Instant::now();
             let picked = model.forward_sampled(&chunks, &mut cache)?;
             let elapsed = start.elapsed().as_secs_f64();
-            if step >= 2 {
-                let mode = usize::from(!fused);
+            if step >= modes.len() {
                 times[mode].push(elapsed);
                 floor_s[mode] += decode_step_bytes(&config, c, cached).total() / copy_bw;
             }
@@ -272,15 +299,20 @@ fn run() -> Result<()> {
             }
         }
         finish_sequences(&mut cache, &seqs);
-        for (mode, fused) in [(0, true), (1, false)] {
+        for (mode, &(fused, graphs)) in modes.iter().enumerate() {
             rows.push(Row {
                 concurrency: c,
                 fused,
+                graphs,
                 itl_s: median(&mut times[mode]),
                 floor_s: floor_s[mode] / args.steps as f64,
             });
         }
-        eprintln!("c = {c} done ({:.1} s)", started.elapsed().as_secs_f64());
+        eprintln!(
+            "c = {c} done ({:.1} s, {} decode graphs captured so far)",
+            started.elapsed().as_secs_f64(),
+            model.graph_captures()
+        );
     }
 
     println!();
@@ -300,32 +332,47 @@ fn run() -> Result<()> {
     );
     println!();
     println!(
-        "| concurrency | fusion | median ITL ms | tokens/s | floor ms | ITL / floor | fusion gain |"
+        "| concurrency | fusion | graphs | median ITL ms | tokens/s | floor ms | ITL / floor | \
+         fusion gain | graph gain |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    // The gain of `r` over the row of the same concurrency that differs from it as `other`
+    // says; empty where `r` is the baseline or that row was not measured.
+    let gain = |r: &Row, other: &dyn Fn(&Row) -> bool| {
+        rows.iter()
+            .find(|o| o.concurrency == r.concurrency && other(o))
+            .map(|o| format!("{:+.1}%", (1.0 - r.itl_s / o.itl_s) * 100.0))
+            .unwrap_or_default()
+    };
+    let on_off = |b: bool| if b { "on" } else { "off" };
     for r in &rows {
-        let gain = if r.fused {
-            rows.iter()
-                .find(|o| o.concurrency == r.concurrency && !o.fused)
-                .map(|o| format!("{:+.1}%", (1.0 - r.itl_s / o.itl_s) * 100.0))
-                .unwrap_or_default()
+        let fusion_gain = if r.fused {
+            gain(r, &|o| !o.fused && o.graphs == r.graphs)
+        } else {
+            String::new()
+        };
+        let graph_gain = if r.graphs {
+            gain(r, &|o| !o.graphs && o.fused == r.fused)
         } else {
             String::new()
         };
         println!(
-            "| {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {} |",
+            "| {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} |",
             r.concurrency,
-            if r.fused { "on" } else { "off" },
+            on_off(r.fused),
+            on_off(r.graphs),
             r.itl_s * 1e3,
             r.concurrency as f64 / r.itl_s,
             r.floor_s * 1e3,
             r.itl_s / r.floor_s,
-            gain
+            fusion_gain,
+            graph_gain
         );
     }
     println!();
     println!(
-        "fusion gain = ITL reduction of fused over unfused; floor = bytes the step must move / \
+        "fusion gain = ITL reduction of fused over unfused (same graph setting); graph gain = \
+         ITL reduction of graph replay over one launch per op (same fusion); floor = bytes the step must move / \
          copy bandwidth; total run {:.1} s",
         started.elapsed().as_secs_f64()
     );

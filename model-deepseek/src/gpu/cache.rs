@@ -13,11 +13,18 @@ use crate::config::ModelConfig;
 use crate::kv_cache::SeqId;
 use moe_kernels::gpu::GpuError;
 use runtime_rocm::{Device, DeviceBuffer};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The id of the next cache made: ids are never reused, so a graph captured over one cache's
+/// arrays (keyed by its id) is never replayed over another's.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// The latent KV cache of every live sequence, on one device.
 #[derive(Debug)]
 pub struct GpuKvCache {
     budget: KvBudget,
+    /// Unique per cache made in this process (see [`NEXT_ID`]).
+    pub(crate) id: u64,
     kv_lora_rank: usize,
     rope_dim: usize,
     /// Per layer: latent `[rows, kv_lora_rank]` and rope key `[rows, qk_rope_head_dim]`.
@@ -43,6 +50,7 @@ impl GpuKvCache {
             .collect::<Result<_, GpuError>>()?;
         Ok(Self {
             budget,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             kv_lora_rank: config.kv_lora_rank,
             rope_dim: config.qk_rope_head_dim,
             layers,

@@ -5,10 +5,11 @@
 //! What runs where: every op of the forward pass runs on the device (embedding gather,
 //! RMSNorm, linear layers, rope, latent-cache store, absorbed MLA attention, the MoE, the
 //! output head); the host computes the rotary cos/sin of each token's position (as the CPU
-//! reference does, in f64), uploads token ids, cache rows and block tables, and reads back the
-//! last token's logits of each chunk ([`GpuModel::forward`]) — or, with
-//! [`GpuModel::forward_sampled`], only the token each chunk picks on the device (and the logits
-//! row of a pick that asks for it).
+//! reference does, in f64), queues copies of token ids, cache rows and block tables into
+//! buffers allocated once, launches the step (a decode step as one replay of a captured
+//! graph), and reads back the last token's logits of each chunk ([`GpuModel::forward`]) — or,
+//! with [`GpuModel::forward_sampled`], only the token each chunk picks on the device (and the
+//! logits row of a pick that asks for it).
 
 pub mod blocks;
 mod cache;

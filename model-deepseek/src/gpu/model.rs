@@ -1,6 +1,17 @@
 //! The forward pass on the GPU: the same graph as [`crate::Model`]'s, one launch per op, with
 //! the residual stream in f32, the MoE layer included (`moe_kernels::gpu` with f32 input and
 //! output), so W4A4 quantizes the same f32 values as the CPU model.
+//!
+//! Every call's inputs (token ids, cache rows, block tables, positions, rotary cos/sin, the
+//! rows to take logits of, sampling requests) go to buffers allocated once for the largest
+//! call, by copies queued on the model's stream, and its outputs (logits, sampled tokens) stay
+//! in buffers of the same kind; no call allocates. So the launches of a call read and write
+//! the same addresses every time, and a decode step (one new token per chunk) can be captured
+//! once as a graph ([`runtime_rocm::Graph`]) and replayed with one launch: the copies run
+//! before the replay, outside the graph (from pageable host memory, which both vendors read
+//! before the copy call returns, so nothing on the host has to outlive the call; a copy node
+//! in the graph would need a host staging buffer at a fixed address instead). Prefill runs
+//! the same launches directly.
 
 use super::GpuModelError;
 use super::blocks::{BlockError, KV_BLOCK_TOKENS};
@@ -12,19 +23,32 @@ use crate::kv_cache::SeqId;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
 use crate::sampling::{Picked, SampledChunk, check_picks};
 use moe_kernels::gpu::model_ops::{MLA_MAX_KEYS, MlaWorkspace, ModelOps, PagedKeys};
-use moe_kernels::gpu::{MoeKernels, MoeWorkspace, RowPick, SamplingKernel, SharedExpertMode};
+use moe_kernels::gpu::{
+    MoeKernels, MoeWorkspace, REQUEST_WIDTH, RESULT_WIDTH, RowPick, SamplingKernel,
+    SharedExpertMode,
+};
 use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
-use runtime_rocm::{Device, DeviceBuffer, Stream};
+use runtime_rocm::{Device, DeviceBuffer, Graph, Stream};
 use std::collections::HashSet;
+use std::sync::Arc;
 
 /// How a [`GpuModel`] is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GpuOptions {
     /// The KV cache [`GpuModel::new_cache`] allocates.
     pub kv: KvBudget,
-    /// Most tokens (over all chunks) one forward call may take.
+    /// Most tokens (over all chunks) one forward call may take; so also the largest decode
+    /// batch (one token per sequence).
     pub max_batch_tokens: usize,
+    /// Replay decode steps from captured graphs (see the module doc) instead of launching
+    /// every op; on unless a benchmark compares the two. Prefill always launches each op.
+    pub graphs: bool,
 }
+
+/// Captured decode graphs kept at once; the least recently used is dropped beyond this. A
+/// server sees one key per decode batch size and attention bucket it runs (a handful of
+/// buckets per batch size as contexts grow), times two for a benchmark switching fusion.
+const GRAPH_CACHE_ENTRIES: usize = 32;
 
 /// f32 activation buffers for `max_batch_tokens` tokens.
 #[derive(Debug)]
@@ -42,6 +66,7 @@ struct Activations {
     gate: DeviceBuffer<f32>,
     up: DeviceBuffer<f32>,
     act: DeviceBuffer<f32>,
+    router: DeviceBuffer<f32>,
 }
 
 impl Activations {
@@ -67,6 +92,7 @@ impl Activations {
             gate: next(),
             up: next(),
             act: next(),
+            router: next(),
         })
     }
 }
@@ -79,30 +105,118 @@ pub fn context_length(config: &ModelConfig) -> usize {
     config.max_position_embeddings.min(MLA_MAX_KEYS)
 }
 
-/// Per-call inputs on the device.
-struct Call {
-    tokens: usize,
+/// The inputs and outputs of a forward call on the device, sized for the largest call
+/// (`max_batch_tokens` tokens, as many chunks at most) and filled in place per call: captured
+/// graphs hold these addresses.
+#[derive(Debug)]
+struct CallBuffers {
+    /// Token ids.
+    ids: DeviceBuffer<i32>,
     /// Cache row of each token (through its sequence's block table).
     rows: DeviceBuffer<i32>,
-    /// The block tables of the call's sequences, one after another.
+    /// The block tables of the call's sequences, one after another: at most every block of
+    /// the KV budget, since no two sequences share a block.
     tables: DeviceBuffer<i32>,
     /// Where each token's sequence's block table starts in `tables`.
     table_offsets: DeviceBuffer<i32>,
     /// Each token's position.
     pos: DeviceBuffer<i32>,
-    /// Most keys any token of the call attends to (its position + 1).
-    max_keys: usize,
+    /// Rotary cos/sin of each token's position, `qk_rope_head_dim / 2` values a token.
     cos: DeviceBuffer<f32>,
     sin: DeviceBuffer<f32>,
-    /// Router logits, exactly sized for the MoE launcher.
-    router_logits: Option<DeviceBuffer<f32>>,
+    /// The last token of each chunk (the rows the head reads).
+    last: DeviceBuffer<i32>,
+    /// `[chunks, vocab]` logits of the last tokens.
+    logits: DeviceBuffer<f32>,
+    /// Sampling requests of [`SamplingKernel::launch`], one per chunk.
+    requests: DeviceBuffer<f64>,
+    /// Its results, one per chunk.
+    results: DeviceBuffer<i32>,
+}
+
+impl CallBuffers {
+    fn new(
+        device: &Device,
+        c: &ModelConfig,
+        max_tokens: usize,
+        kv: KvBudget,
+    ) -> Result<Self, GpuModelError> {
+        let t = max_tokens;
+        let half = c.qk_rope_head_dim / 2;
+        Ok(Self {
+            ids: device.alloc_zeroed(t)?,
+            rows: device.alloc_zeroed(t)?,
+            tables: device.alloc_zeroed(kv.blocks.max(1))?,
+            table_offsets: device.alloc_zeroed(t)?,
+            pos: device.alloc_zeroed(t)?,
+            cos: device.alloc_zeroed(t * half)?,
+            sin: device.alloc_zeroed(t * half)?,
+            last: device.alloc_zeroed(t)?,
+            logits: device.alloc_zeroed(t * c.vocab_size)?,
+            requests: device.alloc_zeroed(t * REQUEST_WIDTH)?,
+            results: device.alloc_zeroed(t * RESULT_WIDTH)?,
+        })
+    }
+}
+
+/// The sizes of one forward call's launches (its inputs are in [`CallBuffers`]).
+#[derive(Debug, Clone, Copy)]
+struct Call {
+    tokens: usize,
+    chunks: usize,
+    /// At least the most keys any token of the call attends to (its position + 1): it sizes
+    /// the attention kernel's shared memory.
+    max_keys: usize,
+    /// Whether the call ends with the sampling launch.
+    sampled: bool,
+}
+
+/// What a captured decode step bakes into its launches: grid sizes and scalar arguments
+/// (tokens = chunks, the attention bucket, whether sampling is in it, the MoE modes) and the
+/// cache arrays it reads and writes. Everything else comes from [`CallBuffers`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GraphKey {
+    /// [`GpuKvCache`]'s id.
+    cache: u64,
+    tokens: usize,
+    /// The attention's `max_keys`: [`key_bucket`] of the step's longest sequence.
+    keys: usize,
+    sampled: bool,
+    /// The last [`GpuModel::set_shared_expert_fusion`] (None: the modes as loaded).
+    fusion: Option<bool>,
+}
+
+/// Captured decode steps, least recently used first.
+#[derive(Debug, Default)]
+struct GraphCache {
+    entries: Vec<(GraphKey, Graph)>,
+    /// Graphs captured so far (evicted ones included).
+    captures: usize,
+}
+
+impl GraphCache {
+    /// Removes and returns the graph of `key`, if cached; [`Self::put`] puts it back.
+    fn take(&mut self, key: &GraphKey) -> Option<Graph> {
+        let i = self.entries.iter().position(|(k, _)| k == key)?;
+        Some(self.entries.remove(i).1)
+    }
+
+    /// Caches `graph` as the most recently used, dropping the least recently used beyond
+    /// [`GRAPH_CACHE_ENTRIES`].
+    fn put(&mut self, key: GraphKey, graph: Graph) {
+        self.entries.push((key, graph));
+        if self.entries.len() > GRAPH_CACHE_ENTRIES {
+            self.entries.remove(0);
+        }
+    }
 }
 
 /// A [`Model`] resident on one GPU.
 #[derive(Debug)]
 pub struct GpuModel {
     device: Device,
-    stream: Stream,
+    /// Shared so a capture can run on it while `&mut self` records the launches.
+    stream: Arc<Stream>,
     config: ModelConfig,
     options: ForwardOptions,
     gpu_options: GpuOptions,
@@ -118,6 +232,10 @@ pub struct GpuModel {
     /// See [`context_length`].
     context: usize,
     sampling: SamplingKernel,
+    buffers: CallBuffers,
+    graphs: GraphCache,
+    /// See [`GraphKey::fusion`].
+    fusion: Option<bool>,
 }
 
 impl GpuModel {
@@ -183,11 +301,14 @@ impl GpuModel {
         let dims = config.mla_dims();
         Ok(Self {
             device: device.clone(),
-            stream: device.create_stream()?,
+            stream: Arc::new(device.create_stream()?),
             ops: ModelOps::compile(device)?,
             sampling: SamplingKernel::compile(device)?,
             acts: Activations::new(device, &config, options.max_batch_tokens)?,
             attention: MlaWorkspace::new(device, &dims, options.max_batch_tokens)?,
+            buffers: CallBuffers::new(device, &config, options.max_batch_tokens, options.kv)?,
+            graphs: GraphCache::default(),
+            fusion: None,
             rope: config.rope(),
             context: context_length(&config),
             config,
@@ -205,6 +326,7 @@ impl GpuModel {
     /// of the same kernels. The two are the same computation; this exists to measure one
     /// against the other on the same weights. Returns how many layers it switched.
     pub fn set_shared_expert_fusion(&mut self, fused: bool) -> usize {
+        self.fusion = Some(fused);
         let mut switched = 0;
         for layer in &mut self.weights.layers {
             if let DeviceFfn::Moe(m) = &mut layer.ffn {
@@ -221,6 +343,17 @@ impl GpuModel {
             }
         }
         switched
+    }
+
+    /// Turns graph replay of decode steps on or off (see [`GpuOptions::graphs`]); the graphs
+    /// captured so far are kept.
+    pub fn set_graphs(&mut self, on: bool) {
+        self.gpu_options.graphs = on;
+    }
+
+    /// Decode graphs captured since the model was made (each is replayed until evicted).
+    pub fn graph_captures(&self) -> usize {
+        self.graphs.captures
     }
 
     /// Bytes of every weight buffer on the device (what [`MemoryPlan::weights`] predicts).
@@ -264,8 +397,22 @@ impl GpuModel {
         chunks: &[SequenceChunk<'_>],
         cache: &mut GpuKvCache,
     ) -> Result<Vec<Vec<f32>>, GpuModelError> {
-        self.run(chunks, cache)?;
-        self.logits(chunks)
+        self.run(chunks, None, cache)?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vocab = self.config.vocab_size;
+        self.stream.synchronize()?;
+        let mut host = vec![0f32; chunks.len() * vocab];
+        self.buffers.logits.copy_prefix_to_host(&mut host)?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (chunk, row) in chunks.iter().zip(host.chunks_exact(vocab)) {
+            if !row.iter().all(|v| v.is_finite()) {
+                return Err(ForwardError::NonFiniteLogits { seq: chunk.seq }.into());
+            }
+            out.push(row.to_vec());
+        }
+        Ok(out)
     }
 
     /// As [`crate::Model::forward_sampled`]: appends each chunk's tokens, then picks the next
@@ -278,14 +425,8 @@ impl GpuModel {
         cache: &mut GpuKvCache,
     ) -> Result<Vec<Option<Picked>>, GpuModelError> {
         check_picks(chunks)?;
-        let plain: Vec<SequenceChunk<'_>> = chunks.iter().map(|c| c.chunk).collect();
-        self.run(&plain, cache)?;
-        if chunks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let logits = self.head(&plain)?;
         let vocab = self.config.vocab_size;
-        let rows: Vec<RowPick> = chunks
+        let picks: Vec<RowPick> = chunks
             .iter()
             .map(|c| match c.pick {
                 Some(p) => RowPick::Sample {
@@ -295,7 +436,18 @@ impl GpuModel {
                 None => RowPick::Skip,
             })
             .collect();
-        let sampled = self.sampling.sample(&self.stream, &logits, vocab, &rows)?;
+        let requests = SamplingKernel::encode_requests(&picks, vocab)?;
+        let plain: Vec<SequenceChunk<'_>> = chunks.iter().map(|c| c.chunk).collect();
+        self.run(&plain, Some(&requests), cache)?;
+        if chunks.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The sampling ran at the end of the call (inside a replayed graph or not); only its
+        // results are read back, after the stream is done.
+        self.stream.synchronize()?;
+        let mut results = vec![0i32; chunks.len() * RESULT_WIDTH];
+        self.buffers.results.copy_prefix_to_host(&mut results)?;
+        let sampled = SamplingKernel::decode_results(&results);
         if let Some((c, _)) = chunks.iter().zip(&sampled).find(|(_, s)| s.non_finite) {
             return Err(ForwardError::NonFiniteLogits { seq: c.chunk.seq }.into());
         }
@@ -309,8 +461,14 @@ impl GpuModel {
         } else {
             let ids = self.device.upload(&wanted)?;
             let mut out = self.device.alloc_zeroed::<f32>(wanted.len() * vocab)?;
-            self.ops
-                .gather_rows(&self.stream, &logits, &ids, wanted.len(), vocab, &mut out)?;
+            self.ops.gather_rows(
+                &self.stream,
+                &self.buffers.logits,
+                &ids,
+                wanted.len(),
+                vocab,
+                &mut out,
+            )?;
             self.stream.synchronize()?;
             out.to_vec()?
         }
@@ -334,29 +492,26 @@ impl GpuModel {
             .collect()
     }
 
-    /// The layers of a forward call: checks it, appends every chunk's tokens to the cache
-    /// and leaves the residual stream in `acts.x`.
+    /// A forward call up to the logits of each chunk's last token in `buffers.logits` (and,
+    /// with `requests`, the sampled tokens in `buffers.results`), queued: checks it, appends
+    /// every chunk's tokens to the cache, then replays the decode graph of its shape
+    /// (capturing it first if needed) or launches each op.
     fn run(
         &mut self,
         chunks: &[SequenceChunk<'_>],
+        requests: Option<&[f64]>,
         cache: &mut GpuKvCache,
     ) -> Result<(), GpuModelError> {
         self.check(chunks, cache)?;
         if chunks.is_empty() {
             return Ok(());
         }
-        let call = self.prepare(chunks, cache)?;
-        let t = call.tokens;
-        let ids: Vec<i32> = chunks
-            .iter()
-            .flat_map(|c| c.tokens.iter().map(|&tok| tok as i32))
-            .collect();
-        let ids = self.device.upload(&ids)?;
-        self.ops
-            .embed_rows(&self.stream, &self.weights.embed, &ids, t, &mut self.acts.x)?;
-        let mut call = call;
-        for l in 0..self.weights.layers.len() {
-            self.layer(l, &mut call, cache)?;
+        let call = self.prepare(chunks, requests, cache)?;
+        let decode = chunks.iter().all(|c| c.tokens.len() == 1);
+        if self.gpu_options.graphs && decode {
+            self.replay(call, cache)?;
+        } else {
+            self.record(call, cache)?;
         }
         for chunk in chunks {
             cache.commit(chunk.seq, chunk.tokens.len());
@@ -364,9 +519,87 @@ impl GpuModel {
         Ok(())
     }
 
+    /// Queues every launch of `call` on the model's stream: embedding, layers, head and, when
+    /// sampled, the sampling. Only launches: no allocation, copy or wait, so it can be
+    /// captured.
+    fn record(&mut self, call: Call, cache: &mut GpuKvCache) -> Result<(), GpuModelError> {
+        self.ops.embed_rows(
+            &self.stream,
+            &self.weights.embed,
+            &self.buffers.ids,
+            call.tokens,
+            &mut self.acts.x,
+        )?;
+        for l in 0..self.weights.layers.len() {
+            self.layer(l, &call, cache)?;
+        }
+        self.head(call.chunks)?;
+        if call.sampled {
+            let b = &mut self.buffers;
+            self.sampling.launch(
+                &self.stream,
+                &b.logits,
+                self.config.vocab_size,
+                call.chunks,
+                &b.requests,
+                &mut b.results,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Replays the graph of a decode `call`, capturing it first when no graph of its key is
+    /// cached. The attention's key length is rounded up to [`key_bucket`], so a
+    /// sequence growing by one token a step takes a new graph only when it crosses a bucket.
+    fn replay(&mut self, call: Call, cache: &mut GpuKvCache) -> Result<(), GpuModelError> {
+        let key = GraphKey {
+            cache: cache.id,
+            tokens: call.tokens,
+            keys: key_bucket(call.max_keys, MLA_MAX_KEYS),
+            sampled: call.sampled,
+            fusion: self.fusion,
+        };
+        let graph = match self.graphs.take(&key) {
+            Some(graph) => graph,
+            None => {
+                tracing::debug!(
+                    tokens = key.tokens,
+                    max_keys = key.keys,
+                    sampled = key.sampled,
+                    fusion = ?key.fusion,
+                    cached = self.graphs.entries.len(),
+                    "capturing a decode graph"
+                );
+                let stream = Arc::clone(&self.stream);
+                let bucketed = Call {
+                    max_keys: key.keys,
+                    ..call
+                };
+                let graph = stream.capture(|_| self.record(bucketed, cache))?;
+                self.graphs.captures += 1;
+                graph
+            }
+        };
+        // SAFETY: the graph reads and writes the model's weights, activations, call buffers
+        // and MoE workspace, owned by `self` and never reallocated, and the arrays of the
+        // cache whose id is in its key (ids are never reused, and a cache's arrays live as
+        // long as it does): all alive.
+        unsafe { graph.launch(&self.stream) }?;
+        self.graphs.put(key, graph);
+        Ok(())
+    }
+
     fn check(&self, chunks: &[SequenceChunk<'_>], cache: &GpuKvCache) -> Result<(), GpuModelError> {
         if !cache.matches(&self.config) {
             return Err(ForwardError::CacheMismatch.into());
+        }
+        if cache.budget().blocks > self.buffers.tables.len() {
+            return Err(GpuModelError::Unsupported(format!(
+                "a KV cache of {} blocks is larger than the {} this model was planned for \
+                 (use GpuModel::new_cache)",
+                cache.budget().blocks,
+                self.gpu_options.kv.blocks
+            )));
         }
         let vocab_size = self.config.vocab_size;
         let mut seen = HashSet::new();
@@ -429,16 +662,26 @@ impl GpuModel {
     }
 
     /// Takes the blocks the call's tokens need (all of them were checked to be free) and
-    /// uploads each token's cache row, position and block-table offset, the call's block
-    /// tables, and the rotary cos/sin (computed on the host exactly as the CPU reference does).
+    /// queues the copies of the call's inputs to [`CallBuffers`]: each token's id, cache row,
+    /// position and block-table offset, the call's block tables, the rotary cos/sin (computed
+    /// on the host exactly as the CPU reference does), each chunk's last row and the sampling
+    /// `requests`. Queued on the model's stream, each copy lands after the previous call's
+    /// launches are done with the buffer.
     fn prepare(
-        &self,
+        &mut self,
         chunks: &[SequenceChunk<'_>],
+        requests: Option<&[f64]>,
         cache: &mut GpuKvCache,
     ) -> Result<Call, GpuModelError> {
         cache.grow(&appends(chunks))?;
-        let (mut rows, mut tables, mut offsets, mut pos) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut ids, mut rows, mut tables, mut offsets, mut pos, mut last) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
         let (mut cos, mut sin) = (Vec::new(), Vec::new());
         let mut max_keys = 0;
         for chunk in chunks {
@@ -446,7 +689,8 @@ impl GpuModel {
             let table = cache.block_table(chunk.seq);
             tables.extend(table.iter().map(|&b| b as i32));
             let first = cache.seq_len(chunk.seq);
-            for p in first..first + chunk.tokens.len() {
+            for (p, &token) in (first..).zip(chunk.tokens) {
+                ids.push(token as i32);
                 let row = cache.blocks.row(chunk.seq, p);
                 rows.push(row.expect("blocks were taken for every new token") as i32);
                 offsets.push(offset);
@@ -455,35 +699,38 @@ impl GpuModel {
                 cos.extend(c);
                 sin.extend(s);
             }
+            last.push(rows.len() as i32 - 1);
             max_keys = max_keys.max(first + chunk.tokens.len());
         }
-        let t = rows.len();
-        let d = &self.device;
-        let moe = self.moe.is_some();
-        let c = &self.config;
+        let (s, b) = (&self.stream, &mut self.buffers);
+        b.ids.copy_prefix_from_host_async(&ids, s)?;
+        b.rows.copy_prefix_from_host_async(&rows, s)?;
+        b.tables.copy_prefix_from_host_async(&tables, s)?;
+        b.table_offsets.copy_prefix_from_host_async(&offsets, s)?;
+        b.pos.copy_prefix_from_host_async(&pos, s)?;
+        b.cos.copy_prefix_from_host_async(&cos, s)?;
+        b.sin.copy_prefix_from_host_async(&sin, s)?;
+        b.last.copy_prefix_from_host_async(&last, s)?;
+        if let Some(requests) = requests {
+            b.requests.copy_prefix_from_host_async(requests, s)?;
+        }
         Ok(Call {
-            tokens: t,
-            rows: d.upload(&rows)?,
-            tables: d.upload(&tables)?,
-            table_offsets: d.upload(&offsets)?,
-            pos: d.upload(&pos)?,
+            tokens: rows.len(),
+            chunks: chunks.len(),
             max_keys,
-            cos: d.upload(&cos)?,
-            sin: d.upload(&sin)?,
-            router_logits: moe
-                .then(|| d.alloc_zeroed(t * c.n_routed_experts))
-                .transpose()?,
+            sampled: requests.is_some(),
         })
     }
 
     fn layer(
         &mut self,
         l: usize,
-        call: &mut Call,
+        call: &Call,
         cache: &mut GpuKvCache,
     ) -> Result<(), GpuModelError> {
-        let (s, ops, a) = (&self.stream, &self.ops, &mut self.acts);
+        let (s, ops, a) = (&*self.stream, &self.ops, &mut self.acts);
         let attention = &mut self.attention;
+        let b = &self.buffers;
         let c = &self.config;
         let t = call.tokens;
         let h = c.hidden_size;
@@ -530,8 +777,8 @@ impl GpuModel {
         ops.rope(
             s,
             &mut a.q,
-            &call.cos,
-            &call.sin,
+            &b.cos,
+            &b.sin,
             t,
             d.heads,
             d.heads * q_head,
@@ -542,8 +789,8 @@ impl GpuModel {
         ops.rope(
             s,
             &mut a.kv_a,
-            &call.cos,
-            &call.sin,
+            &b.cos,
+            &b.sin,
             t,
             1,
             kv_width,
@@ -556,7 +803,7 @@ impl GpuModel {
             s,
             latent,
             &a.kv_a,
-            &call.rows,
+            &b.rows,
             t,
             d.kv_lora,
             d.qk_rope,
@@ -564,9 +811,9 @@ impl GpuModel {
             cache_rope,
         )?;
         let keys = PagedKeys {
-            tables: &call.tables,
-            table_offsets: &call.table_offsets,
-            positions: &call.pos,
+            tables: &b.tables,
+            table_offsets: &b.table_offsets,
+            positions: &b.pos,
             block_tokens: KV_BLOCK_TOKENS,
             max_keys: call.max_keys,
         };
@@ -598,7 +845,7 @@ impl GpuModel {
                     .moe
                     .as_mut()
                     .expect("MoE kernels built with MoE layers");
-                moe(ops, s, a, m, kernels, ws, call, t, h)?;
+                moe(ops, s, a, m, kernels, ws, t, h)?;
                 if let Some(shared) = &m.shared_mlp {
                     mlp(ops, s, a, shared, t, mode)?;
                     ops.add(s, &mut a.x, &a.delta, t * h)?;
@@ -608,42 +855,16 @@ impl GpuModel {
         Ok(())
     }
 
-    /// The last-position logits of each chunk, copied to the host and checked finite.
-    fn logits(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<Vec<Vec<f32>>, GpuModelError> {
-        if chunks.is_empty() {
-            return Ok(Vec::new());
-        }
-        let vocab = self.config.vocab_size;
-        let logits = self.head(chunks)?;
-        self.stream.synchronize()?;
-        let host = logits.to_vec()?;
-        let mut out = Vec::with_capacity(chunks.len());
-        for (chunk, row) in chunks.iter().zip(host.chunks_exact(vocab)) {
-            if !row.iter().all(|v| v.is_finite()) {
-                return Err(ForwardError::NonFiniteLogits { seq: chunk.seq }.into());
-            }
-            out.push(row.to_vec());
-        }
-        Ok(out)
-    }
-
-    /// Final norm and output head on the last token of each chunk: `[chunks, vocab]` logits
-    /// on the device (queued, not waited for).
-    fn head(&mut self, chunks: &[SequenceChunk<'_>]) -> Result<DeviceBuffer<f32>, GpuModelError> {
+    /// Final norm and output head on the last token of each of `n` chunks: `[n, vocab]`
+    /// logits in `buffers.logits` (queued, not waited for).
+    fn head(&mut self, n: usize) -> Result<(), GpuModelError> {
         let c = &self.config;
-        let (h, vocab) = (c.hidden_size, c.vocab_size);
-        let mut last = Vec::with_capacity(chunks.len());
-        let mut end = 0usize;
-        for chunk in chunks {
-            end += chunk.tokens.len();
-            last.push((end - 1) as i32);
-        }
-        let n = last.len();
+        let h = c.hidden_size;
         let s = &self.stream;
         let a = &mut self.acts;
-        let last = self.device.upload(&last)?;
+        let b = &mut self.buffers;
         // `delta` holds the last rows, `normed` their norm.
-        self.ops.gather_rows(s, &a.x, &last, n, h, &mut a.delta)?;
+        self.ops.gather_rows(s, &a.x, &b.last, n, h, &mut a.delta)?;
         self.ops.rmsnorm(
             s,
             &a.delta,
@@ -654,7 +875,6 @@ impl GpuModel {
             &mut a.normed,
             h,
         )?;
-        let mut logits = self.device.alloc_zeroed::<f32>(n * vocab)?;
         let head = self.weights.lm_head.as_ref().unwrap_or(&self.weights.embed);
         self.ops.linear(
             s,
@@ -663,10 +883,20 @@ impl GpuModel {
             head,
             self.options.activations,
             &mut a.quant,
-            &mut logits,
+            &mut b.logits,
         )?;
-        Ok(logits)
+        Ok(())
     }
+}
+
+/// The `max_keys` a decode graph is captured with for a step whose longest sequence has
+/// `max_keys` keys: whole cache blocks, rounded up to a power of two of them, within `limit`
+/// (the attention kernels' index limit). The kernels read each query's own key count from its
+/// position on the device; `max_keys` only picks how the keys are split over blocks (a split
+/// past a query's keys contributes nothing), so a graph serves every step up to its bucket.
+fn key_bucket(max_keys: usize, limit: usize) -> usize {
+    let blocks = max_keys.div_ceil(KV_BLOCK_TOKENS).next_power_of_two();
+    (blocks * KV_BLOCK_TOKENS).min(limit).max(max_keys)
 }
 
 /// Each chunk's sequence and its number of new tokens.
@@ -700,12 +930,9 @@ fn moe(
     m: &DeviceMoe,
     kernels: &MoeKernels,
     ws: &mut MoeWorkspace,
-    call: &mut Call,
     t: usize,
     h: usize,
 ) -> Result<(), GpuModelError> {
-    let missing = || GpuModelError::Unsupported("MoE buffers missing".into());
-    let logits = call.router_logits.as_mut().ok_or_else(missing)?;
     ops.linear(
         s,
         &a.normed,
@@ -713,7 +940,7 @@ fn moe(
         &m.router,
         ActivationMode::Unquantized,
         &mut a.quant,
-        logits,
+        &mut a.router,
     )?;
     kernels.forward(
         s,
@@ -722,7 +949,7 @@ fn moe(
         m.act,
         m.mode,
         &a.normed,
-        logits,
+        &a.router,
         &m.bias,
         t,
         ws,
@@ -730,4 +957,30 @@ fn moe(
     )?;
     ops.add(s, &mut a.x, &a.delta, t * h)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_buckets_are_powers_of_two_of_blocks_within_the_limit() {
+        let b = KV_BLOCK_TOKENS;
+        for (keys, want) in [
+            (1, b),
+            (b, b),
+            (b + 1, 2 * b),
+            (2 * b + 1, 4 * b),
+            (4 * b, 4 * b),
+            (5 * b - 3, 8 * b),
+        ] {
+            assert_eq!(key_bucket(keys, 1 << 20), want, "{keys} keys");
+        }
+        // Never beyond the kernel's limit, never below the step's own keys.
+        assert_eq!(key_bucket(5 * b, 6 * b), 6 * b);
+        assert_eq!(key_bucket(6 * b, 6 * b), 6 * b);
+        // Every step from 1 to 4096 keys falls into one of 7 buckets.
+        let buckets: HashSet<usize> = (1..=4096).map(|k| key_bucket(k, 1 << 20)).collect();
+        assert_eq!(buckets.len(), 7);
+    }
 }

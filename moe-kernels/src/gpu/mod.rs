@@ -18,5 +18,5 @@ pub use moe::{
     ExpertPath, MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations,
     Routing, SharedExpertMode, TENSOR_CORE_MIN_TOKENS,
 };
-pub use sampling::{RowPick, RowSample, SamplingKernel};
+pub use sampling::{REQUEST_WIDTH, RESULT_WIDTH, RowPick, RowSample, SamplingKernel};
 pub use synthetic::Synthetic;

@@ -14,7 +14,9 @@ const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/sampling.hip
 /// Threads per block (`SAMPLE_THREADS`); one block per row.
 const THREADS: u32 = 512;
 /// f64 values per row request (`SAMPLE_REQ`).
-const REQUEST_WIDTH: usize = 5;
+pub const REQUEST_WIDTH: usize = 5;
+/// i32 values per row result: the token (-1 for none) and the non-finite flag.
+pub const RESULT_WIDTH: usize = 2;
 
 /// What to do with one row of logits.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,53 +70,92 @@ impl SamplingKernel {
         vocab: usize,
         picks: &[RowPick],
     ) -> Result<Vec<RowSample>, GpuError> {
-        let vocab_arg = i32::try_from(vocab).ok().filter(|&v| v > 0);
-        check_param("vocab", vocab, vocab_arg.is_some(), || {
-            "must be positive and fit a 32-bit kernel argument".into()
-        })?;
-        let needed = picks.len() * vocab;
-        check_param("logits", logits.len(), logits.len() >= needed, || {
-            format!("buffer too short: {needed} elements needed")
-        })?;
+        let requests = Self::encode_requests(picks, vocab)?;
         if picks.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = u32::try_from(picks.len()).map_err(|_| GpuError::Parameter {
+        let device = stream.device();
+        let requests = device.upload(&requests)?;
+        let mut results = device.alloc_zeroed::<i32>(picks.len() * RESULT_WIDTH)?;
+        self.launch(stream, logits, vocab, picks.len(), &requests, &mut results)?;
+        stream.synchronize()?;
+        Ok(Self::decode_results(&results.to_vec()?))
+    }
+
+    /// Queues the picks of the first `rows` rows of `logits` (`vocab` values a row) on
+    /// `stream`: `requests` holds [`Self::encode_requests`]'s values for them, and `results` gets
+    /// [`RESULT_WIDTH`] values a row for [`Self::decode_results`]. Nothing is allocated, copied or
+    /// waited for, so the launch can be captured in a graph (with buffers sized for the
+    /// largest batch, filled before each replay).
+    pub fn launch(
+        &self,
+        stream: &Stream,
+        logits: &DeviceBuffer<f32>,
+        vocab: usize,
+        rows: usize,
+        requests: &DeviceBuffer<f64>,
+        results: &mut DeviceBuffer<i32>,
+    ) -> Result<(), GpuError> {
+        let vocab_arg = vocab_arg(vocab)?;
+        for (name, len, needed) in [
+            ("logits", logits.len(), rows * vocab),
+            ("requests", requests.len(), rows * REQUEST_WIDTH),
+            ("results", results.len(), rows * RESULT_WIDTH),
+        ] {
+            check_param(name, len, len >= needed, || {
+                format!("buffer too short: {needed} elements needed")
+            })?;
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let grid = u32::try_from(rows).map_err(|_| GpuError::Parameter {
             parameter: "rows",
-            value: picks.len().to_string(),
+            value: rows.to_string(),
             reason: "does not fit a 32-bit grid dimension".into(),
         })?;
+        stream.launch(
+            &self.sample_rows,
+            LaunchConfig {
+                grid: [grid, 1, 1],
+                block: [THREADS, 1, 1],
+                shared_mem_bytes: 0,
+            },
+            &[logits, &vocab_arg, requests, results],
+        )?;
+        Ok(())
+    }
+
+    /// The requests of [`SamplingKernel::launch`] for `picks` over rows of `vocab` logits,
+    /// [`REQUEST_WIDTH`] values a row; refuses a rule or draw out of range.
+    pub fn encode_requests(picks: &[RowPick], vocab: usize) -> Result<Vec<f64>, GpuError> {
+        vocab_arg(vocab)?;
         let mut requests = Vec::with_capacity(picks.len() * REQUEST_WIDTH);
         for pick in picks {
             requests.extend(encode(pick, vocab)?);
         }
-        let device = stream.device();
-        let requests = device.upload(&requests)?;
-        let mut results = device.alloc_zeroed::<i32>(picks.len() * 2)?;
-        stream.launch(
-            &self.sample_rows,
-            LaunchConfig {
-                grid: [rows, 1, 1],
-                block: [THREADS, 1, 1],
-                shared_mem_bytes: 0,
-            },
-            &[
-                logits,
-                &vocab_arg.expect("checked"),
-                &requests,
-                &mut results,
-            ],
-        )?;
-        stream.synchronize()?;
-        let results = results.to_vec()?;
-        Ok(results
-            .chunks_exact(2)
+        Ok(requests)
+    }
+
+    /// The outcome of each row from the first `rows × RESULT_WIDTH` values
+    /// [`SamplingKernel::launch`] wrote.
+    pub fn decode_results(results: &[i32]) -> Vec<RowSample> {
+        results
+            .chunks_exact(RESULT_WIDTH)
             .map(|r| RowSample {
                 token: u32::try_from(r[0]).ok(),
                 non_finite: r[1] != 0,
             })
-            .collect())
+            .collect()
     }
+}
+
+fn vocab_arg(vocab: usize) -> Result<i32, GpuError> {
+    let arg = i32::try_from(vocab).ok().filter(|&v| v > 0);
+    check_param("vocab", vocab, arg.is_some(), || {
+        "must be positive and fit a 32-bit kernel argument".into()
+    })?;
+    Ok(arg.expect("checked"))
 }
 
 /// One row's request as the kernel reads it: mode, 1/temperature (f32), top_k (at most the
