@@ -296,9 +296,9 @@ fn norm_rope_cache_store_and_elementwise_match_the_reference() {
     let stored = [13usize, 2, 95, 40];
     let fresh_latent = normal(&mut rng, stored.len() * dims.kv_lora, 1.0);
     let kv_a = normal(&mut rng, stored.len() * (dims.kv_lora + dims.qk_rope), 1.0);
+    let rows = 96;
     let mut cache_latent = device.upload(&vec![0f32; rows * dims.kv_lora]).unwrap();
     let mut cache_rope = device.upload(&vec![0f32; rows * dims.qk_rope]).unwrap();
-    let rows = 96;
     let row_ids: Vec<i32> = stored.iter().map(|&r| r as i32).collect();
     ops.cache_store(
         &s,
