@@ -2,12 +2,14 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::RwLockReadGuard;
 
 use bytemuck::Pod;
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpu::DevicePtr;
+use crate::graph::legacy_stream_guard;
 use crate::stream::Stream;
 
 /// A typed array in one device's memory. On the CPU device it is a host vector, so code that
@@ -40,6 +42,15 @@ impl<T: Pod> fmt::Debug for DeviceBuffer<T> {
     }
 }
 
+/// The capture guard for a copy or memset on `stream`, or synchronous (`None`): work on the
+/// legacy default stream must not run while another thread captures (see `graph`).
+fn legacy_guard_for(stream: Option<&Stream>) -> Option<RwLockReadGuard<'static, ()>> {
+    match stream {
+        Some(s) if s.raw() != 0 => None,
+        _ => legacy_stream_guard(),
+    }
+}
+
 fn byte_len<T>(len: usize) -> usize {
     len * size_of::<T>()
 }
@@ -59,6 +70,7 @@ impl Device {
             None => Storage::Host(vec![T::zeroed(); len]),
             Some(gpu) => {
                 let bytes = byte_len::<T>(len);
+                let _legacy = legacy_stream_guard();
                 let ptr = self.check(gpu.malloc(bytes), format!("allocate {bytes} bytes"))?;
                 Storage::Gpu {
                     ptr,
@@ -198,6 +210,7 @@ impl<T: Pod> DeviceBuffer<T> {
         stream: Option<&Stream>,
     ) -> Result<()> {
         let device = self.device.clone();
+        let _legacy = legacy_guard_for(stream);
         match (&mut self.storage, device.gpu()) {
             (Storage::Host(v), _) => v[..src.len()].copy_from_slice(src),
             (Storage::Gpu { ptr, .. }, Some(gpu)) => {
@@ -303,6 +316,8 @@ impl<T: Pod> DeviceBuffer<T> {
             });
         }
         let device = self.device.clone();
+        let _legacy = legacy_guard_for(stream);
+        let _legacy = legacy_guard_for(stream);
         match (&mut self.storage, &src.storage, device.gpu()) {
             (Storage::Host(dst), Storage::Host(s), _) => dst.copy_from_slice(s),
             (Storage::Gpu { ptr: dst, .. }, Storage::Gpu { ptr: s, .. }, Some(gpu)) => {
@@ -334,6 +349,7 @@ impl<T: Pod> DeviceBuffer<T> {
         stream: Option<&Stream>,
     ) -> Result<()> {
         let device = self.device.clone();
+        let _legacy = legacy_guard_for(stream);
         let bytes = self.size_bytes();
         match (&mut self.storage, device.gpu()) {
             (Storage::Host(v), _) => bytemuck::cast_slice_mut::<T, u8>(v).fill(value),
@@ -351,6 +367,7 @@ impl<T: Pod> DeviceBuffer<T> {
 impl<T: Pod> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
         if let (Storage::Gpu { ptr, .. }, Some(gpu)) = (&self.storage, self.device.gpu()) {
+            let _legacy = legacy_stream_guard();
             // SAFETY: allocated by this device's `malloc`, freed exactly once. Both vendors'
             // free waits for work that may still use the memory.
             if let Err(err) = unsafe { gpu.free(*ptr) } {

@@ -145,7 +145,10 @@ impl Device {
     pub fn synchronize(&self) -> Result<()> {
         match &self.inner.gpu {
             None => Ok(()),
-            Some(gpu) => self.check(gpu.synchronize(), "synchronize device"),
+            Some(gpu) => {
+                let _legacy = crate::graph::legacy_stream_guard();
+                self.check(gpu.synchronize(), "synchronize device")
+            }
         }
     }
 

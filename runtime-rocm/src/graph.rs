@@ -6,12 +6,53 @@
 //! replay reads and writes the same buffers: callers update their inputs in place (a copy
 //! queued before the launch) rather than allocating new ones.
 
+use std::cell::Cell;
 use std::fmt;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::gpu::Handle;
 use crate::stream::Stream;
+
+/// Work on the legacy default stream (every synchronous copy, memset, allocation, free and
+/// device-wide synchronize) implicitly waits for the blocking streams, which the driver refuses
+/// while any of them is being captured, from whatever thread. Such calls hold this lock shared
+/// and a capture holds it exclusively, so in a process with several threads on the GPU they
+/// wait for a capture to end instead of failing (or breaking the capture).
+static CAPTURES: RwLock<()> = RwLock::new(());
+
+thread_local! {
+    /// Whether this thread is inside [`Stream::capture`].
+    static CAPTURING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Held around an operation that touches the legacy default stream (see [`CAPTURES`]). None
+/// on the capturing thread itself: there the driver refuses the call with a clear error, where
+/// waiting would deadlock.
+pub(crate) fn legacy_stream_guard() -> Option<RwLockReadGuard<'static, ()>> {
+    if CAPTURING.get() {
+        None
+    } else {
+        Some(CAPTURES.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// Marks this thread as capturing until dropped (also on a panic in the recording closure).
+struct CapturingThread;
+
+impl CapturingThread {
+    fn enter() -> Self {
+        CAPTURING.set(true);
+        CapturingThread
+    }
+}
+
+impl Drop for CapturingThread {
+    fn drop(&mut self) {
+        CAPTURING.set(false);
+    }
+}
 
 /// An instantiated graph, ready to launch on any stream of its device.
 pub struct Graph {
@@ -53,6 +94,15 @@ impl Stream {
             }
             .into());
         }
+        if CAPTURING.get() {
+            return Err(Error::Unsupported {
+                operation: "graph capture inside another capture".into(),
+                device: device.id(),
+            }
+            .into());
+        }
+        let _exclusive = CAPTURES.write().unwrap_or_else(PoisonError::into_inner);
+        let capturing = CapturingThread::enter();
         // SAFETY: `raw` is a live stream of this device (not the default one).
         device.check(
             unsafe { gpu.stream_begin_capture(self.raw()) },
@@ -65,6 +115,7 @@ impl Stream {
             unsafe { gpu.stream_end_capture(self.raw()) },
             "end graph capture",
         );
+        drop(capturing);
         let graph = match (recorded, ended) {
             (Ok(()), Ok(graph)) => graph,
             (Err(e), ended) => {

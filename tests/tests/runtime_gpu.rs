@@ -479,3 +479,59 @@ fn a_captured_graph_replays_on_updated_inputs() {
         assert!(y_dev.to_vec().unwrap().iter().all(|&v| v == 2.0));
     }
 }
+
+#[test]
+fn synchronous_work_on_other_threads_waits_out_a_capture() {
+    let mut rng = fresh_rng();
+    for device in gpus("synchronous_work_on_other_threads_waits_out_a_capture") {
+        let axpy = compile(&device, &AXPY, &Defines::new())
+            .function("axpy_f32")
+            .unwrap();
+        let n = 4096;
+        let x_dev = device.upload(&random_f32(&mut rng, n)).unwrap();
+        let y_dev = device.alloc_zeroed::<f32>(n).unwrap();
+        let stream = device.create_stream().unwrap();
+        let started = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            // Another thread uploads, sets, reads back, allocates, frees and synchronizes the
+            // device while the main thread is inside a capture: on a blocking stream each of
+            // these would otherwise fail with "legacy stream depends on a capturing stream".
+            let other = scope.spawn(|| {
+                started.wait();
+                let mut rng = fresh_rng();
+                for round in 0..20 {
+                    let data = random_f32(&mut rng, n);
+                    let mut buffer = device.upload(&data).unwrap();
+                    assert_eq!(buffer.to_vec().unwrap(), data, "round {round}");
+                    buffer.memset(0).unwrap();
+                    assert!(buffer.to_vec().unwrap().iter().all(|&v| v == 0.0));
+                    device.synchronize().unwrap();
+                }
+            });
+            let graph = stream
+                .capture(|s| {
+                    started.wait();
+                    for _ in 0..50 {
+                        s.launch(
+                            &axpy,
+                            LaunchConfig::linear(n, 256),
+                            &[&y_dev, &x_dev, &1.0f32, &(n as u32)],
+                        )?;
+                        // Keep the capture open while the other thread works.
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    Ok::<(), Error>(())
+                })
+                .unwrap();
+            other.join().unwrap();
+            // SAFETY: the buffers outlive the replay (synchronized below).
+            unsafe { graph.launch(&stream) }.unwrap();
+            stream.synchronize().unwrap();
+        });
+        let (x, y) = (x_dev.to_vec().unwrap(), y_dev.to_vec().unwrap());
+        for (i, (&xi, &yi)) in x.iter().zip(&y).enumerate() {
+            let want = (0..50).fold(0.0f32, |acc, _| xi.mul_add(1.0, acc));
+            assert_eq!(yi, want, "{} element {i}", device.id());
+        }
+    }
+}

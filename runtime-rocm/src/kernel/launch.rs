@@ -243,6 +243,10 @@ impl Stream {
             .map(|slot| slot as *mut u64 as *mut c_void)
             .collect();
         let gpu = device.gpu().expect("functions exist only on GPU devices");
+        // A launch on the legacy default stream must wait out other threads' captures.
+        let _legacy = (self.raw() == 0)
+            .then(crate::graph::legacy_stream_guard)
+            .flatten();
         // SAFETY: function and stream belong to this device and are alive; `params` holds one
         // pointer per argument into `slots`, which outlives the call (the driver copies them).
         let result = unsafe {
