@@ -263,6 +263,7 @@ impl<T: Pod> DeviceBuffer<T> {
         dst: &mut [T],
         stream: Option<&Stream>,
     ) -> Result<()> {
+        let _legacy = legacy_guard_for(stream);
         match (&self.storage, self.device.gpu()) {
             (Storage::Host(v), _) => dst.copy_from_slice(&v[..dst.len()]),
             (Storage::Gpu { ptr, .. }, Some(gpu)) => {
@@ -316,7 +317,6 @@ impl<T: Pod> DeviceBuffer<T> {
             });
         }
         let device = self.device.clone();
-        let _legacy = legacy_guard_for(stream);
         let _legacy = legacy_guard_for(stream);
         match (&mut self.storage, &src.storage, device.gpu()) {
             (Storage::Host(dst), Storage::Host(s), _) => dst.copy_from_slice(s),

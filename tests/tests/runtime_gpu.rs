@@ -6,8 +6,8 @@ use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime_rocm::{
-    Defines, Device, Error, KernelCache, KernelSource, LaunchConfig, Module, enumerate,
-    kernel_source,
+    Defines, Device, DeviceBuffer, Error, KernelCache, KernelSource, LaunchConfig, Module,
+    enumerate, kernel_source,
 };
 
 const AXPY: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/axpy.hip");
@@ -491,23 +491,41 @@ fn synchronous_work_on_other_threads_waits_out_a_capture() {
         let x_dev = device.upload(&random_f32(&mut rng, n)).unwrap();
         let y_dev = device.alloc_zeroed::<f32>(n).unwrap();
         let stream = device.create_stream().unwrap();
-        let started = std::sync::Barrier::new(2);
+        // Each other thread starts one kind of synchronous work the moment the capture is
+        // open: on blocking streams each would otherwise fail ("legacy stream depends on a
+        // capturing stream") or break the capture.
+        type Work = fn(&Device, &mut DeviceBuffer<f32>, &[f32]);
+        let kinds: [(&str, Work); 6] = [
+            ("copy to host", |_, b, want| {
+                assert_eq!(b.to_vec().unwrap(), want)
+            }),
+            ("copy from host", |_, b, want| {
+                b.copy_from_host(want).unwrap()
+            }),
+            ("memset", |_, b, _| b.memset(0).unwrap()),
+            ("upload", |d, _, want| {
+                assert_eq!(d.upload(want).unwrap().to_vec().unwrap(), want)
+            }),
+            ("synchronize", |d, _, _| d.synchronize().unwrap()),
+            ("drop", |_, b, _| {
+                drop(std::mem::replace(b, b.device().alloc_zeroed(1).unwrap()))
+            }),
+        ];
+        let started = std::sync::Barrier::new(kinds.len() + 1);
         std::thread::scope(|scope| {
-            // Another thread uploads, sets, reads back, allocates, frees and synchronizes the
-            // device while the main thread is inside a capture: on a blocking stream each of
-            // these would otherwise fail with "legacy stream depends on a capturing stream".
-            let other = scope.spawn(|| {
-                started.wait();
-                let mut rng = fresh_rng();
-                for round in 0..20 {
-                    let data = random_f32(&mut rng, n);
+            let workers: Vec<_> = kinds
+                .iter()
+                .map(|&(name, work)| {
+                    let data = random_f32(&mut fresh_rng(), n);
                     let mut buffer = device.upload(&data).unwrap();
-                    assert_eq!(buffer.to_vec().unwrap(), data, "round {round}");
-                    buffer.memset(0).unwrap();
-                    assert!(buffer.to_vec().unwrap().iter().all(|&v| v == 0.0));
-                    device.synchronize().unwrap();
-                }
-            });
+                    let (device, started) = (&device, &started);
+                    scope.spawn(move || {
+                        started.wait();
+                        work(device, &mut buffer, &data);
+                        name
+                    })
+                })
+                .collect();
             let graph = stream
                 .capture(|s| {
                     started.wait();
@@ -517,13 +535,16 @@ fn synchronous_work_on_other_threads_waits_out_a_capture() {
                             LaunchConfig::linear(n, 256),
                             &[&y_dev, &x_dev, &1.0f32, &(n as u32)],
                         )?;
-                        // Keep the capture open while the other thread works.
+                        // Keep the capture open while the other threads start.
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                     Ok::<(), Error>(())
                 })
                 .unwrap();
-            other.join().unwrap();
+            for worker in workers {
+                let name = worker.join().unwrap();
+                eprintln!("{}: {name} during a capture: ok", device.id());
+            }
             // SAFETY: the buffers outlive the replay (synchronized below).
             unsafe { graph.launch(&stream) }.unwrap();
             stream.synchronize().unwrap();
