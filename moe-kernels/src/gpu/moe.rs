@@ -995,89 +995,87 @@ impl MoeKernels {
         let base = to_i32("expert base", pass.base)?;
         let slots = to_i32("slots", pass.slots)?;
         match act {
-            ActivationQuant::Mxfp4(rule) if let Some(tc) = pass.tensor => {
-                let gate_up = TcOperands {
-                    weights: &w.w13,
-                    scales: &w.s13,
-                    expert_base: base,
-                    act: &x_quant.values,
-                    act_scales: &x_quant.scales,
-                    offsets: &g.offsets,
-                    active: &g.active,
-                    n_active: &g.n_active,
-                    tiles: &g.tiles,
-                    out: h,
-                };
-                let experts = pass.experts;
-                tc.gate_up(
-                    stream, self.inter, pairs, experts, &gate_up, &g.sorted, slots,
-                )?;
-                mark(stream, marks, "gate_up")?;
-                self.launch_quantize(
-                    stream,
-                    &self.io_f32.quantize_e4m3,
-                    h,
-                    pairs,
-                    self.inter,
-                    rule,
-                    h_quant,
-                )?;
-                mark(stream, marks, "quantize h")?;
-                let down = TcOperands {
-                    weights: &w.w2,
-                    scales: &w.s2,
-                    act: &h_quant.values,
-                    act_scales: &h_quant.scales,
-                    out: y,
-                    ..gate_up
-                };
-                tc.down(stream, self.hidden, pairs, experts, &down)?;
-                mark(stream, marks, "down")?;
-            }
             ActivationQuant::Mxfp4(rule) => {
-                stream.launch(
-                    &self.gate_up_w4a4,
-                    gate_up,
-                    &[
-                        &w.w13,
-                        &w.s13,
-                        &base,
-                        &x_quant.values,
-                        &x_quant.scales,
-                        &g.offsets,
+                // The tensor-core kernels read the same grouping plus its tile list, and
+                // activations as E4M3 bytes instead of doubled int8.
+                let tensor = pass.tensor.map(|plan| {
+                    let operands = TcOperands {
+                        weights: &w.w13,
+                        scales: &w.s13,
+                        expert_base: base,
+                        act: &x_quant.values,
+                        act_scales: &x_quant.scales,
+                        offsets: &g.offsets,
+                        active: &g.active,
+                        n_active: &g.n_active,
+                        tiles: &g.tiles,
+                        out: h,
+                    };
+                    (plan, operands)
+                });
+                match &tensor {
+                    Some((plan, op)) => plan.gate_up(
+                        stream,
+                        self.inter,
+                        pairs,
+                        pass.experts,
+                        op,
                         &g.sorted,
-                        &g.active,
-                        &g.n_active,
-                        &slots,
-                        h,
-                    ],
-                )?;
+                        slots,
+                    )?,
+                    None => stream.launch(
+                        &self.gate_up_w4a4,
+                        gate_up,
+                        &[
+                            &w.w13,
+                            &w.s13,
+                            &base,
+                            &x_quant.values,
+                            &x_quant.scales,
+                            &g.offsets,
+                            &g.sorted,
+                            &g.active,
+                            &g.n_active,
+                            &slots,
+                            h,
+                        ],
+                    )?,
+                }
                 mark(stream, marks, "gate_up")?;
-                self.launch_quantize(
-                    stream,
-                    &self.io_f32.quantize,
-                    h,
-                    pairs,
-                    self.inter,
-                    rule,
-                    h_quant,
-                )?;
+                let quantize_h = match tensor {
+                    Some(_) => &self.io_f32.quantize_e4m3,
+                    None => &self.io_f32.quantize,
+                };
+                self.launch_quantize(stream, quantize_h, h, pairs, self.inter, rule, h_quant)?;
                 mark(stream, marks, "quantize h")?;
-                stream.launch(
-                    &self.down_w4a4,
-                    down,
-                    &[
-                        &w.w2,
-                        &w.s2,
-                        &base,
-                        &h_quant.values,
-                        &h_quant.scales,
-                        &g.offsets,
-                        &g.active,
-                        &g.n_active,
-                        y,
-                    ],
-                )?;
+                match tensor {
+                    Some((plan, op)) => {
+                        let down = TcOperands {
+                            weights: &w.w2,
+                            scales: &w.s2,
+                            act: &h_quant.values,
+                            act_scales: &h_quant.scales,
+                            out: y,
+                            ..op
+                        };
+                        plan.down(stream, self.hidden, pairs, pass.experts, &down)?
+                    }
+                    None => stream.launch(
+                        &self.down_w4a4,
+                        down,
+                        &[
+                            &w.w2,
+                            &w.s2,
+                            &base,
+                            &h_quant.values,
+                            &h_quant.scales,
+                            &g.offsets,
+                            &g.active,
+                            &g.n_active,
+                            y,
+                        ],
+                    )?,
+                }
                 mark(stream, marks, "down")?;
             }
             ActivationQuant::None => {
