@@ -20,6 +20,7 @@ use super::error::{GpuError, check_param};
 use crate::reference::{ActivationMode, ActivationQuant, Linear, MlaDims, ScaleRule};
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/model_ops.hip");
+const TENSOR_SOURCE: KernelSource<'static> = kernel_source!("../../kernels/linear_tc.hip");
 
 /// Threads per block of every launch (`OPS_THREADS`).
 const THREADS: u32 = 256;
@@ -29,6 +30,22 @@ const BLOCK: usize = 32;
 const LINEAR_ROWS: usize = 4;
 /// Tokens that share one read of a linear layer's weight (`LIN_TOKS`).
 pub const LINEAR_TOKEN_TILE: usize = 8;
+/// Tokens from which a bf16 linear layer runs on tensor cores (where the device has them):
+/// beyond one token tile the CUDA-core kernel reads the weights again for every tile.
+pub const LINEAR_TENSOR_MIN_TOKENS: usize = LINEAR_TOKEN_TILE + 1;
+/// The tensor-core linear kernel's tile (`LTC_BM` features × `LTC_BN` tokens × `LTC_BK`), its
+/// threads (`LTC_THREADS`), and its pipeline depth (`LTC_PIPE`): shared memory is `LTC_PIPE` stages of a
+/// weight tile (rows padded to `2 · LTC_BK + 16` bytes) and an f32 activation tile (rows
+/// padded to `4 · LTC_BK + 32` bytes).
+const LTC_FEATURES: usize = 128;
+const LTC_TOKENS: usize = 64;
+const LTC_K: usize = 32;
+const LTC_PIPE: usize = 4;
+const LTC_THREADS: u32 = 256;
+const LTC_SHARED: usize =
+    LTC_PIPE * (LTC_FEATURES * (2 * LTC_K + 16) + LTC_TOKENS * (4 * LTC_K + 32));
+/// The first compute capability with bf16 `mma.sync` (Ampere).
+const LTC_MIN_CAPABILITY: u32 = 80;
 /// Blocks a linear launch aims for before it stops splitting k over more waves: a few per
 /// compute unit of the largest devices, so small projections still keep every unit busy.
 const LINEAR_TARGET_BLOCKS: usize = 1024;
@@ -378,6 +395,8 @@ pub struct ModelOps {
     linear_f32: Function,
     linear_bf16: Function,
     linear_mxfp4: Function,
+    /// bf16 weights on tensor cores (`linear_tc.hip`); None where the device has none.
+    linear_bf16_tc: Option<Function>,
     linear_batched_f32: Function,
     linear_batched_bf16: Function,
     fake_quantize: Function,
@@ -406,6 +425,14 @@ impl ModelOps {
             .set("MLA_COLS", MLA_COLS);
         let module = device.compile(&SOURCE, &defines)?;
         let f = |name: &str| module.function(name);
+        let linear_bf16_tc = match super::nvidia_capability(&device.info().arch) {
+            Some(cc) if cc >= LTC_MIN_CAPABILITY => Some(
+                device
+                    .compile(&TENSOR_SOURCE, &Defines::new().set("LTC_PIPE", LTC_PIPE))?
+                    .function("ops_linear_bf16_tc")?,
+            ),
+            _ => None,
+        };
         Ok(ModelOps {
             wave_size: device.info().wave_size,
             max_shared_memory: device.info().max_shared_memory_per_block,
@@ -415,6 +442,7 @@ impl ModelOps {
             linear_f32: f("ops_linear_f32")?,
             linear_bf16: f("ops_linear_bf16")?,
             linear_mxfp4: f("ops_linear_mxfp4")?,
+            linear_bf16_tc,
             linear_batched_f32: f("ops_linear_batched_f32")?,
             linear_batched_bf16: f("ops_linear_batched_bf16")?,
             fake_quantize: f("ops_fake_quantize")?,
@@ -563,6 +591,22 @@ impl ModelOps {
         let (mi, ki, ni) = (int("m", m)?, int("in", k)?, int("out", n)?);
         let ks = int("ksplit", ksplit)?;
         match w {
+            DeviceLinear::Bf16 { weight, .. }
+                if m >= LINEAR_TENSOR_MIN_TOKENS
+                    && k.is_multiple_of(LTC_K)
+                    && let Some(tensor) = &self.linear_bf16_tc =>
+            {
+                let config = LaunchConfig {
+                    grid: [
+                        grid("out features", n.div_ceil(LTC_FEATURES))?,
+                        grid("token tiles", m.div_ceil(LTC_TOKENS))?,
+                        1,
+                    ],
+                    block: [LTC_THREADS, 1, 1],
+                    shared_mem_bytes: LTC_SHARED as u32,
+                };
+                stream.launch(tensor, config, &[x, weight, &mi, &ki, &ni, out])?
+            }
             DeviceLinear::Bf16 { weight, .. } => stream.launch(
                 &self.linear_bf16,
                 config,

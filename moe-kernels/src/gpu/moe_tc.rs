@@ -12,6 +12,7 @@ use runtime_rocm::{
 };
 
 use super::error::GpuError;
+use super::nvidia_capability;
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe_tc.hip");
 
@@ -187,14 +188,6 @@ impl TcPlan<'_> {
     }
 }
 
-/// `sm_XY` -> XY; anything else (AMD `gfx…`) -> None.
-fn nvidia_capability(arch: &str) -> Option<u32> {
-    arch.strip_prefix("sm_")?
-        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
-        .parse()
-        .ok()
-}
-
 impl TensorCoreKernels {
     /// Compiles the kernels when `device` has E4M3 tensor cores and both sizes are multiples of
     /// the tile depth; `None` otherwise (the caller uses the GEMV kernels).
@@ -268,20 +261,5 @@ impl TileKernels {
             block: [THREADS, 1, 1],
             shared_mem_bytes: shared_bytes(self.pairs) as u32,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn capability_from_arch() {
-        assert_eq!(nvidia_capability("sm_90"), Some(90));
-        assert_eq!(nvidia_capability("sm_90a"), Some(90));
-        assert_eq!(nvidia_capability("sm_89"), Some(89));
-        assert_eq!(nvidia_capability("sm_100a"), Some(100));
-        assert_eq!(nvidia_capability("gfx942"), None);
-        assert_eq!(nvidia_capability("x86_64"), None);
     }
 }
