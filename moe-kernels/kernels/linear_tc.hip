@@ -9,12 +9,15 @@
 // (relative error <= 2^-17), so the result matches the f32 kernel to about f32 rounding of the
 // sums rather than to bf16's 3 digits.
 //
-// Tiles: a block computes LTC_BM = 128 output features x LTC_BN = 64 tokens, K in stages of 32
-// streamed through a LTC_PIPE-stage cp.async pipeline (weights and activations as they lie in
-// memory). Eight warps as 4 (features) x 2 (tokens), 32 x 32 each = 2 x 4 mma tiles; weight
-// fragments through ldmatrix, activation fragments read as f32 pairs and split on the fly.
+// Tiles: a block computes LTC_BM = 128 output features x LTC_BN tokens (16 or 64), K in stages
+// of 32 streamed through a LTC_PIPE-stage cp.async pipeline (weights and activations as they
+// lie in memory). Eight warps as 4 (features) x 2 (tokens), each 32 features x LTC_BN / 2
+// tokens = 2 x LTC_BN / 16 mma tiles; weight fragments through ldmatrix, activation fragments
+// read as f32 pairs and split on the fly. The narrow tile serves calls of a few tokens, where
+// the wide one would spend its instructions on padding.
 // Features past n and tokens past m are read as zeros and not stored; k must be a multiple of 32.
 // check-defines: LTC_PIPE=3
+// check-defines: LTC_BN=16
 
 #if defined(__HIP_PLATFORM_NVIDIA__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 
@@ -22,7 +25,13 @@ typedef unsigned int u32;
 typedef unsigned short u16;
 
 #define LTC_BM 128
+#ifndef LTC_BN
 #define LTC_BN 64
+#endif
+#if LTC_BN != 16 && LTC_BN != 64
+#error "LTC_BN must be 16 or 64"
+#endif
+#define LTC_NI (LTC_BN / 16)  // mma tiles of 8 tokens per warp
 #define LTC_BK 32
 #define LTC_THREADS 256
 #ifndef LTC_PIPE
@@ -33,8 +42,8 @@ typedef unsigned short u16;
 #define LTC_STAGE_BYTES (LTC_BM * LTC_W_PITCH + LTC_BN * LTC_X_PITCH)
 #define LTC_W_VECS (LTC_BM * LTC_BK * 2 / 16)  // 16-byte copies of weights per stage
 #define LTC_X_VECS (LTC_BN * LTC_BK * 4 / 16)  // of activations
-#if (LTC_W_VECS % LTC_THREADS) != 0 || (LTC_X_VECS % LTC_THREADS) != 0
-#error "the tile copies must divide evenly over the block"
+#if (LTC_W_VECS % LTC_THREADS) != 0
+#error "the weight tile copies must divide evenly over the block"
 #endif
 
 __device__ __forceinline__ u32 ltc_smem(const void* p) { return (u32)__cvta_generic_to_shared(p); }
@@ -77,8 +86,8 @@ ops_linear_bf16_tc(const float* __restrict__ x, const u16* __restrict__ w, int m
                 ltc_cp16(ltc_smem(base + r * LTC_W_PITCH + c * 16), src, row < n);
             }
 #pragma unroll
-            for (int i = 0; i < LTC_X_VECS / LTC_THREADS; ++i) {
-                int v = tid + i * LTC_THREADS, q = v / 8, c = v % 8;
+            for (int v = tid; v < LTC_X_VECS; v += LTC_THREADS) {
+                int q = v / 8, c = v % 8;
                 int tok = m0 + q;
                 const float* src = x + (size_t)min(tok, m - 1) * k + s * LTC_BK + c * 4;
                 ltc_cp16(ltc_smem(base + LTC_BM * LTC_W_PITCH + q * LTC_X_PITCH + c * 16), src, tok < m);
@@ -87,11 +96,11 @@ ops_linear_bf16_tc(const float* __restrict__ x, const u16* __restrict__ w, int m
         asm volatile("cp.async.commit_group;");  // empty groups past the end keep the counts uniform
     };
 
-    float acc[2][4][4];
+    float acc[2][LTC_NI][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
+        for (int ni = 0; ni < LTC_NI; ++ni)
 #pragma unroll
             for (int c = 0; c < 4; ++c) acc[mi][ni][c] = 0.0f;
 
@@ -116,9 +125,10 @@ ops_linear_bf16_tc(const float* __restrict__ x, const u16* __restrict__ w, int m
                              : "r"(ltc_smem(ws + r * LTC_W_PITCH + kb)));
             }
 #pragma unroll
-            for (int ni = 0; ni < 4; ++ni) {
+            for (int ni = 0; ni < LTC_NI; ++ni) {
                 // B fragment: token g of the tile, k = 2*tig, 2*tig+1 (b0) and +8 (b1).
-                const float* row = (const float*)(xs + (wn * 32 + ni * 8 + g) * LTC_X_PITCH) + kk + 2 * tig;
+                const float* row =
+                    (const float*)(xs + (wn * (LTC_BN / 2) + ni * 8 + g) * LTC_X_PITCH) + kk + 2 * tig;
                 u32 b0h, b0l, b1h, b1l;
                 split_bf16x2(*(const float2*)row, b0h, b0l);
                 split_bf16x2(*(const float2*)(row + 8), b1h, b1l);
@@ -135,11 +145,11 @@ ops_linear_bf16_tc(const float* __restrict__ x, const u16* __restrict__ w, int m
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
+        for (int ni = 0; ni < LTC_NI; ++ni)
 #pragma unroll
             for (int c = 0; c < 4; ++c) {
                 int row = n0 + wm * 32 + mi * 16 + g + (c >> 1) * 8;
-                int tok = m0 + wn * 32 + ni * 8 + 2 * tig + (c & 1);
+                int tok = m0 + wn * (LTC_BN / 2) + ni * 8 + 2 * tig + (c & 1);
                 if (row < n && tok < m) out[(size_t)tok * n + row] = acc[mi][ni][c];
             }
 }

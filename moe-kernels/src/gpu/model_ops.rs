@@ -34,16 +34,22 @@ pub const LINEAR_TOKEN_TILE: usize = 8;
 /// beyond one token tile the CUDA-core kernel reads the weights again for every tile.
 pub const LINEAR_TENSOR_MIN_TOKENS: usize = LINEAR_TOKEN_TILE + 1;
 /// The tensor-core linear kernel's tile (`LTC_BM` features × `LTC_BN` tokens × `LTC_BK`), its
-/// threads (`LTC_THREADS`), and its pipeline depth (`LTC_PIPE`): shared memory is `LTC_PIPE` stages of a
-/// weight tile (rows padded to `2 · LTC_BK + 16` bytes) and an f32 activation tile (rows
-/// padded to `4 · LTC_BK + 32` bytes).
+/// threads (`LTC_THREADS`), and its pipeline depth (`LTC_PIPE`). It is compiled twice: 16-token
+/// tiles for calls up to [`LTC_NARROW_UP_TO`] tokens, 64-token tiles beyond.
 const LTC_FEATURES: usize = 128;
-const LTC_TOKENS: usize = 64;
+const LTC_NARROW_TOKENS: usize = 16;
+const LTC_WIDE_TOKENS: usize = 64;
+const LTC_NARROW_UP_TO: usize = 24;
 const LTC_K: usize = 32;
 const LTC_PIPE: usize = 4;
 const LTC_THREADS: u32 = 256;
-const LTC_SHARED: usize =
-    LTC_PIPE * (LTC_FEATURES * (2 * LTC_K + 16) + LTC_TOKENS * (4 * LTC_K + 32));
+
+/// Shared memory of the tensor-core linear kernel with `tokens`-token tiles: `LTC_PIPE` stages
+/// of a weight tile (rows padded to `2 · LTC_BK + 16` bytes) and an f32 activation tile (rows
+/// padded to `4 · LTC_BK + 32` bytes).
+const fn ltc_shared(tokens: usize) -> usize {
+    LTC_PIPE * (LTC_FEATURES * (2 * LTC_K + 16) + tokens * (4 * LTC_K + 32))
+}
 /// The first compute capability with bf16 `mma.sync` (Ampere).
 const LTC_MIN_CAPABILITY: u32 = 80;
 /// Blocks a linear launch aims for before it stops splitting k over more waves: a few per
@@ -395,8 +401,9 @@ pub struct ModelOps {
     linear_f32: Function,
     linear_bf16: Function,
     linear_mxfp4: Function,
-    /// bf16 weights on tensor cores (`linear_tc.hip`); None where the device has none.
-    linear_bf16_tc: Option<Function>,
+    /// bf16 weights on tensor cores (`linear_tc.hip`), 16- and 64-token tiles; None where the
+    /// device has none.
+    linear_bf16_tc: Option<[Function; 2]>,
     linear_batched_f32: Function,
     linear_batched_bf16: Function,
     fake_quantize: Function,
@@ -425,12 +432,19 @@ impl ModelOps {
             .set("MLA_COLS", MLA_COLS);
         let module = device.compile(&SOURCE, &defines)?;
         let f = |name: &str| module.function(name);
+        let tensor_linear = |tokens: usize| -> Result<Function, GpuError> {
+            let defines = Defines::new()
+                .set("LTC_PIPE", LTC_PIPE)
+                .set("LTC_BN", tokens);
+            Ok(device
+                .compile(&TENSOR_SOURCE, &defines)?
+                .function("ops_linear_bf16_tc")?)
+        };
         let linear_bf16_tc = match super::nvidia_capability(&device.info().arch) {
-            Some(cc) if cc >= LTC_MIN_CAPABILITY => Some(
-                device
-                    .compile(&TENSOR_SOURCE, &Defines::new().set("LTC_PIPE", LTC_PIPE))?
-                    .function("ops_linear_bf16_tc")?,
-            ),
+            Some(cc) if cc >= LTC_MIN_CAPABILITY => Some([
+                tensor_linear(LTC_NARROW_TOKENS)?,
+                tensor_linear(LTC_WIDE_TOKENS)?,
+            ]),
             _ => None,
         };
         Ok(ModelOps {
@@ -594,18 +608,23 @@ impl ModelOps {
             DeviceLinear::Bf16 { weight, .. }
                 if m >= LINEAR_TENSOR_MIN_TOKENS
                     && k.is_multiple_of(LTC_K)
-                    && let Some(tensor) = &self.linear_bf16_tc =>
+                    && let Some([narrow, wide]) = &self.linear_bf16_tc =>
             {
+                let (kernel, tokens) = if m <= LTC_NARROW_UP_TO {
+                    (narrow, LTC_NARROW_TOKENS)
+                } else {
+                    (wide, LTC_WIDE_TOKENS)
+                };
                 let config = LaunchConfig {
                     grid: [
                         grid("out features", n.div_ceil(LTC_FEATURES))?,
-                        grid("token tiles", m.div_ceil(LTC_TOKENS))?,
+                        grid("token tiles", m.div_ceil(tokens))?,
                         1,
                     ],
                     block: [LTC_THREADS, 1, 1],
-                    shared_mem_bytes: LTC_SHARED as u32,
+                    shared_mem_bytes: ltc_shared(tokens) as u32,
                 };
-                stream.launch(tensor, config, &[x, weight, &mi, &ki, &ni, out])?
+                stream.launch(kernel, config, &[x, weight, &mi, &ki, &ni, out])?
             }
             DeviceLinear::Bf16 { weight, .. } => stream.launch(
                 &self.linear_bf16,
