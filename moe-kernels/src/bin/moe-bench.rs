@@ -473,14 +473,20 @@ fn run() -> Result<()> {
             fusion
         );
     }
-    if let Some((_, first)) = breakdowns.first() {
+    if !breakdowns.is_empty() {
         println!();
         println!("Per-stage device time of the fused layer, µs (median; events between stages):");
-        println!();
-        let names: Vec<&str> = first.iter().map(|s| s.0).collect();
-        println!("| B | {} | sum |", names.join(" | "));
-        println!("|---:|{}---:|", "---:|".repeat(names.len()));
+        // The stages differ by path (the GEMV path quantizes its input inside the routing
+        // launch): a new header wherever they change.
+        let mut names: Vec<&str> = Vec::new();
         for (batch, stages) in &breakdowns {
+            let these: Vec<&str> = stages.iter().map(|s| s.0).collect();
+            if these != names {
+                names = these;
+                println!();
+                println!("| B | {} | sum |", names.join(" | "));
+                println!("|---:|{}---:|", "---:|".repeat(names.len()));
+            }
             let cells: Vec<String> = stages.iter().map(|s| format!("{:.1}", s.1)).collect();
             println!(
                 "| {batch} | {} | {:.1} |",
