@@ -267,10 +267,11 @@ __device__ __forceinline__ void argmax_merge(float& v, int& i, float ov, int oi)
     if (ov > v || (ov == v && oi < i)) { v = ov; i = oi; }
 }
 
-__device__ __forceinline__ void route_token(const float* __restrict__ logits, const float* __restrict__ bias,
-                                            int n_tokens, int n_experts, int n_group, int topk_group, int top_k,
-                                            int norm_topk_prob, float routed_scaling_factor, int shared_slots,
-                                            int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
+extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
+moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ bias, int n_tokens,
+                   int n_experts, int n_group, int topk_group, int top_k, int norm_topk_prob,
+                   float routed_scaling_factor, int shared_slots,
+                   int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
     extern __shared__ float route_smem[];
     float* score = route_smem;               // unbiased sigmoid scores
     float* choice = route_smem + n_experts;  // biased scores; -inf once excluded or taken
@@ -350,15 +351,6 @@ __device__ __forceinline__ void route_token(const float* __restrict__ logits, co
             topk_weights[(size_t)t * slots + top_k + j] = 1.0f / routed_scaling_factor;
         }
     }
-}
-
-extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
-moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ bias, int n_tokens,
-                   int n_experts, int n_group, int topk_group, int top_k, int norm_topk_prob,
-                   float routed_scaling_factor, int shared_slots,
-                   int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
-    route_token(logits, bias, n_tokens, n_experts, n_group, topk_group, top_k, norm_topk_prob,
-                routed_scaling_factor, shared_slots, topk_ids, topk_weights);
 }
 
 // Every token to every one of `n_slots` experts with weight 1: the routing of a separate
@@ -484,10 +476,11 @@ __device__ __forceinline__ i8 x2_to_e4m3(int v) {
     return (i8)(b | (v < 0 ? 0x80u : 0u));
 }
 
-// Quantizes MX block `blk` of x (blocks of 32 consecutive values).
 template <typename T, bool E4M3>
-__device__ __forceinline__ void quantize_block_at(const T* __restrict__ x, size_t blk, int even,
-                                                  i8* __restrict__ xq, u8* __restrict__ xs) {
+__device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_blocks, int even,
+                                              i8* __restrict__ xq, u8* __restrict__ xs) {
+    size_t blk = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (blk >= n_blocks) return;
     float v[MX_BLOCK];
     load_block32(x + blk * MX_BLOCK, v);
     __attribute__((aligned(16))) i8 out[MX_BLOCK];
@@ -500,13 +493,6 @@ __device__ __forceinline__ void quantize_block_at(const T* __restrict__ x, size_
     const uint4* o = (const uint4*)out;
     dst[0] = o[0];
     dst[1] = o[1];
-}
-
-template <typename T, bool E4M3>
-__device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_blocks, int even,
-                                              i8* __restrict__ xq, u8* __restrict__ xs) {
-    size_t blk = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (blk < n_blocks) quantize_block_at<T, E4M3>(x, blk, even, xq, xs);
 }
 
 extern "C" __global__ void moe_quantize_bf16(const u16* __restrict__ x, int rows, int cols, int even,
@@ -840,43 +826,4 @@ extern "C" __global__ void moe_combine_f32(const float* __restrict__ y_a, const 
                                            const float* __restrict__ y_b, const int* __restrict__ pos_b,
                                            const float* __restrict__ w_b, int n_slots_b, float* __restrict__ out) {
     combine_body(y_a, pos_a, w_a, n_slots_a, scale_a, y_b, pos_b, w_b, n_slots_b, out);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Routing and the W4A4 quantization of the token's input row (MOE_HIDDEN values, doubled-int8
-// codes for the GEMV kernels) in one launch: the decode path saves a launch per layer. Same
-// results as moe_route_noaux_tc followed by moe_quantize_*.
-
-template <typename T>
-__device__ __forceinline__ void route_and_quantize(const float* __restrict__ logits, const float* __restrict__ bias,
-                                                   int n_tokens, int n_experts, int n_group, int topk_group,
-                                                   int top_k, int norm_topk_prob, float routed_scaling_factor,
-                                                   int shared_slots, int* __restrict__ topk_ids,
-                                                   float* __restrict__ topk_weights, const T* __restrict__ x,
-                                                   int even, i8* __restrict__ xq, u8* __restrict__ xs) {
-    route_token(logits, bias, n_tokens, n_experts, n_group, topk_group, top_k, norm_topk_prob,
-                routed_scaling_factor, shared_slots, topk_ids, topk_weights);
-    if ((int)blockIdx.x >= n_tokens) return;
-    const size_t row = (size_t)blockIdx.x * H_CHUNKS;
-    for (int b = threadIdx.x; b < H_CHUNKS; b += blockDim.x) quantize_block_at<T, false>(x, row + b, even, xq, xs);
-}
-
-extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
-moe_route_quantize_bf16(const float* __restrict__ logits, const float* __restrict__ bias, int n_tokens,
-                        int n_experts, int n_group, int topk_group, int top_k, int norm_topk_prob,
-                        float routed_scaling_factor, int shared_slots, int* __restrict__ topk_ids,
-                        float* __restrict__ topk_weights, const u16* __restrict__ x, int even,
-                        i8* __restrict__ xq, u8* __restrict__ xs) {
-    route_and_quantize(logits, bias, n_tokens, n_experts, n_group, topk_group, top_k, norm_topk_prob,
-                       routed_scaling_factor, shared_slots, topk_ids, topk_weights, x, even, xq, xs);
-}
-
-extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
-moe_route_quantize_f32(const float* __restrict__ logits, const float* __restrict__ bias, int n_tokens,
-                       int n_experts, int n_group, int topk_group, int top_k, int norm_topk_prob,
-                       float routed_scaling_factor, int shared_slots, int* __restrict__ topk_ids,
-                       float* __restrict__ topk_weights, const float* __restrict__ x, int even,
-                       i8* __restrict__ xq, u8* __restrict__ xs) {
-    route_and_quantize(logits, bias, n_tokens, n_experts, n_group, topk_group, top_k, norm_topk_prob,
-                       routed_scaling_factor, shared_slots, topk_ids, topk_weights, x, even, xq, xs);
 }

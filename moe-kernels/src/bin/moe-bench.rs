@@ -473,20 +473,14 @@ fn run() -> Result<()> {
             fusion
         );
     }
-    if !breakdowns.is_empty() {
+    if let Some((_, first)) = breakdowns.first() {
         println!();
         println!("Per-stage device time of the fused layer, µs (median; events between stages):");
-        // The stages differ by path (the GEMV path quantizes its input inside the routing
-        // launch): a new header wherever they change.
-        let mut names: Vec<&str> = Vec::new();
+        println!();
+        let names: Vec<&str> = first.iter().map(|s| s.0).collect();
+        println!("| B | {} | sum |", names.join(" | "));
+        println!("|---:|{}---:|", "---:|".repeat(names.len()));
         for (batch, stages) in &breakdowns {
-            let these: Vec<&str> = stages.iter().map(|s| s.0).collect();
-            if these != names {
-                names = these;
-                println!();
-                println!("| B | {} | sum |", names.join(" | "));
-                println!("|---:|{}---:|", "---:|".repeat(names.len()));
-            }
             let cells: Vec<String> = stages.iter().map(|s| format!("{:.1}", s.1)).collect();
             println!(
                 "| {batch} | {} | {:.1} |",

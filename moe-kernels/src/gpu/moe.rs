@@ -18,7 +18,7 @@
 
 use half::bf16;
 use runtime_rocm::{
-    Defines, Device, DeviceBuffer, Event, Function, KernelArg, KernelSource, LaunchConfig, Stream,
+    Defines, Device, DeviceBuffer, Event, Function, KernelSource, LaunchConfig, Stream,
     kernel_source,
 };
 
@@ -76,8 +76,6 @@ struct IoKernels {
     quantize: Function,
     /// The same quantization written as E4M3 bytes, for the tensor-core kernels.
     quantize_e4m3: Function,
-    /// Routing with each token's input row quantized in the same launch (the GEMV path).
-    route_quantize: Function,
     gate_up_w4a16: Function,
     combine: Function,
 }
@@ -459,14 +457,12 @@ impl MoeKernels {
             io_bf16: IoKernels {
                 quantize: f("moe_quantize_bf16")?,
                 quantize_e4m3: f("moe_quantize_bf16_e4m3")?,
-                route_quantize: f("moe_route_quantize_bf16")?,
                 gate_up_w4a16: f("moe_gate_up_w4a16")?,
                 combine: f("moe_combine_bf16")?,
             },
             io_f32: IoKernels {
                 quantize: f("moe_quantize_f32")?,
                 quantize_e4m3: f("moe_quantize_f32_e4m3")?,
-                route_quantize: f("moe_route_quantize_f32")?,
                 gate_up_w4a16: f("moe_gate_up_w4a16_f32")?,
                 combine: f("moe_combine_f32")?,
             },
@@ -554,23 +550,6 @@ impl MoeKernels {
         params: &RoutingParams,
         out: &mut Routing,
     ) -> Result<(), GpuError> {
-        self.route_launch::<f32>(stream, logits, bias, n_tokens, n_routed, params, out, None)
-    }
-
-    /// [`MoeKernels::route`], and with `quantize` also each token's `[hidden]` input row
-    /// quantized (doubled-int8 codes) in the same launch.
-    #[allow(clippy::too_many_arguments)]
-    fn route_launch<T: MoeIo>(
-        &self,
-        stream: &Stream,
-        logits: &DeviceBuffer<f32>,
-        bias: &DeviceBuffer<f32>,
-        n_tokens: usize,
-        n_routed: usize,
-        params: &RoutingParams,
-        out: &mut Routing,
-        quantize: Option<(&DeviceBuffer<T>, ScaleRule, &mut QuantizedActivations)>,
-    ) -> Result<(), GpuError> {
         let slots = params.top_k + params.shared_slots;
         check_param(
             "n_group",
@@ -642,28 +621,24 @@ impl MoeKernels {
             block: [ROUTE_THREADS, 1, 1],
             shared_mem_bytes: smem as u32,
         };
-        let args: [&dyn KernelArg; 12] = [
-            logits,
-            bias,
-            &to_i32("n_tokens", n_tokens)?,
-            &to_i32("n_routed", n_routed)?,
-            &to_i32("n_group", params.n_group)?,
-            &to_i32("topk_group", params.topk_group)?,
-            &to_i32("top_k", params.top_k)?,
-            &i32::from(params.norm_topk_prob),
-            &params.routed_scaling_factor,
-            &to_i32("shared_slots", params.shared_slots)?,
-            &out.ids,
-            &out.weights,
-        ];
-        match quantize {
-            None => stream.launch(&self.route, config, &args)?,
-            Some((x, rule, q)) => {
-                let quantize: [&dyn KernelArg; 4] = [x, &even_flag(rule), &q.values, &q.scales];
-                let all: Vec<&dyn KernelArg> = args.iter().chain(&quantize).copied().collect();
-                stream.launch(&self.io::<T>().route_quantize, config, &all)?
-            }
-        }
+        stream.launch(
+            &self.route,
+            config,
+            &[
+                logits,
+                bias,
+                &to_i32("n_tokens", n_tokens)?,
+                &to_i32("n_routed", n_routed)?,
+                &to_i32("n_group", params.n_group)?,
+                &to_i32("topk_group", params.topk_group)?,
+                &to_i32("top_k", params.top_k)?,
+                &i32::from(params.norm_topk_prob),
+                &params.routed_scaling_factor,
+                &to_i32("shared_slots", params.shared_slots)?,
+                &out.ids,
+                &out.weights,
+            ],
+        )?;
         Ok(())
     }
 
@@ -804,14 +779,7 @@ impl MoeKernels {
         let routed_tiles =
             tensor.map(|tc| tc.plan(n_tokens * slots, experts, params.shared_slots, n_tokens));
         mark(stream, &mut ws.marks, "start")?;
-        // The GEMV path's input codes come out of the routing launch; the tensor cores' E4M3
-        // codes from their own quantize launch below.
-        let quantize_in_route = match act {
-            ActivationQuant::Mxfp4(rule) if tensor.is_none() => Some((x, rule, &mut ws.x_quant)),
-            _ => None,
-        };
-        let quantized = quantize_in_route.is_some();
-        self.route_launch(
+        self.route(
             stream,
             logits,
             bias,
@@ -819,7 +787,6 @@ impl MoeKernels {
             shape.n_routed,
             params,
             &mut ws.routed,
-            quantize_in_route,
         )?;
         mark(stream, &mut ws.marks, "route")?;
         self.align(
@@ -831,12 +798,15 @@ impl MoeKernels {
             &mut ws.routed_groups,
         )?;
         mark(stream, &mut ws.marks, "align")?;
-        if let ActivationQuant::Mxfp4(rule) = act
-            && !quantized
-        {
+        if let ActivationQuant::Mxfp4(rule) = act {
+            let io = self.io::<T>();
             self.launch_quantize(
                 stream,
-                &self.io::<T>().quantize_e4m3,
+                if tensor.is_some() {
+                    &io.quantize_e4m3
+                } else {
+                    &io.quantize
+                },
                 x,
                 n_tokens,
                 shape.hidden,
