@@ -10,7 +10,7 @@
 //! `configuration_deepseek.py`); every value present in the file wins. Published copies of
 //! these configs disagree on rope and epsilon fields, so nothing here is hard-coded per model.
 
-use moe_kernels::reference::{MlaDims, Rope, YarnParams};
+use moe_kernels::reference::{MlaDims, Rope, RoutingParams, YarnParams};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
@@ -215,6 +215,19 @@ impl ModelConfig {
             qk_rope: self.qk_rope_head_dim,
             v: self.v_head_dim,
             kv_lora: self.kv_lora_rank,
+        }
+    }
+
+    /// The MoE router's parameters as the routing kernels take them, with `shared_slots`
+    /// shared experts fused into the routed set (0 where they run as a separate pass).
+    pub fn routing_params(&self, shared_slots: usize) -> RoutingParams {
+        RoutingParams {
+            n_group: self.n_group,
+            topk_group: self.topk_group,
+            top_k: self.num_experts_per_tok,
+            norm_topk_prob: self.norm_topk_prob,
+            routed_scaling_factor: self.routed_scaling_factor,
+            shared_slots,
         }
     }
 

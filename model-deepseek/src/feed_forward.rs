@@ -4,8 +4,7 @@
 use crate::config::ModelConfig;
 use crate::weights::{FeedForward, MoeWeights};
 use moe_kernels::reference::{
-    ActivationMode, RoutingMargin, RoutingParams, matmul, mlp, moe_forward, route_noaux_tc,
-    routing_margin,
+    ActivationMode, RoutingMargin, matmul, mlp, moe_forward, route_noaux_tc, routing_margin,
 };
 
 /// `out = ffn(x)` for `m` rows of normed hidden states; an MoE block appends each row's
@@ -41,14 +40,7 @@ fn moe(
     let h = c.hidden_size;
     let mut logits = vec![0f32; m * e];
     matmul(x, &w.router.data, m, h, e, &mut logits);
-    let params = RoutingParams {
-        n_group: c.n_group,
-        topk_group: c.topk_group,
-        top_k: c.num_experts_per_tok,
-        norm_topk_prob: c.norm_topk_prob,
-        routed_scaling_factor: c.routed_scaling_factor,
-        shared_slots: w.fused_shared_slots,
-    };
+    let params = c.routing_params(w.fused_shared_slots);
     if let Some(margins) = margins {
         margins.extend(
             logits

@@ -35,18 +35,23 @@
 //! 7..18 tokens; on the CPU the bf16 rounding of the MoE input alone moved the second MoE
 //! layer's biased scores by up to 1.1e-3 (median 3e-4), above most routing margins here.
 
+mod common;
+
+use std::collections::HashMap;
+
+use common::{load_tiny_checkpoint, rel_l2};
 use model_deepseek::fusion::FusionMode;
 use model_deepseek::gpu::{
     BlockError, GpuKvCache, GpuModel, GpuModelError, GpuOptions, KV_BLOCK_TOKENS, KvBudget,
     PlanError,
 };
-use model_deepseek::loader::{self, LoadOptions};
+use model_deepseek::loader::LoadOptions;
 use model_deepseek::sampling::{ChunkPick, SampledChunk, SamplingRule};
-use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
+use model_deepseek::tiny::{SharedExperts, TinyLayout};
 use model_deepseek::{ActivationMode, KvCache, Model, RoutingMargin, SeqId, SequenceChunk};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime_rocm::Device;
+use runtime_rocm::{Device, first_gpu};
 
 const LOGITS_TOLERANCE: f64 = 1e-4;
 const GREEDY_TOKENS: usize = 40;
@@ -57,27 +62,6 @@ const MIN_ROUTING_MARGIN: f32 = 1e-5;
 /// Fraction of the logits vectors, and of the greedy tokens, that must be comparable (every
 /// routing margin of their sequence so far at least [`MIN_ROUTING_MARGIN`]).
 const MIN_COMPARABLE: f64 = 0.75;
-
-fn gpu() -> Option<Device> {
-    let device = runtime_rocm::enumerate()
-        .devices
-        .into_iter()
-        .find(|d| !d.is_cpu());
-    if device.is_none() {
-        eprintln!("skipped: no GPU");
-    }
-    device
-}
-
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (g, w) in got.iter().zip(want) {
-        num += (f64::from(*g) - f64::from(*w)).powi(2);
-        den += f64::from(*w).powi(2);
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
-}
 
 fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
@@ -97,24 +81,11 @@ struct Case {
 }
 
 fn load(case: &Case, seed: u64) -> Model {
-    let dir = tempfile::tempdir().unwrap();
-    let experts = match case.layout {
-        TinyLayout::DeepseekV3 => 256,
-        _ => 384,
-    };
-    let spec = TinySpec {
-        layout: case.layout,
-        shared_experts: case.shared,
-        n_routed_experts: experts,
-        seed,
-        ..TinySpec::default()
-    };
-    write_tiny_checkpoint(dir.path(), &spec).unwrap();
     let options = LoadOptions {
         fusion: case.fusion,
         activations: case.activations,
     };
-    loader::load(dir.path(), &options).unwrap().model
+    load_tiny_checkpoint(case.layout, case.shared, seed, &options)
 }
 
 fn cases() -> Vec<Case> {
@@ -166,6 +137,39 @@ fn token_margins(per_layer: &[Vec<RoutingMargin>], tokens: usize) -> Vec<f32> {
         .collect()
 }
 
+/// The chunks of a feed of (sequence, tokens) pairs.
+fn as_chunks(feed: &[(SeqId, Vec<u32>)]) -> Vec<SequenceChunk<'_>> {
+    feed.iter()
+        .map(|(seq, t)| SequenceChunk {
+            seq: *seq,
+            tokens: t,
+        })
+        .collect()
+}
+
+/// One CPU forward call: the logits of each chunk's last token and, per chunk, the smallest
+/// routing margin of its sequence so far (this call included), which `history` keeps.
+fn cpu_forward_with_history(
+    model: &Model,
+    cache: &mut KvCache,
+    chunks: &[SequenceChunk<'_>],
+    history: &mut HashMap<SeqId, f32>,
+) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let n: usize = chunks.iter().map(|c| c.tokens.len()).sum();
+    let (logits, per_layer) = model.forward_with_routing_margins(chunks, cache).unwrap();
+    let margins = token_margins(&per_layer, n);
+    let mut start = 0;
+    let mut history_margin = Vec::new();
+    for chunk in chunks {
+        let end = start + chunk.tokens.len();
+        let m = history.entry(chunk.seq).or_insert(f32::INFINITY);
+        *m = margins[start..end].iter().copied().fold(*m, f32::min);
+        history_margin.push(*m);
+        start = end;
+    }
+    (logits, history_margin)
+}
+
 /// One step of the logits test: what is fed, what the CPU returns.
 struct LogitsStep {
     feed: Vec<(SeqId, Vec<u32>)>,
@@ -190,30 +194,11 @@ fn logits_steps(model: &Model, seed: u64) -> Vec<LogitsStep> {
         vec![(a, tokens(1)), (b, tokens(1)), (c, tokens(1))],
     ];
     let mut cache = KvCache::new(model.config(), 1024);
-    let mut history = std::collections::HashMap::new();
+    let mut history = HashMap::new();
     let mut steps = Vec::new();
     for feed in feeds {
-        let chunks: Vec<SequenceChunk<'_>> = feed
-            .iter()
-            .map(|(seq, t)| SequenceChunk {
-                seq: *seq,
-                tokens: t,
-            })
-            .collect();
-        let n: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let (want, per_layer) = model
-            .forward_with_routing_margins(&chunks, &mut cache)
-            .unwrap();
-        let margins = token_margins(&per_layer, n);
-        let mut start = 0;
-        let mut history_margin = Vec::new();
-        for chunk in &chunks {
-            let end = start + chunk.tokens.len();
-            let m = history.entry(chunk.seq).or_insert(f32::INFINITY);
-            *m = margins[start..end].iter().copied().fold(*m, f32::min);
-            history_margin.push(*m);
-            start = end;
-        }
+        let (want, history_margin) =
+            cpu_forward_with_history(model, &mut cache, &as_chunks(&feed), &mut history);
         steps.push(LogitsStep {
             feed,
             want,
@@ -310,7 +295,9 @@ fn most_test_positions_route_with_margins_above_the_router_error() {
 
 #[test]
 fn logits_match_the_cpu_model_prefill_and_batched_decode() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("logits_match_the_cpu_model_prefill_and_batched_decode") else {
+        return;
+    };
     let mut failures = Vec::new();
     let (mut compared, mut near_ties) = (0usize, 0usize);
     for (i, case) in cases().iter().enumerate() {
@@ -321,14 +308,7 @@ fn logits_match_the_cpu_model_prefill_and_batched_decode() {
         let mut gpu_cache = gpu.new_cache().unwrap();
         let mut worst = 0f64;
         for step in &steps {
-            let chunks: Vec<SequenceChunk<'_>> = step
-                .feed
-                .iter()
-                .map(|(seq, t)| SequenceChunk {
-                    seq: *seq,
-                    tokens: t,
-                })
-                .collect();
+            let chunks = as_chunks(&step.feed);
             let got = gpu.forward(&chunks, &mut gpu_cache).unwrap();
             for (k, chunk) in chunks.iter().enumerate() {
                 let err = rel_l2(&got[k], &step.want[k]);
@@ -370,7 +350,9 @@ fn logits_match_the_cpu_model_prefill_and_batched_decode() {
 
 #[test]
 fn greedy_generation_matches_the_cpu_model_token_for_token() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("greedy_generation_matches_the_cpu_model_token_for_token") else {
+        return;
+    };
     let mut failures = Vec::new();
     for (i, case) in cases().iter().enumerate() {
         let seed = 200 + i as u64;
@@ -425,7 +407,10 @@ fn greedy_generation_matches_the_cpu_model_token_for_token() {
 
 #[test]
 fn refuses_a_kv_budget_the_device_cannot_hold_before_allocating() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("refuses_a_kv_budget_the_device_cannot_hold_before_allocating")
+    else {
+        return;
+    };
     let model = load(&cases()[0], 1);
     let (free_before, total) = device.memory_info().unwrap();
     // Blocks of 64 tokens at 480 bytes a token (and 4 table bytes a block): one more than the
@@ -512,9 +497,9 @@ struct Lockstep<'m> {
     model: &'m Model,
     cpu: KvCache,
     gpu: Option<(GpuModel, GpuKvCache)>,
-    streams: std::collections::HashMap<SeqId, Vec<u32>>,
+    streams: HashMap<SeqId, Vec<u32>>,
     /// Smallest routing margin of each sequence so far (CPU).
-    history: std::collections::HashMap<SeqId, f32>,
+    history: HashMap<SeqId, f32>,
     compared: usize,
     near_ties: usize,
     worst: f64,
@@ -570,30 +555,15 @@ impl<'m> Lockstep<'m> {
 
     fn feed(&mut self, feed: &[(SeqId, usize)]) {
         let owned = self.chunks(feed);
-        let chunks: Vec<SequenceChunk<'_>> = owned
-            .iter()
-            .map(|(seq, t)| SequenceChunk {
-                seq: *seq,
-                tokens: t,
-            })
-            .collect();
-        let total: usize = chunks.iter().map(|c| c.tokens.len()).sum();
-        let (want, per_layer) = self
-            .model
-            .forward_with_routing_margins(&chunks, &mut self.cpu)
-            .unwrap();
-        let margins = token_margins(&per_layer, total);
+        let chunks = as_chunks(&owned);
+        let (want, history_margin) =
+            cpu_forward_with_history(self.model, &mut self.cpu, &chunks, &mut self.history);
         let got = self
             .gpu
             .as_mut()
             .map(|(gpu, cache)| gpu.forward(&chunks, cache).unwrap());
-        let mut start = 0;
         for (k, chunk) in chunks.iter().enumerate() {
-            let end = start + chunk.tokens.len();
-            let m = self.history.entry(chunk.seq).or_insert(f32::INFINITY);
-            *m = margins[start..end].iter().copied().fold(*m, f32::min);
-            start = end;
-            if *m < MIN_ROUTING_MARGIN {
+            if history_margin[k] < MIN_ROUTING_MARGIN {
                 self.near_ties += 1;
                 continue;
             }
@@ -635,13 +605,7 @@ impl<'m> Lockstep<'m> {
         let Some((gpu, cache)) = self.gpu.as_mut() else {
             return;
         };
-        let chunks: Vec<SequenceChunk<'_>> = owned
-            .iter()
-            .map(|(seq, t)| SequenceChunk {
-                seq: *seq,
-                tokens: t,
-            })
-            .collect();
+        let chunks = as_chunks(&owned);
         let before: Vec<(usize, Vec<u32>)> = chunks
             .iter()
             .map(|c| (cache.seq_len(c.seq), cache.block_table(c.seq).to_vec()))
@@ -831,7 +795,11 @@ fn paged_scripts_route_every_position_above_the_router_error() {
 
 #[test]
 fn paged_cache_interleaved_growth_reuse_and_fragmentation_match_the_cpu_model() {
-    let Some(device) = gpu() else { return };
+    let Some(device) =
+        first_gpu("paged_cache_interleaved_growth_reuse_and_fragmentation_match_the_cpu_model")
+    else {
+        return;
+    };
     let mut failures = Vec::new();
     let mut compared = 0;
     for ls in run_scripts(Some(&device)) {
@@ -922,7 +890,10 @@ fn bits(rows: &[(u32, Vec<f32>)]) -> Vec<(u32, Vec<u32>)> {
 
 #[test]
 fn decode_graph_replay_matches_launching_every_op_bit_for_bit() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("decode_graph_replay_matches_launching_every_op_bit_for_bit")
+    else {
+        return;
+    };
     let options = GpuOptions {
         kv: KvBudget::for_tokens(GRAPH_BATCHES[2] * 4 * KV_BLOCK_TOKENS),
         max_batch_tokens: GRAPH_MAX_BATCH_TOKENS,
@@ -997,7 +968,10 @@ fn decode_graph_replay_matches_launching_every_op_bit_for_bit() {
 
 #[test]
 fn greedy_generation_is_the_same_with_and_without_decode_graphs() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("greedy_generation_is_the_same_with_and_without_decode_graphs")
+    else {
+        return;
+    };
     let case = &cases()[6];
     let model = load(case, 950);
     let vocab = model.config().vocab_size as u32;

@@ -11,15 +11,18 @@
 //! returned too, and the device's token must be the one the reference picks from that very
 //! row with the same draw.
 
+mod common;
+
+use common::{load_tiny_checkpoint, rel_l2};
 use model_deepseek::fusion::FusionMode;
 use model_deepseek::gpu::{GpuModel, GpuOptions, KvBudget};
-use model_deepseek::loader::{self, LoadOptions};
+use model_deepseek::loader::LoadOptions;
 use model_deepseek::sampling::{ChunkPick, SampledChunk, SamplingRule, sample_token};
-use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
+use model_deepseek::tiny::{SharedExperts, TinyLayout};
 use model_deepseek::{ActivationMode, KvCache, Model, SeqId, SequenceChunk};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime_rocm::Device;
+use runtime_rocm::first_gpu;
 
 const TOKENS: usize = 32;
 const MIN_ROUTING_MARGIN: f32 = 1e-5;
@@ -27,46 +30,12 @@ const LOGITS_TOLERANCE: f64 = 1e-4;
 const A: SeqId = SeqId(1);
 const B: SeqId = SeqId(2);
 
-fn gpu() -> Option<Device> {
-    let device = runtime_rocm::enumerate()
-        .devices
-        .into_iter()
-        .find(|d| !d.is_cpu());
-    if device.is_none() {
-        eprintln!("skipped: no GPU");
-    }
-    device
-}
-
 fn load(layout: TinyLayout, shared: SharedExperts, seed: u64) -> Model {
-    let dir = tempfile::tempdir().unwrap();
-    let spec = TinySpec {
-        layout,
-        shared_experts: shared,
-        n_routed_experts: if layout == TinyLayout::DeepseekV3 {
-            256
-        } else {
-            384
-        },
-        seed,
-        ..TinySpec::default()
-    };
-    write_tiny_checkpoint(dir.path(), &spec).unwrap();
     let options = LoadOptions {
         fusion: FusionMode::Auto,
         activations: ActivationMode::Quantized,
     };
-    loader::load(dir.path(), &options).unwrap().model
-}
-
-fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (g, w) in got.iter().zip(want) {
-        num += (f64::from(*g) - f64::from(*w)).powi(2);
-        den += f64::from(*w).powi(2);
-    }
-    (num / den.max(f64::MIN_POSITIVE)).sqrt()
+    load_tiny_checkpoint(layout, shared, seed, &options)
 }
 
 /// The CPU's greedy run of A: its tokens, the logits before each, and how many tokens come
@@ -101,7 +70,10 @@ fn cpu_greedy(model: &Model, prompt: &[u32]) -> (Vec<u32>, Vec<Vec<f32>>, usize)
 
 #[test]
 fn device_sampled_tokens_match_the_cpu_model_and_the_reference() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("device_sampled_tokens_match_the_cpu_model_and_the_reference")
+    else {
+        return;
+    };
     let mut failures = Vec::new();
     for (i, (layout, shared)) in [
         (TinyLayout::DeepseekV3, SharedExperts::Quantized),
@@ -240,7 +212,10 @@ fn device_sampled_tokens_match_the_cpu_model_and_the_reference() {
 
 #[test]
 fn bad_sampling_requests_are_refused_before_the_cache_changes() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("bad_sampling_requests_are_refused_before_the_cache_changes")
+    else {
+        return;
+    };
     let model = load(TinyLayout::DeepseekV3, SharedExperts::Quantized, 9);
     let options = GpuOptions {
         kv: KvBudget::for_tokens(4 * 128),

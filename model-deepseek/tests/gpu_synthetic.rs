@@ -3,25 +3,20 @@
 //! the weight bytes it allocates, its logits are finite, and the shared expert fused or run
 //! as a separate pass gives the same logits (the same computation in another order).
 
+mod common;
+
+use common::rel_l2;
 use model_deepseek::gpu::synthetic::synthetic_plan;
 use model_deepseek::gpu::{GpuModel, GpuOptions, KvBudget};
 use model_deepseek::{SeqId, SequenceChunk, parse_config};
-use runtime_rocm::Device;
-
-fn gpu() -> Option<Device> {
-    let device = runtime_rocm::enumerate()
-        .devices
-        .into_iter()
-        .find(|d| !d.is_cpu());
-    if device.is_none() {
-        eprintln!("skipped: no GPU");
-    }
-    device
-}
+use runtime_rocm::first_gpu;
 
 #[test]
 fn synthetic_model_plans_its_bytes_and_fuses_to_the_same_logits() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("synthetic_model_plans_its_bytes_and_fuses_to_the_same_logits")
+    else {
+        return;
+    };
     let config = parse_config(
         &serde_json::json!({
             "architectures": ["DeepseekV3ForCausalLM"],
@@ -78,12 +73,7 @@ fn synthetic_model_plans_its_bytes_and_fuses_to_the_same_logits() {
     }
     for (a, b) in logits[0].iter().zip(&logits[1]) {
         assert!(a.iter().all(|v| v.is_finite()));
-        let (mut num, mut den) = (0f64, 0f64);
-        for (x, y) in a.iter().zip(b) {
-            num += (f64::from(*x) - f64::from(*y)).powi(2);
-            den += f64::from(*y).powi(2);
-        }
-        let err = (num / den).sqrt();
+        let err = rel_l2(a, b);
         println!("fused vs separate: rel L2 {err:.2e}");
         assert!(
             err < 5e-3,

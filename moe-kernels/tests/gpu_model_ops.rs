@@ -19,20 +19,9 @@ use moe_kernels::reference::{
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, RngCore, SeedableRng};
-use runtime_rocm::{Device, DeviceBuffer};
+use runtime_rocm::{Device, DeviceBuffer, Stream, first_gpu};
 
 const TOLERANCE: f64 = 1e-4;
-
-fn gpu() -> Option<Device> {
-    let device = runtime_rocm::enumerate()
-        .devices
-        .into_iter()
-        .find(|d| !d.is_cpu());
-    if device.is_none() {
-        eprintln!("skipped: no GPU");
-    }
-    device
-}
 
 fn normal(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
     (0..n)
@@ -53,6 +42,15 @@ fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
         den += f64::from(*w).powi(2);
     }
     (num / den.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// The first GPU with the model ops compiled for it and a stream (`None`, after the skip
+/// message, where there is no GPU).
+fn compiled(test: &str) -> Option<(Device, ModelOps, Stream)> {
+    let device = first_gpu(test)?;
+    let ops = ModelOps::compile(&device).unwrap();
+    let stream = device.create_stream().unwrap();
+    Some((device, ops, stream))
 }
 
 fn poisoned(device: &Device, n: usize) -> DeviceBuffer<f32> {
@@ -82,9 +80,9 @@ fn random_mxfp4(rng: &mut StdRng, rows: usize, cols: usize) -> Mxfp4Matrix {
 /// MXFP4 needs whole blocks).
 #[test]
 fn linear_layers_match_the_reference() {
-    let Some(device) = gpu() else { return };
-    let ops = ModelOps::compile(&device).unwrap();
-    let stream = device.create_stream().unwrap();
+    let Some((device, ops, stream)) = compiled("linear_layers_match_the_reference") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(1);
     let shapes = [(64, 96), (7168, 33), (512, 1030), (2048, 7)];
     // From 9 tokens bf16 layers run on tensor cores where the device has them (k a multiple
@@ -157,9 +155,9 @@ fn linear_layers_match_the_reference() {
 /// The embedding lookup from a bf16 table widens the exact rows; from an f32 table it copies.
 #[test]
 fn embedding_rows_match_the_table() {
-    let Some(device) = gpu() else { return };
-    let ops = ModelOps::compile(&device).unwrap();
-    let stream = device.create_stream().unwrap();
+    let Some((device, ops, stream)) = compiled("embedding_rows_match_the_table") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(3);
     let (vocab, cols) = (300, 72);
     let f32_values = normal(&mut rng, vocab * cols, 1.0);
@@ -187,9 +185,10 @@ fn embedding_rows_match_the_table() {
 
 #[test]
 fn fake_quantize_matches_the_reference_bit_for_bit() {
-    let Some(device) = gpu() else { return };
-    let ops = ModelOps::compile(&device).unwrap();
-    let stream = device.create_stream().unwrap();
+    let Some((device, ops, stream)) = compiled("fake_quantize_matches_the_reference_bit_for_bit")
+    else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(2);
     // Wide dynamic range, exact grid points and ties, zeros, a NaN block.
     let mut x = normal(&mut rng, 32 * 64, 1.0);
@@ -221,9 +220,11 @@ fn fake_quantize_matches_the_reference_bit_for_bit() {
 
 #[test]
 fn norm_rope_cache_store_and_elementwise_match_the_reference() {
-    let Some(device) = gpu() else { return };
-    let ops = ModelOps::compile(&device).unwrap();
-    let s = device.create_stream().unwrap();
+    let Some((device, ops, s)) =
+        compiled("norm_rope_cache_store_and_elementwise_match_the_reference")
+    else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(3);
 
     // RMSNorm on strided rows (the latent part of kv_a rows).
@@ -516,7 +517,9 @@ fn attention_case(
 /// a partial group of heads.
 #[test]
 fn mla_attention_matches_the_reference() {
-    let Some(device) = gpu() else { return };
+    let Some(device) = first_gpu("mla_attention_matches_the_reference") else {
+        return;
+    };
     let ops = ModelOps::compile(&device).unwrap();
     let mut rng = StdRng::seed_from_u64(4);
     let kimi = |heads| MlaDims {

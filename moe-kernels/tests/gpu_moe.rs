@@ -13,24 +13,12 @@ use moe_kernels::reference::{
 };
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
-use runtime_rocm::{Device, DeviceBuffer, Stream};
+use runtime_rocm::{Device, DeviceBuffer, Stream, gpus};
 
 /// Relative L2 error allowed on a layer's bf16 output: bf16 rounding of the output alone is
 /// about 1e-3; the f32 sums run in another order than the reference's (METHOD.md: bf16
 /// operands land between 1e-3 and 1e-2).
 const LAYER_TOLERANCE: f64 = 1e-2;
-
-fn gpus() -> Vec<Device> {
-    let found: Vec<Device> = runtime_rocm::enumerate()
-        .devices
-        .into_iter()
-        .filter(|d| !d.is_cpu())
-        .collect();
-    if found.is_empty() {
-        eprintln!("skipped: no GPU");
-    }
-    found
-}
 
 fn normal(rng: &mut StdRng) -> f32 {
     let u1: f32 = 1.0 - rng.random::<f32>();
@@ -272,8 +260,9 @@ fn check_layer<T: Io>(
     );
 }
 
-fn run_layer_cases<T: Io>(cases: &[LayerCase], acts: &[ActivationQuant], seed: u64) {
-    for device in gpus() {
+/// Runs every case on every GPU (`test` names the caller in the skip message).
+fn run_layer_cases<T: Io>(test: &str, cases: &[LayerCase], acts: &[ActivationQuant], seed: u64) {
+    for device in gpus(test) {
         let stream = device.create_stream().unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
         for case in cases {
@@ -348,6 +337,7 @@ fn layer_matches_reference_on_validated_and_other_expert_counts() {
         },
     ];
     run_layer_cases::<bf16>(
+        "layer_matches_reference_on_validated_and_other_expert_counts",
         &cases,
         &[W4A4, ActivationQuant::Mxfp4(ScaleRule::Ocp)],
         0x5eed_0001,
@@ -370,6 +360,7 @@ fn layer_with_f32_input_and_output_matches_reference() {
         },
     ];
     run_layer_cases::<f32>(
+        "layer_with_f32_input_and_output_matches_reference",
         &cases,
         &[
             W4A4,
@@ -387,7 +378,12 @@ fn layer_with_bf16_activations_matches_reference() {
         params: routing(1, 1, 8, 2.827),
         tokens: &[1, 9, 300],
     }];
-    run_layer_cases::<bf16>(&cases, &[ActivationQuant::None], 0x5eed_0002);
+    run_layer_cases::<bf16>(
+        "layer_with_bf16_activations_matches_reference",
+        &cases,
+        &[ActivationQuant::None],
+        0x5eed_0002,
+    );
 }
 
 #[test]
@@ -405,12 +401,17 @@ fn full_width_experts_match_reference() {
         params: routing(1, 1, 8, 2.827),
         tokens: &[1, 8, 40],
     }];
-    run_layer_cases::<bf16>(&cases, &[W4A4, ActivationQuant::None], 0x5eed_0003);
+    run_layer_cases::<bf16>(
+        "full_width_experts_match_reference",
+        &cases,
+        &[W4A4, ActivationQuant::None],
+        0x5eed_0003,
+    );
 }
 
 #[test]
 fn routing_matches_reference() {
-    for device in gpus() {
+    for device in gpus("routing_matches_reference") {
         let stream = device.create_stream().unwrap();
         let kernels = MoeKernels::compile(&device, 256, 128).unwrap();
         let mut rng = StdRng::seed_from_u64(0x5eed_0004);
@@ -469,7 +470,7 @@ fn routing_matches_reference() {
 
 #[test]
 fn activation_quantization_matches_reference_exactly() {
-    for device in gpus() {
+    for device in gpus("activation_quantization_matches_reference_exactly") {
         let stream = device.create_stream().unwrap();
         let kernels = MoeKernels::compile(&device, 256, 128).unwrap();
         let mut rng = StdRng::seed_from_u64(0x5eed_0005);

@@ -14,17 +14,15 @@ use moe_kernels::gpu::{RowPick, RowSample, SamplingKernel};
 use moe_kernels::reference::{SamplingRule, sample_token};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use runtime_rocm::Device;
+use runtime_rocm::{Device, Stream, first_gpu};
 
-fn gpu() -> Option<Device> {
-    let device = runtime_rocm::enumerate()
-        .devices
-        .into_iter()
-        .find(|d| !d.is_cpu());
-    if device.is_none() {
-        eprintln!("skipped: no GPU");
-    }
-    device
+/// The first GPU with the sampling kernel compiled for it and a stream (`None`, after the skip
+/// message, where there is no GPU).
+fn compiled(test: &str) -> Option<(Device, SamplingKernel, Stream)> {
+    let device = first_gpu(test)?;
+    let kernel = SamplingKernel::compile(&device).unwrap();
+    let stream = device.create_stream().unwrap();
+    Some((device, kernel, stream))
 }
 
 /// One row of logits of a random kind.
@@ -111,9 +109,9 @@ fn near_boundary(row: &[f32], rule: &SamplingRule, u: f64, got: u32) -> bool {
 
 #[test]
 fn device_sampling_matches_the_reference() {
-    let Some(device) = gpu() else { return };
-    let kernel = SamplingKernel::compile(&device).unwrap();
-    let stream = device.create_stream().unwrap();
+    let Some((device, kernel, stream)) = compiled("device_sampling_matches_the_reference") else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(0x5a391);
     for (vocab, rows) in [
         (1, 8),
@@ -169,9 +167,10 @@ fn device_sampling_matches_the_reference() {
 fn device_draws_follow_the_reference_distribution() {
     // Many rows of the same logits with evenly spaced u: the kernel's token counts must equal
     // the reference's (both are functions of u), tie-heavy logits included.
-    let Some(device) = gpu() else { return };
-    let kernel = SamplingKernel::compile(&device).unwrap();
-    let stream = device.create_stream().unwrap();
+    let Some((device, kernel, stream)) = compiled("device_draws_follow_the_reference_distribution")
+    else {
+        return;
+    };
     let mut rng = StdRng::seed_from_u64(17);
     let vocab = 163_840;
     let mut row: Vec<f32> = (0..vocab).map(|_| rng.random_range(-6.0f32..6.0)).collect();
@@ -232,9 +231,9 @@ fn device_draws_follow_the_reference_distribution() {
 
 #[test]
 fn bad_requests_are_refused_by_name() {
-    let Some(device) = gpu() else { return };
-    let kernel = SamplingKernel::compile(&device).unwrap();
-    let stream = device.create_stream().unwrap();
+    let Some((device, kernel, stream)) = compiled("bad_requests_are_refused_by_name") else {
+        return;
+    };
     let buffer = device.upload(&[0.0f32; 8]).unwrap();
     let rule = SamplingRule {
         temperature: 1.0,

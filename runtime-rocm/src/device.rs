@@ -261,3 +261,24 @@ pub fn enumerate() -> Enumeration {
         unavailable,
     }
 }
+
+/// Every GPU on this machine, for a GPU test that passes (doing nothing) where there is none:
+/// then it prints `skipped: no GPU (<test>)` to stderr, so a pass on a machine without a GPU
+/// says that nothing was checked.
+pub fn gpus(test: &str) -> Vec<Device> {
+    let gpus: Vec<Device> = enumerate()
+        .devices
+        .into_iter()
+        .filter(|d| !d.is_cpu())
+        .collect();
+    if gpus.is_empty() {
+        // Not `tracing`: a test binary has no subscriber, and this line must show.
+        eprintln!("skipped: no GPU ({test})");
+    }
+    gpus
+}
+
+/// The first GPU of [`gpus`] (with its skip message where there is none).
+pub fn first_gpu(test: &str) -> Option<Device> {
+    gpus(test).into_iter().next()
+}

@@ -7,6 +7,8 @@
 //! were unusable and why, without failing. [`Device::open`] takes a [`DeviceSpec`] parsed from
 //! `auto`, `cpu`, `rocm:N` or `cuda:N`; `auto` falls back to the CPU. [`DeviceInfo`] gives the
 //! name, architecture (`gfx942`, `sm_90`), memory and wave size.
+//! GPU tests take their devices from [`gpus`] or [`first_gpu`], which print
+//! `skipped: no GPU (<test>)` where there is none.
 //!
 //! # Memory, streams, events
 //! [`DeviceBuffer<T>`] owns device memory (a host vector on the CPU device) and frees it on
@@ -84,7 +86,9 @@ mod spec;
 mod stream;
 
 pub use buffer::DeviceBuffer;
-pub use device::{Device, DeviceId, DeviceInfo, Enumeration, Unavailable, enumerate};
+pub use device::{
+    Device, DeviceId, DeviceInfo, Enumeration, Unavailable, enumerate, first_gpu, gpus,
+};
 pub use error::{Error, Result, Vendor};
 pub use graph::Graph;
 pub use kernel::cache::{CACHE_DIR_ENV, KernelCache};

@@ -16,6 +16,7 @@ use model_deepseek::fusion::FusionMode;
 use model_deepseek::loader::{self, LoadError, LoadOptions, TensorProblem, header};
 use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
 use serde_json::{Value, json};
+use tests::{assert_no_failures, named_error_failure};
 
 /// Which undamaged checkpoint a case starts from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -419,21 +420,14 @@ fn every_damaged_checkpoint_gives_its_named_error() {
             fusion: case.fusion,
             ..LoadOptions::default()
         };
-        match loader::load(dir.path(), &options) {
-            Ok(_) => failures.push(format!("{}: loaded", case.name)),
-            Err(e) if !(case.variant)(&e) => {
-                failures.push(format!("{}: wrong error variant: {e:?}", case.name))
-            }
-            Err(e) if !e.to_string().contains(case.names) => failures.push(format!(
-                "{}: message does not name {:?}: {e}",
-                case.name, case.names
-            )),
-            Err(_) => {}
-        }
+        let outcome = loader::load(dir.path(), &options);
+        failures.extend(named_error_failure(
+            case.name,
+            outcome,
+            case.variant,
+            case.names,
+            |_| "loaded".into(),
+        ));
     }
-    assert!(
-        failures.is_empty(),
-        "catalogue failures:\n{}",
-        failures.join("\n")
-    );
+    assert_no_failures(&failures);
 }

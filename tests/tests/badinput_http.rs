@@ -17,6 +17,7 @@ use server::routes::BODY_READ_TIMEOUT;
 use server::server::HEADER_READ_TIMEOUT;
 use server::tokenizer::TokenizerLoadError;
 use server_support::{MODEL, limits, model_dir, start};
+use tests::assert_no_failures;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -253,11 +254,7 @@ async fn every_bad_request_gets_its_status_and_the_next_good_one_is_served() {
         }
         assert_still_serving(server.addr, case.name).await;
     }
-    assert!(
-        failures.is_empty(),
-        "catalogue failures:\n{}",
-        failures.join("\n")
-    );
+    assert_no_failures(&failures);
     server.shutdown().await;
 }
 

@@ -12,6 +12,7 @@ use quant_quark::{
     SharedExperts,
 };
 use serde_json::{Value, json};
+use tests::{assert_no_failures, named_error_failure};
 
 const LAYER: &str = "model.layers.3";
 const EXPERTS: usize = 8;
@@ -212,23 +213,17 @@ fn the_valid_base_resolves_to_mxfp4_w4a4() {
 
 #[test]
 fn every_bad_config_gives_its_named_error() {
-    let mut failures = Vec::new();
-    for case in catalogue() {
-        match pipeline(&case.text) {
-            Ok(scheme) => failures.push(format!("{}: accepted, resolved to {scheme:?}", case.name)),
-            Err(e) if !(case.variant)(&e) => {
-                failures.push(format!("{}: wrong error variant: {e:?}", case.name))
-            }
-            Err(e) if !e.to_string().contains(case.names) => failures.push(format!(
-                "{}: message does not name {:?}: {e}",
-                case.name, case.names
-            )),
-            Err(_) => {}
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "catalogue failures:\n{}",
-        failures.join("\n")
-    );
+    let failures: Vec<String> = catalogue()
+        .into_iter()
+        .filter_map(|case| {
+            named_error_failure(
+                case.name,
+                pipeline(&case.text),
+                case.variant,
+                case.names,
+                |scheme| format!("accepted, resolved to {scheme:?}"),
+            )
+        })
+        .collect();
+    assert_no_failures(&failures);
 }

@@ -2,7 +2,9 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use runtime_rocm::{Defines, Device, DeviceId, DeviceSpec, Error, KernelSource, enumerate};
+use runtime_rocm::{
+    Defines, Device, DeviceId, DeviceSpec, Error, KernelSource, enumerate, first_gpu, gpus,
+};
 
 fn fresh_rng() -> ChaCha8Rng {
     let seed: u64 = rand::rng().random();
@@ -34,6 +36,22 @@ fn enumeration_ends_with_the_cpu_and_explains_missing_stacks() {
             .any(|u| u.backend == backend && !u.reason.is_empty());
         assert!(has_device || explained, "{backend}: {found:?}");
     }
+}
+
+#[test]
+fn gpu_test_helpers_list_the_enumerated_gpus() {
+    let ids = |devices: &[Device]| devices.iter().map(Device::id).collect::<Vec<_>>();
+    let enumerated: Vec<Device> = enumerate()
+        .devices
+        .into_iter()
+        .filter(|d| !d.is_cpu())
+        .collect();
+    let found = gpus("gpu_test_helpers_list_the_enumerated_gpus");
+    assert_eq!(ids(&found), ids(&enumerated));
+    assert_eq!(
+        first_gpu("gpu_test_helpers_list_the_enumerated_gpus").map(|d| d.id()),
+        enumerated.first().map(Device::id)
+    );
 }
 
 #[test]

@@ -6,27 +6,14 @@ use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime_rocm::{
-    Defines, Device, DeviceBuffer, Error, KernelCache, KernelSource, LaunchConfig, Module,
-    enumerate, kernel_source,
+    Defines, Device, DeviceBuffer, Error, KernelCache, KernelSource, LaunchConfig, Module, gpus,
+    kernel_source,
 };
 
 const AXPY: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/axpy.hip");
 const REDUCE: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/reduce.hip");
 const FILL: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/fill.hip");
 const SHARED: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/shared.hip");
-
-/// Every GPU on this machine; prints the skip message when there is none.
-fn gpus(test: &str) -> Vec<Device> {
-    let gpus: Vec<Device> = enumerate()
-        .devices
-        .into_iter()
-        .filter(|d| !d.is_cpu())
-        .collect();
-    if gpus.is_empty() {
-        eprintln!("skipped: no GPU ({test})");
-    }
-    gpus
-}
 
 fn fresh_rng() -> ChaCha8Rng {
     let seed: u64 = rand::rng().random();

@@ -13,20 +13,13 @@ mod server_support;
 
 use std::time::Duration;
 
-use runtime_rocm::Device;
+use runtime_rocm::first_gpu;
 use serde_json::{Value, json};
 use server::client;
 use server_support::{MODEL, TestServer, limits, start_on};
 
-async fn gpu_server() -> Option<TestServer> {
-    let Some(device) = runtime_rocm::enumerate()
-        .devices
-        .into_iter()
-        .find(|d: &Device| !d.is_cpu())
-    else {
-        eprintln!("skipped: no GPU");
-        return None;
-    };
+async fn gpu_server(test: &str) -> Option<TestServer> {
+    let device = first_gpu(test)?;
     Some(start_on(device, limits(), 1 << 20, Duration::from_secs(60)).await)
 }
 
@@ -76,7 +69,7 @@ fn chat(prompt: &str, extra: Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_gpu_server_answers_chat_and_completions() {
-    let Some(server) = gpu_server().await else {
+    let Some(server) = gpu_server("the_gpu_server_answers_chat_and_completions").await else {
         return;
     };
     let addr = server.addr;
@@ -112,7 +105,7 @@ async fn the_gpu_server_answers_chat_and_completions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batched_gpu_answers_equal_the_same_requests_alone() {
-    let Some(server) = gpu_server().await else {
+    let Some(server) = gpu_server("batched_gpu_answers_equal_the_same_requests_alone").await else {
         return;
     };
     let addr = server.addr;
@@ -144,7 +137,7 @@ async fn batched_gpu_answers_equal_the_same_requests_alone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_seed_reproduces_sampled_gpu_answers() {
-    let Some(server) = gpu_server().await else {
+    let Some(server) = gpu_server("a_seed_reproduces_sampled_gpu_answers").await else {
         return;
     };
     let addr = server.addr;

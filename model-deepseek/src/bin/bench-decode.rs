@@ -35,7 +35,7 @@ use model_deepseek::gpu::synthetic::{
 use model_deepseek::gpu::{GpuKvCache, GpuModel, GpuOptions, KvBudget};
 use model_deepseek::sampling::{ChunkPick, Picked, SampledChunk, SamplingRule};
 use model_deepseek::{SeqId, SequenceChunk};
-use moe_kernels::gpu::copy_bandwidth;
+use moe_kernels::gpu::{copy_bandwidth, median};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime_rocm::Device;
@@ -121,16 +121,6 @@ fn parse_args() -> Result<Args> {
         return Err(format!("--concurrency and --prompt go up to {MAX_BATCH_TOKENS}").into());
     }
     Ok(args)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        0.5 * (values[n / 2 - 1] + values[n / 2])
-    }
 }
 
 /// Starts `c` sequences with random prompts of `prompt` tokens (prefilled a few sequences per

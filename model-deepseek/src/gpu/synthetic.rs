@@ -26,7 +26,7 @@ use crate::model::ForwardOptions;
 use half::bf16;
 use moe_kernels::gpu::model_ops::{DeviceLinear, MlaWeights};
 use moe_kernels::gpu::{self, MoeShape, SharedExpertMode, Synthetic};
-use moe_kernels::reference::{ActivationQuant, RoutingParams, ScaleRule};
+use moe_kernels::reference::{ActivationQuant, ScaleRule};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime_rocm::{Device, DeviceBuffer, Stream};
@@ -364,14 +364,7 @@ impl Filler<'_> {
                     router: self.bf16(c.n_routed_experts, h, 1.0)?,
                     bias: self.f32(c.n_routed_experts, 1e-3)?,
                     experts: self.experts(moe_shape(c))?,
-                    params: RoutingParams {
-                        n_group: c.n_group,
-                        topk_group: c.topk_group,
-                        top_k: c.num_experts_per_tok,
-                        norm_topk_prob: c.norm_topk_prob,
-                        routed_scaling_factor: c.routed_scaling_factor,
-                        shared_slots: c.n_shared_experts,
-                    },
+                    params: c.routing_params(c.n_shared_experts),
                     act: ActivationQuant::Mxfp4(ScaleRule::Even),
                     mode: SharedExpertMode::Fused,
                     shared_mlp: None,

@@ -316,17 +316,10 @@ fn upload_moe(
         router: DeviceLinear::upload(device, &Linear::Dense(w.router.clone()))?,
         bias: device.upload(&w.correction_bias)?,
         experts: stacked,
-        params: RoutingParams {
-            n_group: c.n_group,
-            topk_group: c.topk_group,
-            top_k: c.num_experts_per_tok,
-            norm_topk_prob: c.norm_topk_prob,
-            routed_scaling_factor: c.routed_scaling_factor,
-            shared_slots: match shared_mode {
-                SharedExpertMode::Fused => n_shared,
-                SharedExpertMode::Separate => 0,
-            },
-        },
+        params: c.routing_params(match shared_mode {
+            SharedExpertMode::Fused => n_shared,
+            SharedExpertMode::Separate => 0,
+        }),
         act,
         mode: shared_mode,
         shared_mlp,

@@ -1,9 +1,11 @@
-//! Tiny configs and models shared by the forward-pass tests.
+//! Tiny configs, models and checkpoints shared by the forward-pass tests.
 
 // Each test crate includes this module and uses a different subset of it.
 #![allow(dead_code)]
 
+use model_deepseek::loader::{self, LoadOptions};
 use model_deepseek::synthetic::{SyntheticSpec, synthetic_weights};
+use model_deepseek::tiny::{SharedExperts, TinyLayout, TinySpec, write_tiny_checkpoint};
 use model_deepseek::{ActivationMode, ForwardOptions, Model, ModelConfig, parse_config};
 
 /// A DeepSeek-V3-shaped config with tiny dims and a real expert count: 256 experts use
@@ -72,4 +74,39 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// Largest absolute value.
 pub fn max_abs(a: &[f32]) -> f32 {
     a.iter().map(|x| x.abs()).fold(0.0, f32::max)
+}
+
+/// The model of a tiny checkpoint of `layout` written from `seed` and loaded with `options`,
+/// with the layout's real expert count (DeepSeek-V3's 256, Kimi's 384) so routing runs the
+/// grouping of the real models.
+pub fn load_tiny_checkpoint(
+    layout: TinyLayout,
+    shared: SharedExperts,
+    seed: u64,
+    options: &LoadOptions,
+) -> Model {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = TinySpec {
+        layout,
+        shared_experts: shared,
+        n_routed_experts: match layout {
+            TinyLayout::DeepseekV3 => 256,
+            _ => 384,
+        },
+        seed,
+        ..TinySpec::default()
+    };
+    write_tiny_checkpoint(dir.path(), &spec).unwrap();
+    loader::load(dir.path(), options).unwrap().model
+}
+
+/// Relative L2 error of `got` against `want`.
+pub fn rel_l2(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let (mut num, mut den) = (0f64, 0f64);
+    for (g, w) in got.iter().zip(want) {
+        num += (f64::from(*g) - f64::from(*w)).powi(2);
+        den += f64::from(*w).powi(2);
+    }
+    (num / den.max(f64::MIN_POSITIVE)).sqrt()
 }

@@ -24,7 +24,7 @@ use std::process::{Command, ExitCode};
 use half::bf16;
 use moe_kernels::gpu::{
     ExpertPath, GpuError, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, SharedExpertMode,
-    Synthetic, TENSOR_CORE_MIN_TOKENS, copy_bandwidth,
+    Synthetic, TENSOR_CORE_MIN_TOKENS, copy_bandwidth, median,
 };
 use moe_kernels::reference::{ActivationQuant, RoutingParams, ScaleRule};
 use runtime_rocm::{Device, DeviceBuffer, Graph};
@@ -169,16 +169,6 @@ fn lcm(a: usize, b: usize) -> usize {
         a
     };
     a / gcd(a, b) * b
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        0.5 * (values[n / 2 - 1] + values[n / 2])
-    }
 }
 
 struct Measured {

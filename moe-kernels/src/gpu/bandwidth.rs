@@ -1,5 +1,5 @@
 //! The device-to-device copy bandwidth, the yardstick every benchmark's bandwidth floor is
-//! divided by.
+//! divided by, and the median the benchmarks report timings by.
 
 use runtime_rocm::{Device, DeviceBuffer, Stream};
 
@@ -23,7 +23,29 @@ pub fn copy_bandwidth(device: &Device, stream: &Stream) -> Result<f64, GpuError>
             times.push(f64::from(start.elapsed_ms(&end)?) * 1e-3);
         }
     }
-    times.sort_by(f64::total_cmp);
-    let median = 0.5 * (times[times.len() / 2 - 1] + times[times.len() / 2]);
-    Ok(2.0 * BYTES as f64 / median)
+    Ok(2.0 * BYTES as f64 / median(&mut times))
+}
+
+/// The median of `values` (the mean of the middle two for an even count), sorting them in
+/// place. Panics on an empty slice: a benchmark that timed nothing has no result to print.
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        0.5 * (values[n / 2 - 1] + values[n / 2])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts_in_any_order() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median(&mut [7.0]), 7.0);
+    }
 }

@@ -12,7 +12,7 @@ mod moe_tc;
 mod sampling;
 mod synthetic;
 
-pub use bandwidth::copy_bandwidth;
+pub use bandwidth::{copy_bandwidth, median};
 pub use error::GpuError;
 pub use moe::{
     ExpertPath, MoeIo, MoeKernels, MoeShape, MoeWeights, MoeWorkspace, QuantizedActivations,
