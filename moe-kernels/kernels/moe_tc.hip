@@ -312,14 +312,17 @@ __device__ __forceinline__ void tc_gemm(const u8* __restrict__ w, const u8* __re
     cp_async_wait<0>();  // no copy may still target shared memory when the block moves on
 }
 
+// Both kernels take the same arguments up to their output; gate_up then also the sorted pairs
+// and the slots per token, to gather each pair's token row.
+//
 // gate_up: tile rows are, per warp wm, the gate rows j0 + wm*16 + 0..15 then the up rows of
 // the same j, so mma tile 0 (gate) and tile 1 (up) of a warp hold matching elements.
 // x: activations in E4M3 [tokens][MOE_HIDDEN] with E8M0 scales; h[pair position][MOE_INTER] f32.
 extern "C" __global__ void __launch_bounds__(TC_THREADS, 2)
 moe_tc_gate_up(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base, const u8* __restrict__ xq,
-               const u8* __restrict__ xs, const int* __restrict__ offsets, const int* __restrict__ sorted_pairs,
-               const int* __restrict__ active, const int* __restrict__ n_active, const int* __restrict__ tiles,
-               int n_tail, int dense_pairs, int slots, float* __restrict__ h) {
+               const u8* __restrict__ xs, const int* __restrict__ offsets, const int* __restrict__ active,
+               const int* __restrict__ n_active, const int* __restrict__ tiles, int n_tail, int dense_pairs,
+               float* __restrict__ h, const int* __restrict__ sorted_pairs, int slots) {
     extern __shared__ __align__(16) u8 tc_smem[];
     __shared__ int w_rows[TC_BM], x_rows[TC_BN];
     TcTile t;

@@ -8,7 +8,8 @@
 //! activations quantized to E4M3 bytes instead of doubled int8.
 
 use runtime_rocm::{
-    Defines, Device, DeviceBuffer, Function, KernelSource, LaunchConfig, Stream, kernel_source,
+    Defines, Device, DeviceBuffer, Function, KernelArg, KernelSource, LaunchConfig, Stream,
+    kernel_source,
 };
 
 use super::error::GpuError;
@@ -130,29 +131,17 @@ impl TcPlan<'_> {
         sorted: &DeviceBuffer<i32>,
         slots: i32,
     ) -> Result<(), GpuError> {
-        for (kernels, [n_tail, dense], grid_y) in self.launches(pairs, experts) {
-            stream.launch(
-                &kernels.gate_up,
-                kernels.config(inter / (TILE_ROWS / 2), grid_y)?,
-                &[
-                    op.weights,
-                    op.scales,
-                    &op.expert_base,
-                    op.act,
-                    op.act_scales,
-                    op.offsets,
-                    sorted,
-                    op.active,
-                    op.n_active,
-                    op.tiles,
-                    &n_tail,
-                    &dense,
-                    &slots,
-                    op.out,
-                ],
-            )?;
-        }
-        Ok(())
+        // A tile's rows are half gate, half up rows of the same intermediate indices.
+        let row_tiles = inter / (TILE_ROWS / 2);
+        self.run(
+            stream,
+            |k| &k.gate_up,
+            row_tiles,
+            pairs,
+            experts,
+            op,
+            &[sorted, &slots],
+        )
     }
 
     /// down: unweighted `y[position][hidden]` from E4M3 `h` `[positions][inter]`.
@@ -164,25 +153,47 @@ impl TcPlan<'_> {
         experts: usize,
         op: &TcOperands<'_>,
     ) -> Result<(), GpuError> {
+        self.run(
+            stream,
+            |k| &k.down,
+            hidden / TILE_ROWS,
+            pairs,
+            experts,
+            op,
+            &[],
+        )
+    }
+
+    /// Every launch of one GEMM (`kernel` of each tile width in the plan): the arguments both
+    /// kernels share, then `extra`.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        stream: &Stream,
+        kernel: fn(&TileKernels) -> &Function,
+        row_tiles: usize,
+        pairs: usize,
+        experts: usize,
+        op: &TcOperands<'_>,
+        extra: &[&dyn KernelArg],
+    ) -> Result<(), GpuError> {
         for (kernels, [n_tail, dense], grid_y) in self.launches(pairs, experts) {
-            stream.launch(
-                &kernels.down,
-                kernels.config(hidden / TILE_ROWS, grid_y)?,
-                &[
-                    op.weights,
-                    op.scales,
-                    &op.expert_base,
-                    op.act,
-                    op.act_scales,
-                    op.offsets,
-                    op.active,
-                    op.n_active,
-                    op.tiles,
-                    &n_tail,
-                    &dense,
-                    op.out,
-                ],
-            )?;
+            let shared: [&dyn KernelArg; 12] = [
+                op.weights,
+                op.scales,
+                &op.expert_base,
+                op.act,
+                op.act_scales,
+                op.offsets,
+                op.active,
+                op.n_active,
+                op.tiles,
+                &n_tail,
+                &dense,
+                op.out,
+            ];
+            let args: Vec<&dyn KernelArg> = shared.iter().chain(extra).copied().collect();
+            stream.launch(kernel(kernels), kernels.config(row_tiles, grid_y)?, &args)?;
         }
         Ok(())
     }
