@@ -27,7 +27,7 @@ use moe_kernels::gpu::{
     Synthetic, TENSOR_CORE_MIN_TOKENS, copy_bandwidth, median,
 };
 use moe_kernels::reference::{ActivationQuant, RoutingParams, ScaleRule};
-use runtime_rocm::{Device, DeviceBuffer, Graph};
+use runtime_rocm::{Device, DeviceBuffer, Graph, Stream};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -283,22 +283,31 @@ fn run() -> Result<()> {
             logits.push(l);
         }
         let mut out: DeviceBuffer<bf16> = device.alloc_uninit(batch * SHAPE.hidden)?;
+        // Iteration i's layer: weight copy and logit set rotate with i.
+        let layer = |s: &Stream,
+                     i: usize,
+                     mode: SharedExpertMode,
+                     ws: &mut MoeWorkspace,
+                     out: &mut DeviceBuffer<bf16>|
+         -> std::result::Result<(), GpuError> {
+            kernels.forward(
+                s,
+                &copies[i % copies.len()],
+                &routing_params(mode),
+                args.act,
+                mode,
+                &x,
+                &logits[i % LOGIT_SETS],
+                &bias,
+                batch,
+                ws,
+                out,
+            )
+        };
         let mut step =
             |i: usize, mode: SharedExpertMode, ws: &mut MoeWorkspace| -> Result<(f64, usize)> {
                 let start = stream.record_event()?;
-                kernels.forward(
-                    &stream,
-                    &copies[i % copies.len()],
-                    &routing_params(mode),
-                    args.act,
-                    mode,
-                    &x,
-                    &logits[i % LOGIT_SETS],
-                    &bias,
-                    batch,
-                    ws,
-                    &mut out,
-                )?;
+                layer(&stream, i, mode, ws, &mut out)?;
                 let end = stream.record_event()?;
                 end.synchronize()?;
                 Ok((
@@ -350,21 +359,9 @@ fn run() -> Result<()> {
             let mut graphs: Vec<Vec<Graph>> = MODES.iter().map(|_| Vec::new()).collect();
             for i in 0..period {
                 for (m, mode) in MODES.into_iter().enumerate() {
-                    graphs[m].push(stream.capture::<GpuError>(|s| {
-                        kernels.forward(
-                            s,
-                            &copies[i % copies.len()],
-                            &routing_params(mode),
-                            args.act,
-                            mode,
-                            &x,
-                            &logits[i % LOGIT_SETS],
-                            &bias,
-                            batch,
-                            &mut ws,
-                            &mut out,
-                        )
-                    })?);
+                    graphs[m].push(
+                        stream.capture::<GpuError>(|s| layer(s, i, mode, &mut ws, &mut out))?,
+                    );
                 }
             }
             let mut samples: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
