@@ -396,7 +396,7 @@ pub struct MoeKernels {
     path: ExpertPath,
 }
 
-fn to_i32(parameter: &'static str, value: usize) -> Result<i32, GpuError> {
+pub(super) fn to_i32(parameter: &'static str, value: usize) -> Result<i32, GpuError> {
     i32::try_from(value).map_err(|_| GpuError::Parameter {
         parameter,
         value: value.to_string(),

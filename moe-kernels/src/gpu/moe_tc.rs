@@ -13,6 +13,7 @@ use runtime_rocm::{
 };
 
 use super::error::GpuError;
+use super::moe::{to_i32, to_u32};
 use super::nvidia_capability;
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe_tc.hip");
@@ -92,29 +93,33 @@ pub(super) struct TcOperands<'a> {
     pub out: &'a DeviceBuffer<f32>,
 }
 
+/// One launch of a GEMM: its tile width's kernels, the (n_tail, dense_pairs) arguments and the
+/// grid's y extent.
+type Launch<'a> = (&'a TileKernels, [i32; 2], usize);
+
 impl TcPlan<'_> {
     /// Pairs per tile of the list `moe_align` must write.
     pub(super) fn tile_pairs(&self) -> usize {
         self.list.pairs
     }
 
-    /// Each launch of one GEMM: kernels, (n_tail, dense_pairs) arguments, grid y extent.
-    fn launches(&self, pairs: usize, experts: usize) -> Vec<(&TileKernels, [i32; 2], usize)> {
-        let n_tail = self.tail.map_or(0, |t| t.slots);
+    /// Each launch of one GEMM.
+    fn launches(&self, pairs: usize, experts: usize) -> Result<Vec<Launch<'_>>, GpuError> {
+        let n_tail = to_i32("shared slots", self.tail.map_or(0, |t| t.slots))?;
         // Every expert's last tile may be partial: at most one tile per expert beyond pairs / width.
         let mut launches = vec![(
             self.list,
-            [n_tail as i32, 0],
+            [n_tail, 0],
             pairs.div_ceil(self.list.pairs) + experts.min(pairs),
         )];
         if let Some(t) = self.tail {
             launches.push((
                 t.kernels,
-                [n_tail as i32, t.pairs_per_slot as i32],
+                [n_tail, to_i32("pairs per shared slot", t.pairs_per_slot)?],
                 t.slots * t.pairs_per_slot.div_ceil(t.kernels.pairs),
             ));
         }
-        launches
+        Ok(launches)
     }
 
     /// gate_up with SiLU·up over `pairs` pairs of at most `experts` experts:
@@ -177,7 +182,7 @@ impl TcPlan<'_> {
         op: &TcOperands<'_>,
         extra: &[&dyn KernelArg],
     ) -> Result<(), GpuError> {
-        for (kernels, [n_tail, dense], grid_y) in self.launches(pairs, experts) {
+        for (kernels, [n_tail, dense], grid_y) in self.launches(pairs, experts)? {
             let shared: [&dyn KernelArg; 12] = [
                 op.weights,
                 op.scales,
@@ -264,11 +269,7 @@ impl TensorCoreKernels {
 impl TileKernels {
     fn config(&self, row_tiles: usize, tiles: usize) -> Result<LaunchConfig, GpuError> {
         Ok(LaunchConfig {
-            grid: [
-                super::moe::to_u32("row tiles", row_tiles)?,
-                super::moe::to_u32("tiles", tiles)?,
-                1,
-            ],
+            grid: [to_u32("row tiles", row_tiles)?, to_u32("tiles", tiles)?, 1],
             block: [THREADS, 1, 1],
             shared_mem_bytes: shared_bytes(self.pairs) as u32,
         })
