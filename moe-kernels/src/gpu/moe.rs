@@ -201,10 +201,11 @@ pub enum ExpertPath {
     TensorCore,
 }
 
-/// Tokens from which [`ExpertPath::Auto`] takes the tensor cores: on an H200 the GEMV kernels
-/// win at 64 tokens (4.1 against 4.6 ms for a Kimi-K2.5 layer), the tensor cores at 128 (5.8
-/// against 7.2 ms); see `PERF-NOTES.md`, v6.
-pub const TENSOR_CORE_MIN_TOKENS: usize = 128;
+/// Tokens from which [`ExpertPath::Auto`] takes the tensor cores: on an H200 their
+/// direct-layout tiles beat the GEMV kernels on a Kimi-K2.5 layer from 32 tokens (2.22 against
+/// 2.34 ms; 3.26 against 4.11 at 64), and lose below (0.72 against 0.68 ms at 8); see
+/// `PERF-NOTES.md`, v8.
+pub const TENSOR_CORE_MIN_TOKENS: usize = 32;
 
 /// One routing result on the device: `ids` and `weights` `[tokens][slots]`.
 #[derive(Debug)]

@@ -18,46 +18,89 @@ use super::nvidia_capability;
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe_tc.hip");
 
-/// Pairs per tile (`TC_BN`) of the two compiled variants: narrow tiles waste less tensor work
-/// where experts hold few pairs each (the memory-bound sizes), wide ones reread less shared
-/// memory per multiply where they hold many.
-const NARROW_PAIRS: usize = 16;
-const WIDE_PAIRS: usize = 64;
-/// Mean pairs per active expert up to which a pass takes the narrow tiles.
-const NARROW_UP_TO: usize = 24;
-/// Weight rows per tile (`TC_BM` in the kernel).
-const TILE_ROWS: usize = 128;
-/// K per stage (`TC_BK`), and what hidden and intermediate sizes must be multiples of.
+/// The compiled tile shapes. Narrow tiles (8 or 16 pairs) take the direct layout: every weight
+/// is decoded by the one warp that multiplies it, straight into its mma fragment; experts with
+/// few pairs are bound by that decode and the issue of their instructions, not by the tensor
+/// cores. Wide tiles (64 pairs) share each decoded weight tile across the warps of a block,
+/// which pays where each weight meets many pairs (see the kernel source).
+///
+/// Warps per block as measured best on the H200 (`PERF-NOTES.md`, v8): four for the narrow
+/// tiles (more, smaller blocks: B=1 to 128 gain 5-17 % over eight), eight for the medium ones
+/// (B=512 5 % faster than four).
+const NARROW: TileShape = TileShape {
+    pairs: 8,
+    direct: true,
+    warps: 4,
+};
+const MEDIUM: TileShape = TileShape {
+    pairs: 16,
+    direct: true,
+    warps: 8,
+};
+const WIDE: TileShape = TileShape {
+    pairs: 64,
+    direct: false,
+    warps: 8,
+};
+/// Mean pairs per active expert up to which a pass takes the narrow, then the medium tiles.
+const NARROW_UP_TO: usize = 8;
+const MEDIUM_UP_TO: usize = 24;
+/// K per stage (`TC_BK`), and what the intermediate size must be a multiple of.
 const TILE_K: usize = 128;
-/// Threads per block (`TC_THREADS`).
-const THREADS: u32 = 256;
+/// What the hidden size must be a multiple of: the rows of a direct-layout down tile.
+const HIDDEN_MULTIPLE: usize = 256;
 /// Stages of raw data in flight (`TC_PIPE`).
 const PIPE: usize = 4;
+/// Warps per SM that the register allocation must allow (`TC_MIN_BLOCKS` blocks of a shape):
+/// at most 128 registers a thread.
+const WARPS_PER_SM: usize = 16;
 
-/// Dynamic shared memory of a block with `pairs`-pair tiles (`TC_SMEM_BYTES`): the decoded
-/// weight tile (pitch `TILE_K` + 16 bytes), both scale sets as floats, then `PIPE` raw stages
-/// (packed weights, activations at the same pitch, E8M0 codes).
-const fn shared_bytes(pairs: usize) -> usize {
-    TILE_ROWS * (TILE_K + 16)
-        + 4 * (TILE_K / 32) * (TILE_ROWS + pairs)
-        + PIPE
-            * (TILE_ROWS * TILE_K / 2 + pairs * (TILE_K + 16) + (TILE_K / 32) * (TILE_ROWS + pairs))
+/// One compiled tile shape: pairs per tile (`TC_BN`) and the layout (`TC_DIRECT`).
+#[derive(Debug, Clone, Copy)]
+struct TileShape {
+    pairs: usize,
+    direct: bool,
+    warps: usize,
+}
+
+impl TileShape {
+    /// Weight rows per block (`TC_BM`).
+    const fn rows(self) -> usize {
+        if self.direct { 32 * self.warps } else { 128 }
+    }
+
+    /// Dynamic shared memory of a block (`TC_SMEM_BYTES`). Direct: `PIPE` raw stages of packed
+    /// weights (pitch `TILE_K / 2` + 16), activations (pitch `TILE_K` + 32) and one word of
+    /// E8M0 codes per row and per pair. Shared-tile: the decoded weight tile (pitch `TILE_K` +
+    /// 16), both scale sets as floats, then `PIPE` raw stages (packed weights, activations at
+    /// the decoded pitch, E8M0 codes).
+    const fn shared_bytes(self) -> usize {
+        let (rows, pairs, kb) = (self.rows(), self.pairs, TILE_K / 32);
+        if self.direct {
+            PIPE * (rows * (TILE_K / 2 + 16) + pairs * (TILE_K + 32) + 4 * (rows + pairs))
+        } else {
+            rows * (TILE_K + 16)
+                + 4 * kb * (rows + pairs)
+                + PIPE * (rows * TILE_K / 2 + pairs * (TILE_K + 16) + kb * (rows + pairs))
+        }
+    }
 }
 
 /// The first compute capability with E4M3 `mma.sync` (Ada, Hopper and later).
 const MIN_CAPABILITY: u32 = 89;
 
-/// The compiled tensor-core kernels for one (hidden, intermediate) shape, in both tile widths.
+/// The compiled tensor-core kernels for one (hidden, intermediate) shape, in every tile shape.
 #[derive(Debug)]
 pub(super) struct TensorCoreKernels {
     narrow: TileKernels,
+    medium: TileKernels,
     wide: TileKernels,
 }
 
-/// gate_up and down for one tile width.
+/// gate_up and down for one tile shape.
 #[derive(Debug)]
 pub(super) struct TileKernels {
-    pairs: usize,
+    shape: TileShape,
     gate_up: Function,
     down: Function,
 }
@@ -100,7 +143,7 @@ type Launch<'a> = (&'a TileKernels, [i32; 2], usize);
 impl TcPlan<'_> {
     /// Pairs per tile of the list `moe_align` must write.
     pub(super) fn tile_pairs(&self) -> usize {
-        self.list.pairs
+        self.list.shape.pairs
     }
 
     /// Each launch of one GEMM.
@@ -110,13 +153,13 @@ impl TcPlan<'_> {
         let mut launches = vec![(
             self.list,
             [n_tail, 0],
-            pairs.div_ceil(self.list.pairs) + experts.min(pairs),
+            pairs.div_ceil(self.list.shape.pairs) + experts.min(pairs),
         )];
         if let Some(t) = self.tail {
             launches.push((
                 t.kernels,
                 [n_tail, to_i32("pairs per shared slot", t.pairs_per_slot)?],
-                t.slots * t.pairs_per_slot.div_ceil(t.kernels.pairs),
+                t.slots * t.pairs_per_slot.div_ceil(t.kernels.shape.pairs),
             ));
         }
         Ok(launches)
@@ -137,11 +180,10 @@ impl TcPlan<'_> {
         slots: i32,
     ) -> Result<(), GpuError> {
         // A tile's rows are half gate, half up rows of the same intermediate indices.
-        let row_tiles = inter / (TILE_ROWS / 2);
         self.run(
             stream,
             |k| &k.gate_up,
-            row_tiles,
+            |rows| inter / (rows / 2),
             pairs,
             experts,
             op,
@@ -161,7 +203,7 @@ impl TcPlan<'_> {
         self.run(
             stream,
             |k| &k.down,
-            hidden / TILE_ROWS,
+            |rows| hidden / rows,
             pairs,
             experts,
             op,
@@ -169,14 +211,14 @@ impl TcPlan<'_> {
         )
     }
 
-    /// Every launch of one GEMM (`kernel` of each tile width in the plan): the arguments both
-    /// kernels share, then `extra`.
+    /// Every launch of one GEMM (`kernel` of each tile shape in the plan, over `row_tiles` of
+    /// its weight rows per block): the arguments both kernels share, then `extra`.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         stream: &Stream,
         kernel: fn(&TileKernels) -> &Function,
-        row_tiles: usize,
+        row_tiles: impl Fn(usize) -> usize,
         pairs: usize,
         experts: usize,
         op: &TcOperands<'_>,
@@ -198,6 +240,7 @@ impl TcPlan<'_> {
                 op.out,
             ];
             let args: Vec<&dyn KernelArg> = shared.iter().chain(extra).copied().collect();
+            let row_tiles = row_tiles(kernels.shape.rows());
             stream.launch(kernel(kernels), kernels.config(row_tiles, grid_y)?, &args)?;
         }
         Ok(())
@@ -205,40 +248,45 @@ impl TcPlan<'_> {
 }
 
 impl TensorCoreKernels {
-    /// Compiles the kernels when `device` has E4M3 tensor cores and both sizes are multiples of
-    /// the tile depth; `None` otherwise (the caller uses the GEMV kernels).
+    /// Compiles the kernels when `device` has E4M3 tensor cores, the intermediate size is a
+    /// multiple of the tile depth and the hidden size of the direct tiles' rows; `None`
+    /// otherwise (the caller uses the GEMV kernels).
     pub(super) fn compile(
         device: &Device,
         hidden: usize,
         inter: usize,
     ) -> Result<Option<Self>, GpuError> {
         let capable = nvidia_capability(&device.info().arch).is_some_and(|cc| cc >= MIN_CAPABILITY);
-        if !capable || !hidden.is_multiple_of(TILE_K) || !inter.is_multiple_of(TILE_K) {
+        if !capable || !hidden.is_multiple_of(HIDDEN_MULTIPLE) || !inter.is_multiple_of(TILE_K) {
             return Ok(None);
         }
-        let variant = |pairs: usize| -> Result<TileKernels, GpuError> {
+        let variant = |shape: TileShape| -> Result<TileKernels, GpuError> {
             let defines = Defines::new()
                 .set("MOE_HIDDEN", hidden)
                 .set("MOE_INTER", inter)
-                .set("TC_BN", pairs)
+                .set("TC_DIRECT", u8::from(shape.direct))
+                .set("TC_BN", shape.pairs)
+                .set("TC_WARPS", shape.warps)
+                .set("TC_MIN_BLOCKS", WARPS_PER_SM / shape.warps)
                 .set("TC_PIPE", PIPE);
             let module = device.compile(&SOURCE, &defines)?;
             Ok(TileKernels {
-                pairs,
+                shape,
                 gate_up: module.function("moe_tc_gate_up")?,
                 down: module.function("moe_tc_down")?,
             })
         };
         Ok(Some(TensorCoreKernels {
-            narrow: variant(NARROW_PAIRS)?,
-            wide: variant(WIDE_PAIRS)?,
+            narrow: variant(NARROW)?,
+            medium: variant(MEDIUM)?,
+            wide: variant(WIDE)?,
         }))
     }
 
-    /// The tile widths for a pass of `pairs` pairs over at most `experts` experts, of which
+    /// The tile shapes for a pass of `pairs` pairs over at most `experts` experts, of which
     /// the last `dense_slots` hold `pairs_per_dense_slot` pairs each (fused shared slots; 0 for
-    /// none): narrow tiles where the other experts average few pairs, and wide ones for dense
-    /// slots that hold many.
+    /// none): narrow or medium tiles where the other experts average few pairs, and wide ones
+    /// for dense slots that hold many.
     pub(super) fn plan(
         &self,
         pairs: usize,
@@ -248,21 +296,22 @@ impl TensorCoreKernels {
     ) -> TcPlan<'_> {
         let sparse_pairs = pairs - dense_slots * pairs_per_dense_slot;
         let sparse_experts = experts.saturating_sub(dense_slots).min(sparse_pairs).max(1);
-        if sparse_pairs > NARROW_UP_TO * sparse_experts {
+        let list = if sparse_pairs <= NARROW_UP_TO * sparse_experts {
+            &self.narrow
+        } else if sparse_pairs <= MEDIUM_UP_TO * sparse_experts {
+            &self.medium
+        } else {
             return TcPlan {
                 list: &self.wide,
                 tail: None,
             };
-        }
-        let tail = (dense_slots > 0 && pairs_per_dense_slot > NARROW_UP_TO).then_some(DenseTail {
+        };
+        let tail = (dense_slots > 0 && pairs_per_dense_slot > MEDIUM_UP_TO).then_some(DenseTail {
             kernels: &self.wide,
             slots: dense_slots,
             pairs_per_slot: pairs_per_dense_slot,
         });
-        TcPlan {
-            list: &self.narrow,
-            tail,
-        }
+        TcPlan { list, tail }
     }
 }
 
@@ -270,8 +319,8 @@ impl TileKernels {
     fn config(&self, row_tiles: usize, tiles: usize) -> Result<LaunchConfig, GpuError> {
         Ok(LaunchConfig {
             grid: [to_u32("row tiles", row_tiles)?, to_u32("tiles", tiles)?, 1],
-            block: [THREADS, 1, 1],
-            shared_mem_bytes: shared_bytes(self.pairs) as u32,
+            block: [to_u32("threads", 32 * self.shape.warps)?, 1, 1],
+            shared_mem_bytes: to_u32("shared memory", self.shape.shared_bytes())?,
         })
     }
 }
