@@ -15,14 +15,14 @@
 // Two layouts of a block (TC_WARPS warps, K in stages of TC_BK = 128, i.e. four MX blocks;
 // TC_PIPE stages of packed weights, activations and scales stream in through cp.async):
 //
-// - shared-tile (TC_DIRECT 0, wide tiles, eight warps): TC_BM = 128 weight rows x TC_BN = 64 pairs, warps as
-//   4 (rows) x 2 (pairs), each 32 rows x 32 pairs = 2 x 4 mma tiles. Each stage's weights are
-//   decoded E2M1 -> E4M3 once into a shared tile and reach the tensor cores through ldmatrix,
-//   as do the activations: the decode is shared by the pair halves, at the cost of a second
-//   barrier per stage and a shared-memory round trip.
+// - shared-tile (TC_DIRECT 0, wide tiles, eight warps): TC_BM = 128 weight rows x TC_BN = 64
+//   pairs, warps as 4 (rows) x 2 (pairs), each 32 rows x 32 pairs = 2 x 4 mma tiles. Each
+//   stage's weights are decoded E2M1 -> E4M3 once into a shared tile and reach the tensor
+//   cores through ldmatrix, as do the activations: the decode is shared by the pair halves, at
+//   the cost of a second barrier per stage and a shared-memory round trip.
 // - direct (TC_DIRECT 1, narrow tiles of 8 or 16 pairs, where few pairs share each weight):
-//   TC_BM = 32 * TC_WARPS rows, each warp 32 rows x all TC_BN pairs. A thread reads the packed bytes of
-//   its own fragment straight from the raw stage and decodes them in registers: the mma A
+//   TC_BM = 32 * TC_WARPS rows, each warp 32 rows x all TC_BN pairs. A thread reads the packed
+//   bytes of its own fragment straight from the raw stage and decodes them in registers: the mma A
 //   fragment of row r holds 8 elements of each MX block per thread, k slots 4t..4t+3 and
 //   16+4t..16+4t+3 (t = lane % 4), and those are fed elements 8t..8t+7 of the block, i.e. one
 //   32-bit word of packed bytes. The activation fragment takes the same elements 8t..8t+7 (one
@@ -521,7 +521,8 @@ moe_tc_gate_up(const u8* __restrict__ w13, const u8* __restrict__ s13, int exper
         }
 }
 
-// down: tile rows are the output rows n0 .. n0+TC_BM-1; x: h quantized to E4M3 [pair position][MOE_INTER];
+// down: tile rows are the output rows n0 .. n0+TC_BM-1; x: h quantized to E4M3
+// [pair position][MOE_INTER];
 // y[pair position][MOE_HIDDEN] f32, unweighted (the combine applies the routing weights).
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 moe_tc_down(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const u8* __restrict__ hq,
