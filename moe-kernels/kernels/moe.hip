@@ -517,30 +517,62 @@ extern "C" __global__ void moe_quantize_f32_e4m3(const float* __restrict__ x, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Expert GEMVs. Grid: (row tiles, experts of the active list); a block whose blockIdx.y is past
-// the active count exits. `expert_base` is added to the expert index when addressing weights,
-// so the unfused shared pass reads the shared slots of the same stacked weights.
+// Expert GEMVs: persistent blocks over a work list. Tile t of the list is row tile
+// t % row_tiles of active expert t / row_tiles; the grid is about the number of resident
+// blocks and each block walks the list with stride gridDim.x, issuing the next tile's weight
+// loads before it works on the current tile. (With one block per tile, a block spent much of
+// its life with nothing in flight: the expert lookup before its loads, the reduction and the
+// stores after them; at B=1 the kernels reached about half the copy bandwidth.)
+// `expert_base` is added to the expert index when addressing weights, so the unfused shared
+// pass reads the shared slots of the same stacked weights.
 
-struct ExpertRange {
-    int e, begin, end;
+struct ExpertTile {
+    bool live;       // t is inside the list (uniform across the block)
+    int e;           // expert slot (before expert_base)
+    int begin, end;  // its pairs in sorted order
+    int row_tile;
 };
 
-__device__ __forceinline__ bool expert_of_block(const int* offsets, const int* active, const int* n_active,
-                                                ExpertRange& r) {
-    if ((int)blockIdx.y >= n_active[0]) return false;
-    int e = active[blockIdx.y];
-    r.e = e;
-    r.begin = offsets[e];
-    r.end = offsets[e + 1];
-    return true;
+__device__ __forceinline__ ExpertTile expert_tile(int t, int row_tiles, int n_tiles, const int* offsets,
+                                                  const int* active) {
+    ExpertTile r;
+    r.live = t < n_tiles;
+    if (!r.live) return r;
+    int y = t / row_tiles;
+    r.row_tile = t - y * row_tiles;
+    r.e = active[y];
+    r.begin = offsets[r.e];
+    r.end = offsets[r.e + 1];
+    return r;
 }
 
-// Gate+up with SiLU(gate) * up fused. A block covers MOE_WARPS/2 intermediate rows j: its first
-// half of waves streams the gate rows, the second half the matching up rows (each lane keeps
-// its 16-byte chunks of one row in registers, all in flight before use). Pairs routed to the
-// expert are taken TOKS at a time: their activation rows (x is [tokens][H]) are staged in
-// shared memory once per block, every wave dots its row with them, and the SiLU(gate) * up
-// epilogue meets the two halves through shared memory. Output h[sorted position][I] in f32.
+// One lane's 16-byte chunks of a weight row and their raw E8M0 codes (converted where they are
+// used, so that holding a prefetched row does not wait for its scales to arrive).
+template <int N>
+struct RowChunks {
+    uint4 w[N];
+    u32 s[N];
+};
+
+template <int N, int CHUNKS>
+__device__ __forceinline__ void load_row_chunks(RowChunks<N>& rc, const u8* w_row, const u8* s_row, int lane) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        int c = lane + i * WARP_SIZE;
+        if (c < CHUNKS) {
+            rc.w[i] = ((const uint4*)w_row)[c];
+            rc.s[i] = s_row[c];
+        }
+    }
+}
+
+// Gate+up with SiLU(gate) * up fused. A tile covers MOE_WARPS/2 intermediate rows j: the first
+// half of the waves streams the gate rows, the second half the matching up rows (for W4A4 each
+// lane keeps its 16-byte chunks of one row in registers, the next tile's row behind them).
+// Pairs routed to the expert are taken TOKS at a time: their activation rows (x is
+// [tokens][H]) are staged in shared memory (not again when the next tile has the same pairs),
+// every wave dots its row with them, and the SiLU(gate) * up epilogue meets the two halves
+// through shared memory. Output h[sorted position][I] in f32.
 template <bool A4, bool X_F32>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u8* __restrict__ s13,
                                              int expert_base, const void* __restrict__ act,
@@ -550,98 +582,114 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
     // An f32 row is twice a bf16 row: one token per tile keeps it within static shared memory.
     constexpr int TOKS = A4 ? GATE_UP_TOKS_A4 : (X_F32 ? 1 : GATE_UP_TOKS_A16);
     constexpr int ROWS = MOE_WARPS / 2;
+    constexpr int ROW_TILES = (MOE_INTER + ROWS - 1) / ROWS;
     constexpr int ROW_VECS = (A4 ? MOE_HIDDEN : (X_F32 ? 4 : 2) * MOE_HIDDEN) / 16;  // 16-byte vectors per token
     __shared__ uint4 stage[TOKS * ROW_VECS];
     __shared__ u8 stage_scale[A4 ? TOKS * H_CHUNKS : 1];
     __shared__ float partial[MOE_WARPS][TOKS];
-    ExpertRange r;
-    if (!expert_of_block(offsets, active, n_active, r)) return;
+    const int n_tiles = ROW_TILES * n_active[0];
     const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
-    const int j = blockIdx.x * ROWS + wave % ROWS;
-    const bool valid = j < MOE_INTER;  // waves past the last row still meet every barrier
-    const size_t row = ((size_t)(r.e + expert_base) * 2 + wave / ROWS) * MOE_INTER + (valid ? j : 0);
-    const u8* w_row = w13 + row * (MOE_HIDDEN / 2);
-    const u8* s_row = s13 + row * H_CHUNKS;
+    // Row of w13 for this wave in a tile (waves past the last row read row 0 of the half and
+    // still meet every barrier).
+    auto row_of = [&](const ExpertTile& r, int& j) {
+        j = r.row_tile * ROWS + wave % ROWS;
+        return ((size_t)(r.e + expert_base) * 2 + wave / ROWS) * MOE_INTER + (j < MOE_INTER ? j : 0);
+    };
 
     // W4A4 keeps the whole row in registers; W4A16 spends them on the float decode instead
     // and loads each chunk where it is used.
     constexpr int PRE = A4 ? H_PER_LANE : 1;
-    uint4 w[PRE];
-    float sw[PRE];
-    if (A4 && valid) {
-#pragma unroll
-        for (int i = 0; i < PRE; ++i) {
-            int c = lane + i * WARP_SIZE;
-            if (c < H_CHUNKS) {
-                w[i] = ((const uint4*)w_row)[c];
-                sw[i] = e8m0_to_f32(s_row[c]);
-            }
-        }
+    RowChunks<PRE> cur_w, next_w;
+    ExpertTile cur = expert_tile(blockIdx.x, ROW_TILES, n_tiles, offsets, active);
+    if (!cur.live) return;
+    int j;
+    if (A4) {
+        size_t row = row_of(cur, j);
+        load_row_chunks<PRE, H_CHUNKS>(cur_w, w13 + row * (MOE_HIDDEN / 2), s13 + row * H_CHUNKS, lane);
     }
-
-    for (int p0 = r.begin; p0 < r.end; p0 += TOKS) {
-        const int n = min(TOKS, r.end - p0);
-        __syncthreads();  // the previous tile's stage and partial sums are consumed
-        for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) {
-            int q = v / ROW_VECS;
-            size_t t = (size_t)(sorted_pairs[p0 + q] / slots);
-            stage[v] = ((const uint4*)act)[t * ROW_VECS + v % ROW_VECS];
+    int staged = -1;  // sorted position of the first pair in the stage
+    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+        ExpertTile next = expert_tile(t + gridDim.x, ROW_TILES, n_tiles, offsets, active);
+        if (A4 && next.live) {
+            int j_next;
+            size_t row = row_of(next, j_next);
+            load_row_chunks<PRE, H_CHUNKS>(next_w, w13 + row * (MOE_HIDDEN / 2), s13 + row * H_CHUNKS, lane);
         }
-        if (A4) {
-            for (int v = threadIdx.x; v < n * H_CHUNKS; v += blockDim.x) {
-                size_t t = (size_t)(sorted_pairs[p0 + v / H_CHUNKS] / slots);
-                stage_scale[v] = act_scale[t * H_CHUNKS + v % H_CHUNKS];
-            }
-        }
-        __syncthreads();
-        float acc[TOKS];
-#pragma unroll
-        for (int q = 0; q < TOKS; ++q) acc[q] = 0.0f;
-        if (valid) {
-            // W4A16 keeps the chunk loop rolled: unrolled, the compiler hoists every chunk's
-            // loads and spills.
-#pragma unroll(A4 ? H_PER_LANE : 1)
-            for (int i = 0; i < H_PER_LANE; ++i) {
-                int c = lane + i * WARP_SIZE;
-                if (c >= H_CHUNKS) break;
+        const size_t row = row_of(cur, j);
+        const bool valid = j < MOE_INTER;
+        const u8* w_row = w13 + row * (MOE_HIDDEN / 2);
+        const u8* s_row = s13 + row * H_CHUNKS;
+        for (int p0 = cur.begin; p0 < cur.end; p0 += TOKS) {
+            const int n = min(TOKS, cur.end - p0);
+            __syncthreads();  // the previous tile's stage and partial sums are consumed
+            if (p0 != staged) {
+                for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) {
+                    int q = v / ROW_VECS;
+                    size_t tok = (size_t)(sorted_pairs[p0 + q] / slots);
+                    stage[v] = ((const uint4*)act)[tok * ROW_VECS + v % ROW_VECS];
+                }
                 if (A4) {
-                    int wq[8];
-                    decode_chunk_i8(w[i], wq);
-#pragma unroll
-                    for (int q = 0; q < TOKS; ++q) {
-                        if (q >= n) break;
-                        const uint4* a = (const uint4*)((const i8*)stage + q * MOE_HIDDEN + c * MX_BLOCK);
-                        float sa = e8m0_to_f32(stage_scale[q * H_CHUNKS + c]) * 0.25f;
-                        acc[q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw[i] * sa, acc[q]);
+                    for (int v = threadIdx.x; v < n * H_CHUNKS; v += blockDim.x) {
+                        size_t tok = (size_t)(sorted_pairs[p0 + v / H_CHUNKS] / slots);
+                        stage_scale[v] = act_scale[tok * H_CHUNKS + v % H_CHUNKS];
                     }
-                } else {
-                    uint4 w4 = ((const uint4*)w_row)[c];
-                    float sc = e8m0_to_f32(s_row[c]);
+                }
+                staged = p0;
+                __syncthreads();
+            }
+            float acc[TOKS];
 #pragma unroll
-                    for (int q = 0; q < TOKS; ++q) {
-                        if (q >= n) break;
-                        if (X_F32) {
-                            const float* a = (const float*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
-                            acc[q] = fmaf(dot_w4a32_chunk(w4, a), sc, acc[q]);
-                        } else {
-                            const u16* a = (const u16*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
-                            acc[q] = fmaf(dot_w4a16_chunk(w4, a), sc, acc[q]);
+            for (int q = 0; q < TOKS; ++q) acc[q] = 0.0f;
+            if (valid) {
+                // W4A16 keeps the chunk loop rolled: unrolled, the compiler hoists every chunk's
+                // loads and spills.
+#pragma unroll(A4 ? H_PER_LANE : 1)
+                for (int i = 0; i < H_PER_LANE; ++i) {
+                    int c = lane + i * WARP_SIZE;
+                    if (c >= H_CHUNKS) break;
+                    if (A4) {
+                        int wq[8];
+                        decode_chunk_i8(cur_w.w[i], wq);
+                        float sw = e8m0_to_f32(cur_w.s[i]);
+#pragma unroll
+                        for (int q = 0; q < TOKS; ++q) {
+                            if (q >= n) break;
+                            const uint4* a = (const uint4*)((const i8*)stage + q * MOE_HIDDEN + c * MX_BLOCK);
+                            float sa = e8m0_to_f32(stage_scale[q * H_CHUNKS + c]) * 0.25f;
+                            acc[q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw * sa, acc[q]);
+                        }
+                    } else {
+                        uint4 w4 = ((const uint4*)w_row)[c];
+                        float sc = e8m0_to_f32(s_row[c]);
+#pragma unroll
+                        for (int q = 0; q < TOKS; ++q) {
+                            if (q >= n) break;
+                            if (X_F32) {
+                                const float* a = (const float*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
+                                acc[q] = fmaf(dot_w4a32_chunk(w4, a), sc, acc[q]);
+                            } else {
+                                const u16* a = (const u16*)stage + q * MOE_HIDDEN + c * MX_BLOCK;
+                                acc[q] = fmaf(dot_w4a16_chunk(w4, a), sc, acc[q]);
+                            }
                         }
                     }
                 }
             }
-        }
 #pragma unroll
-        for (int q = 0; q < TOKS; ++q) {
-            if (q >= n) break;  // n is the same for the whole block: the shuffles stay uniform
-            float sum = wave_sum(acc[q]);
-            if (lane == 0) partial[wave][q] = sum;
+            for (int q = 0; q < TOKS; ++q) {
+                if (q >= n) break;  // n is the same for the whole block: the shuffles stay uniform
+                float sum = wave_sum(acc[q]);
+                if (lane == 0) partial[wave][q] = sum;
+            }
+            __syncthreads();
+            for (int v = threadIdx.x; v < n * ROWS; v += blockDim.x) {
+                int jj = v % ROWS, q = v / ROWS, jr = cur.row_tile * ROWS + jj;
+                if (jr < MOE_INTER)
+                    h[(size_t)(p0 + q) * MOE_INTER + jr] = silu_mul(partial[jj][q], partial[ROWS + jj][q]);
+            }
         }
-        __syncthreads();
-        for (int v = threadIdx.x; v < n * ROWS; v += blockDim.x) {
-            int jj = v % ROWS, q = v / ROWS, jr = blockIdx.x * ROWS + jj;
-            if (jr < MOE_INTER) h[(size_t)(p0 + q) * MOE_INTER + jr] = silu_mul(partial[jj][q], partial[ROWS + jj][q]);
-        }
+        cur = next;
+        if (A4) cur_w = next_w;
     }
 }
 
@@ -670,9 +718,10 @@ moe_gate_up_w4a16_f32(const u8* __restrict__ w13, const u8* __restrict__ s13, in
     gate_up_body<false, true>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
-// Down projection, MOE_DOWN_ROWS output rows per wave (in registers). The pairs of the expert
-// are contiguous in sorted order, TOKS of their activation rows (quantized hq, hs for W4A4,
-// f32 h for W4A16; [pairs][I]) staged in shared memory per tile.
+// Down projection, MOE_DOWN_ROWS output rows per wave (in registers, the next tile's rows
+// behind them). The pairs of the expert are contiguous in sorted order, TOKS of their
+// activation rows (quantized hq, hs for W4A4, f32 h for W4A16; [pairs][I]) staged in shared
+// memory per pair tile (not again when the next tile has the same pairs).
 // Output y[sorted position][H] in f32, unweighted: the combine applies the routing weights.
 template <bool A4>
 __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base,
@@ -681,82 +730,90 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
                                           const int* __restrict__ n_active, float* __restrict__ y) {
     constexpr int TOKS = A4 ? DOWN_TOKS_A4 : DOWN_TOKS_A16;
     constexpr int ROW_VECS = (A4 ? MOE_INTER : 4 * MOE_INTER) / 16;
+    constexpr int TILE_ROWS = MOE_WARPS * MOE_DOWN_ROWS;
+    constexpr int ROW_TILES = (MOE_HIDDEN + TILE_ROWS - 1) / TILE_ROWS;
     __shared__ uint4 stage[TOKS * ROW_VECS];
     __shared__ u8 stage_scale[A4 ? TOKS * I_CHUNKS : 1];
-    ExpertRange r;
-    if (!expert_of_block(offsets, active, n_active, r)) return;
-    const int lane = threadIdx.x % WARP_SIZE;
-    const int row0 = (blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE) * MOE_DOWN_ROWS;
-    const bool valid = row0 < MOE_HIDDEN;  // waves past the last row still meet every barrier
+    const int n_tiles = ROW_TILES * n_active[0];
+    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
     const size_t row_bytes = MOE_INTER / 2;
-    const size_t e = (size_t)(r.e + expert_base);
 
-    uint4 w[MOE_DOWN_ROWS][I_PER_LANE];
-    float sw[MOE_DOWN_ROWS][I_PER_LANE];
-    if (valid) {
+    RowChunks<I_PER_LANE> cur_w[MOE_DOWN_ROWS], next_w[MOE_DOWN_ROWS];
+    // Rows past the last one (a partial last tile) are clamped: computed, never stored.
+    auto load_rows = [&](const ExpertTile& r, RowChunks<I_PER_LANE>* rc) {
+        const int row0 = (r.row_tile * MOE_WARPS + wave) * MOE_DOWN_ROWS;
+        const size_t e = (size_t)(r.e + expert_base);
 #pragma unroll
         for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
-            int row = min(row0 + k, MOE_HIDDEN - 1);  // a clamped duplicate row is computed, not stored
+            size_t row = e * MOE_HIDDEN + min(row0 + k, MOE_HIDDEN - 1);
+            load_row_chunks<I_PER_LANE, I_CHUNKS>(rc[k], w2 + row * row_bytes, s2 + row * I_CHUNKS, lane);
+        }
+    };
+    ExpertTile cur = expert_tile(blockIdx.x, ROW_TILES, n_tiles, offsets, active);
+    if (!cur.live) return;
+    load_rows(cur, cur_w);
+    int staged = -1;  // sorted position of the first pair in the stage
+    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
+        ExpertTile next = expert_tile(t + gridDim.x, ROW_TILES, n_tiles, offsets, active);
+        if (next.live) load_rows(next, next_w);
+        const int row0 = (cur.row_tile * MOE_WARPS + wave) * MOE_DOWN_ROWS;
+        for (int p0 = cur.begin; p0 < cur.end; p0 += TOKS) {
+            const int n = min(TOKS, cur.end - p0);
+            if (p0 != staged) {
+                __syncthreads();  // the previous stage is consumed
+                const uint4* src = (const uint4*)act + (size_t)p0 * ROW_VECS;
+                for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) stage[v] = src[v];
+                if (A4)
+                    for (int v = threadIdx.x; v < n * I_CHUNKS; v += blockDim.x)
+                        stage_scale[v] = act_scale[(size_t)p0 * I_CHUNKS + v];
+                staged = p0;
+                __syncthreads();
+            }
+            if (row0 >= MOE_HIDDEN) continue;
+            float acc[MOE_DOWN_ROWS][TOKS];
+#pragma unroll
+            for (int k = 0; k < MOE_DOWN_ROWS; ++k)
+#pragma unroll
+                for (int q = 0; q < TOKS; ++q) acc[k][q] = 0.0f;
 #pragma unroll
             for (int i = 0; i < I_PER_LANE; ++i) {
                 int c = lane + i * WARP_SIZE;
-                if (c < I_CHUNKS) {
-                    w[k][i] = ((const uint4*)(w2 + (e * MOE_HIDDEN + row) * row_bytes))[c];
-                    sw[k][i] = e8m0_to_f32(s2[(e * MOE_HIDDEN + row) * I_CHUNKS + c]);
-                }
-            }
-        }
-    }
-
-    for (int p0 = r.begin; p0 < r.end; p0 += TOKS) {
-        const int n = min(TOKS, r.end - p0);
-        __syncthreads();  // the previous tile is consumed
-        const uint4* src = (const uint4*)act + (size_t)p0 * ROW_VECS;
-        for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) stage[v] = src[v];
-        if (A4)
-            for (int v = threadIdx.x; v < n * I_CHUNKS; v += blockDim.x)
-                stage_scale[v] = act_scale[(size_t)p0 * I_CHUNKS + v];
-        __syncthreads();
-        if (!valid) continue;
-        float acc[MOE_DOWN_ROWS][TOKS];
+                if (c >= I_CHUNKS) break;
 #pragma unroll
-        for (int k = 0; k < MOE_DOWN_ROWS; ++k)
+                for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
+                    float sw = e8m0_to_f32(cur_w[k].s[i]);
+                    if (A4) {
+                        int wq[8];
+                        decode_chunk_i8(cur_w[k].w[i], wq);
 #pragma unroll
-            for (int q = 0; q < TOKS; ++q) acc[k][q] = 0.0f;
+                        for (int q = 0; q < TOKS; ++q) {
+                            if (q >= n) break;
+                            const uint4* a = (const uint4*)((const i8*)stage + q * MOE_INTER + c * MX_BLOCK);
+                            float sa = e8m0_to_f32(stage_scale[q * I_CHUNKS + c]) * 0.25f;
+                            acc[k][q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw * sa, acc[k][q]);
+                        }
+                    } else {
 #pragma unroll
-        for (int i = 0; i < I_PER_LANE; ++i) {
-            int c = lane + i * WARP_SIZE;
-            if (c >= I_CHUNKS) break;
-#pragma unroll
-            for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
-                if (A4) {
-                    int wq[8];
-                    decode_chunk_i8(w[k][i], wq);
-#pragma unroll
-                    for (int q = 0; q < TOKS; ++q) {
-                        if (q >= n) break;
-                        const uint4* a = (const uint4*)((const i8*)stage + q * MOE_INTER + c * MX_BLOCK);
-                        float sa = e8m0_to_f32(stage_scale[q * I_CHUNKS + c]) * 0.25f;
-                        acc[k][q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw[k][i] * sa, acc[k][q]);
-                    }
-                } else {
-#pragma unroll
-                    for (int q = 0; q < TOKS; ++q) {
-                        if (q >= n) break;
-                        const float* a = (const float*)stage + q * MOE_INTER + c * MX_BLOCK;
-                        acc[k][q] = fmaf(dot_w4a32_chunk(w[k][i], a), sw[k][i], acc[k][q]);
+                        for (int q = 0; q < TOKS; ++q) {
+                            if (q >= n) break;
+                            const float* a = (const float*)stage + q * MOE_INTER + c * MX_BLOCK;
+                            acc[k][q] = fmaf(dot_w4a32_chunk(cur_w[k].w[i], a), sw, acc[k][q]);
+                        }
                     }
                 }
             }
+#pragma unroll
+            for (int k = 0; k < MOE_DOWN_ROWS; ++k)
+#pragma unroll
+                for (int q = 0; q < TOKS; ++q) {
+                    if (q >= n) break;  // uniform across the wave
+                    float sum = wave_sum(acc[k][q]);
+                    if (lane == 0 && row0 + k < MOE_HIDDEN) y[(size_t)(p0 + q) * MOE_HIDDEN + row0 + k] = sum;
+                }
         }
+        cur = next;
 #pragma unroll
-        for (int k = 0; k < MOE_DOWN_ROWS; ++k)
-#pragma unroll
-            for (int q = 0; q < TOKS; ++q) {
-                if (q >= n) break;  // uniform across the wave
-                float sum = wave_sum(acc[k][q]);
-                if (lane == 0 && q < n && row0 + k < MOE_HIDDEN) y[(size_t)(p0 + q) * MOE_HIDDEN + row0 + k] = sum;
-            }
+        for (int k = 0; k < MOE_DOWN_ROWS; ++k) cur_w[k] = next_w[k];
     }
 }
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)

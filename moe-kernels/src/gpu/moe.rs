@@ -34,6 +34,8 @@ const WARPS: u32 = 8;
 const _: () = assert!(WARPS.is_multiple_of(2));
 /// Output rows per wave of the down projection (`MOE_DOWN_ROWS`).
 const DOWN_ROWS: u32 = 2;
+/// Resident blocks per compute unit of the GEMV kernels: their `__launch_bounds__` minimum.
+const GEMV_BLOCKS_PER_UNIT: usize = 2;
 /// Threads of the routing kernel (`ROUTE_THREADS`, its launch bound).
 const ROUTE_THREADS: u32 = 256;
 /// Threads of the single-block align kernel (`ALIGN_THREADS`).
@@ -537,6 +539,14 @@ impl MoeKernels {
         WARPS * self.device.info().wave_size
     }
 
+    /// Grid of the persistent GEMV kernels for at most `tiles` tiles of work: as many blocks
+    /// as are resident at once (their launch bound is two per compute unit), fewer when there
+    /// is less work.
+    fn gemv_blocks(&self, tiles: usize) -> Result<u32, GpuError> {
+        let resident = GEMV_BLOCKS_PER_UNIT * self.device.info().compute_units as usize;
+        to_u32("GEMV tiles", tiles.clamp(1, resident))
+    }
+
     /// [`crate::reference::route_noaux_tc`] for `n_tokens` tokens: `logits` `[n_tokens][n_routed]`
     /// (a longer buffer is fine: only the first rows are read),
     /// `bias` `[n_routed]`; writes `[n_tokens][top_k + shared_slots]` ids and weights.
@@ -973,13 +983,13 @@ impl MoeKernels {
         marks: &mut Marks,
     ) -> Result<(), GpuError> {
         let pairs = pass.n_tokens * pass.slots;
-        // Upper bound of the active experts; blocks past the real count exit at once.
-        let expert_blocks = to_u32("experts", pass.experts.min(pairs))?;
+        // Upper bound of the active experts; the kernels read the real count.
+        let experts = pass.experts.min(pairs);
         let threads = self.gemv_threads();
         let gate_up = LaunchConfig {
             grid: [
-                to_u32("inter", self.inter.div_ceil(WARPS as usize / 2))?,
-                expert_blocks,
+                self.gemv_blocks(self.inter.div_ceil(WARPS as usize / 2) * experts)?,
+                1,
                 1,
             ],
             block: [threads, 1, 1],
@@ -987,8 +997,8 @@ impl MoeKernels {
         };
         let down = LaunchConfig {
             grid: [
-                to_u32("hidden", self.hidden.div_ceil((WARPS * DOWN_ROWS) as usize))?,
-                expert_blocks,
+                self.gemv_blocks(self.hidden.div_ceil((WARPS * DOWN_ROWS) as usize) * experts)?,
+                1,
                 1,
             ],
             ..gate_up
