@@ -106,18 +106,6 @@ __device__ __forceinline__ int e2m1_round_x2(float v) {
     return v < 0.0f ? -q : q;
 }
 
-// Quantizes 32 floats to MXFP4; writes 32 int8 (doubled E2M1) and returns the E8M0 code.
-__device__ __forceinline__ u32 quantize_block32(const float* v, i8* out, int even) {
-    float amax = 0.0f;
-#pragma unroll
-    for (int k = 0; k < MX_BLOCK; ++k) amax = fmaxf(amax, fabsf(v[k]));
-    int e = mx_shared_exp(amax, even);
-    float inv = exp2i(-e);
-#pragma unroll
-    for (int k = 0; k < MX_BLOCK; ++k) out[k] = (i8)e2m1_round_x2(v[k] * inv);
-    return (u32)(e + 127);
-}
-
 // ---------------------------------------------------------------------------------------------
 // E2M1 decoding
 
@@ -275,8 +263,8 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
     extern __shared__ float route_smem[];
     float* score = route_smem;               // unbiased sigmoid scores
     float* choice = route_smem + n_experts;  // biased scores; -inf once excluded or taken
-    __shared__ float red_v[ROUTE_THREADS / WARP_SIZE];
-    __shared__ int red_i[ROUTE_THREADS / WARP_SIZE];
+    __shared__ float red_v[2][ROUTE_THREADS / WARP_SIZE];
+    __shared__ int red_i[2][ROUTE_THREADS / WARP_SIZE];
     __shared__ int chosen[ROUTE_MAX_TOPK];
     __shared__ float group_score[ROUTE_MAX_GROUPS];
     __shared__ int group_keep[ROUTE_MAX_GROUPS];
@@ -317,8 +305,13 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
         __syncthreads();
     }
 
+    // Top-k by rounds of a block-wide argmax. Each round needs one barrier: the waves' partial
+    // maxima go to alternating halves of red_v / red_i, every wave merges them itself, and the
+    // thread that owns the winner's entry of `choice` (e % blockDim.x) excludes it, so only that
+    // thread ever reads the entry again.
     const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
-    const int n_waves = blockDim.x / WARP_SIZE;
+    constexpr int N_WAVES = ROUTE_THREADS / WARP_SIZE;
+    static_assert((N_WAVES & (N_WAVES - 1)) == 0, "the waves' merge pairs lanes by xor");
     for (int k = 0; k < top_k; ++k) {
         float v = MOE_NEG_INF;
         int i = 0x7fffffff;
@@ -326,27 +319,35 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
 #pragma unroll
         for (int off = WARP_SIZE / 2; off > 0; off >>= 1)
             argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
-        if (lane == 0) { red_v[wave] = v; red_i[wave] = i; }
+        const int half = k & 1;
+        if (lane == 0) { red_v[half][wave] = v; red_i[half][wave] = i; }
         __syncthreads();
-        if (threadIdx.x == 0) {
-            for (int w = 1; w < n_waves; ++w) argmax_merge(v, i, red_v[w], red_i[w]);
-            chosen[k] = i;
-            choice[i] = MOE_NEG_INF;
-        }
-        __syncthreads();
+        v = lane < N_WAVES ? red_v[half][lane] : MOE_NEG_INF;
+        i = lane < N_WAVES ? red_i[half][lane] : 0x7fffffff;
+#pragma unroll
+        for (int off = 1; off < N_WAVES; off <<= 1) argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
+        if (threadIdx.x == 0) chosen[k] = i;
+        if (i % (int)blockDim.x == (int)threadIdx.x) choice[i] = MOE_NEG_INF;
     }
+    __syncthreads();  // chosen[] is complete
 
-    if (threadIdx.x == 0) {
+    // Lanes of the first wave write one slot each; the sum for the renormalisation is taken in
+    // slot order, as the reference does.
+    if (wave == 0) {
         const int slots = top_k + shared_slots;
         float sum = 0.0f;
-        for (int k = 0; k < top_k; ++k) sum += score[chosen[k]];
+        for (int k0 = 0; k0 < top_k; k0 += WARP_SIZE) {
+            const int k = k0 + lane;
+            const float s = k < top_k ? score[chosen[k]] : 0.0f;
+            for (int q = 0; q < min(WARP_SIZE, top_k - k0); ++q) sum += __shfl(s, q);
+        }
         const float denom = sum + 1e-20f;
-        for (int k = 0; k < top_k; ++k) {
+        for (int k = lane; k < top_k; k += WARP_SIZE) {
             float s = score[chosen[k]];
             topk_ids[(size_t)t * slots + k] = chosen[k];
             topk_weights[(size_t)t * slots + k] = norm_topk_prob ? s / denom : s;
         }
-        for (int j = 0; j < shared_slots; ++j) {
+        for (int j = lane; j < shared_slots; j += WARP_SIZE) {
             topk_ids[(size_t)t * slots + top_k + j] = n_experts + j;
             topk_weights[(size_t)t * slots + top_k + j] = 1.0f / routed_scaling_factor;
         }
@@ -380,6 +381,16 @@ extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, int* __restr
 #define ALIGN_THREADS 1024
 #endif
 
+// Inclusive prefix sums of three counters across one wave.
+__device__ __forceinline__ int3 wave_inclusive_scan(int3 v, int lane) {
+#pragma unroll
+    for (int off = 1; off < WARP_SIZE; off <<= 1) {
+        int x = __shfl_up(v.x, off), y = __shfl_up(v.y, off), z = __shfl_up(v.z, off);
+        if (lane >= off) { v.x += x; v.y += y; v.z += z; }
+    }
+    return v;
+}
+
 extern "C" __global__ void __launch_bounds__(ALIGN_THREADS)
 moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int tile_pairs, int* __restrict__ offsets,
           int* __restrict__ sorted_pairs, int* __restrict__ pair_pos, int* __restrict__ active,
@@ -388,8 +399,10 @@ moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int tile
     int* count = align_smem;
     int* cursor = align_smem + n_experts;
     // Per-thread totals of (pairs, active experts, tiles) over a contiguous run of experts,
-    // scanned across the block (Hillis-Steele, all three at once).
-    __shared__ int4 scan[ALIGN_THREADS];
+    // scanned across the block: inside each wave by shuffles, then over the waves' totals by
+    // the first wave (two barriers; a Hillis-Steele scan over the block took twenty).
+    __shared__ int3 wave_prefix[ALIGN_THREADS / WARP_SIZE];
+    __shared__ int3 block_total;
     for (int e = threadIdx.x; e < n_experts; e += blockDim.x) count[e] = 0;
     __syncthreads();
     for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) atomicAdd(&count[topk_ids[p]], 1);
@@ -397,24 +410,28 @@ moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int tile
     const int per_thread = (n_experts + blockDim.x - 1) / blockDim.x;
     const int e0 = min(n_experts, (int)threadIdx.x * per_thread);
     const int e1 = min(n_experts, e0 + per_thread);
-    int4 mine = make_int4(0, 0, 0, 0);
+    int3 mine = make_int3(0, 0, 0);
     for (int e = e0; e < e1; ++e) {
         mine.x += count[e];
         mine.y += count[e] > 0;
         mine.z += (count[e] + tile_pairs - 1) / tile_pairs;
     }
-    scan[threadIdx.x] = mine;
+    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    int3 incl = wave_inclusive_scan(mine, lane);
+    if (lane == WARP_SIZE - 1) wave_prefix[wave] = incl;
     __syncthreads();
-    for (int off = 1; off < (int)blockDim.x; off <<= 1) {
-        int4 v = threadIdx.x >= (unsigned)off ? scan[threadIdx.x - off] : make_int4(0, 0, 0, 0);
-        __syncthreads();
-        scan[threadIdx.x].x += v.x;
-        scan[threadIdx.x].y += v.y;
-        scan[threadIdx.x].z += v.z;
-        __syncthreads();
+    if (wave == 0) {
+        constexpr int WAVES = ALIGN_THREADS / WARP_SIZE;
+        static_assert(WAVES <= WARP_SIZE, "one wave scans the waves' totals");
+        int3 tot = lane < WAVES ? wave_prefix[lane] : make_int3(0, 0, 0);
+        int3 scanned = wave_inclusive_scan(tot, lane);
+        if (lane < WAVES) wave_prefix[lane] = make_int3(scanned.x - tot.x, scanned.y - tot.y, scanned.z - tot.z);
+        if (lane == WAVES - 1) block_total = scanned;
     }
+    __syncthreads();
+    const int3 before = wave_prefix[wave];
     // Exclusive prefixes.
-    int run = scan[threadIdx.x].x - mine.x, act = scan[threadIdx.x].y - mine.y, tile = scan[threadIdx.x].z - mine.z;
+    int run = before.x + incl.x - mine.x, act = before.y + incl.y - mine.y, tile = before.z + incl.z - mine.z;
     for (int e = e0; e < e1; ++e) {
         offsets[e] = run;
         cursor[e] = run;
@@ -425,10 +442,10 @@ moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int tile
         run += count[e];
         tile += (count[e] + tile_pairs - 1) / tile_pairs;
     }
-    if (threadIdx.x == blockDim.x - 1) {
-        offsets[n_experts] = scan[threadIdx.x].x;
-        n_active[0] = scan[threadIdx.x].y;
-        tiles[scan[threadIdx.x].y] = scan[threadIdx.x].z;
+    if (threadIdx.x == 0) {
+        offsets[n_experts] = block_total.x;
+        n_active[0] = block_total.y;
+        tiles[block_total.y] = block_total.z;
     }
     __syncthreads();
     for (int p = threadIdx.x; p < n_pairs; p += blockDim.x) {
@@ -439,30 +456,26 @@ moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int tile
 }
 
 // ---------------------------------------------------------------------------------------------
-// Dynamic MXFP4 quantization of activations [rows][cols] (cols a multiple of 32), one thread
-// per block of 32: bf16 input (the layer input) or f32 input (the expert intermediate).
+// Dynamic MXFP4 quantization of activations [rows][cols] (cols a multiple of 32): bf16 input
+// (the layer input) or f32 input (the expert intermediate). QUANT_LANES consecutive lanes share
+// one MX block, QUANT_PER_LANE elements each, and meet at the block's absolute maximum through
+// shuffles: a decode step quantizes one row, and one thread per block walked a serial chain of
+// 32 roundings. The arithmetic is the OCP rule's: mx_shared_exp, then e2m1_round_x2.
 
-__device__ __forceinline__ void load_block32(const u16* src, float* v) {
-    const uint4* s = (const uint4*)src;
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-        uint4 w = s[q];
-        u32 ws[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            v[q * 8 + 2 * j] = __uint_as_float(ws[j] << 16);
-            v[q * 8 + 2 * j + 1] = __uint_as_float(ws[j] & 0xffff0000u);
-        }
-    }
+#define QUANT_PER_LANE 4
+#define QUANT_LANES (MX_BLOCK / QUANT_PER_LANE)
+
+__device__ __forceinline__ void load4(const u16* src, float* v) {
+    uint2 w = *(const uint2*)src;
+    v[0] = __uint_as_float(w.x << 16);
+    v[1] = __uint_as_float(w.x & 0xffff0000u);
+    v[2] = __uint_as_float(w.y << 16);
+    v[3] = __uint_as_float(w.y & 0xffff0000u);
 }
 
-__device__ __forceinline__ void load_block32(const float* src, float* v) {
-    const float4* s = (const float4*)src;
-#pragma unroll
-    for (int q = 0; q < 8; ++q) {
-        float4 w = s[q];
-        v[4 * q] = w.x; v[4 * q + 1] = w.y; v[4 * q + 2] = w.z; v[4 * q + 3] = w.w;
-    }
+__device__ __forceinline__ void load4(const float* src, float* v) {
+    float4 w = *(const float4*)src;
+    v[0] = w.x; v[1] = w.y; v[2] = w.z; v[3] = w.w;
 }
 
 // A doubled E2M1 value (-12..12) as the E4M3 byte of the same value, for the tensor-core
@@ -477,43 +490,49 @@ __device__ __forceinline__ i8 x2_to_e4m3(int v) {
 }
 
 template <typename T, bool E4M3>
-__device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_blocks, int even,
+__device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_elems, int even,
                                               i8* __restrict__ xq, u8* __restrict__ xs) {
-    size_t blk = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (blk >= n_blocks) return;
-    float v[MX_BLOCK];
-    load_block32(x + blk * MX_BLOCK, v);
-    __attribute__((aligned(16))) i8 out[MX_BLOCK];
-    xs[blk] = (u8)quantize_block32(v, out, even);
-    if (E4M3) {
+    const size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * QUANT_PER_LANE;
+    // n_elems is a multiple of MX_BLOCK, so the lanes of one MX block agree on `live` and every
+    // lane of the shuffles below takes part.
+    const bool live = i < n_elems;
+    float v[QUANT_PER_LANE] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (live) load4(x + i, v);
+    float amax = fmaxf(fmaxf(fabsf(v[0]), fabsf(v[1])), fmaxf(fabsf(v[2]), fabsf(v[3])));
 #pragma unroll
-        for (int k = 0; k < MX_BLOCK; ++k) out[k] = x2_to_e4m3(out[k]);
+    for (int off = QUANT_LANES / 2; off > 0; off >>= 1) amax = fmaxf(amax, __shfl_xor(amax, off));
+    if (!live) return;
+    const int e = mx_shared_exp(amax, even);
+    const float inv = exp2i(-e);
+    u32 packed = 0;
+#pragma unroll
+    for (int k = 0; k < QUANT_PER_LANE; ++k) {
+        int q = e2m1_round_x2(v[k] * inv);
+        packed |= (u32)(u8)(E4M3 ? x2_to_e4m3(q) : (i8)q) << (8 * k);
     }
-    uint4* dst = (uint4*)(xq + blk * MX_BLOCK);
-    const uint4* o = (const uint4*)out;
-    dst[0] = o[0];
-    dst[1] = o[1];
+    *(u32*)(xq + i) = packed;
+    if (threadIdx.x % QUANT_LANES == 0) xs[i / MX_BLOCK] = (u8)(e + 127);
 }
 
 extern "C" __global__ void moe_quantize_bf16(const u16* __restrict__ x, int rows, int cols, int even,
                                              i8* __restrict__ xq, u8* __restrict__ xs) {
-    quantize_rows<u16, false>(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+    quantize_rows<u16, false>(x, (size_t)rows * cols, even, xq, xs);
 }
 
 extern "C" __global__ void moe_quantize_f32(const float* __restrict__ x, int rows, int cols, int even,
                                             i8* __restrict__ xq, u8* __restrict__ xs) {
-    quantize_rows<float, false>(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+    quantize_rows<float, false>(x, (size_t)rows * cols, even, xq, xs);
 }
 
 // The same quantization with the values written as E4M3 bytes (the tensor-core path's input).
 extern "C" __global__ void moe_quantize_bf16_e4m3(const u16* __restrict__ x, int rows, int cols, int even,
                                                   i8* __restrict__ xq, u8* __restrict__ xs) {
-    quantize_rows<u16, true>(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+    quantize_rows<u16, true>(x, (size_t)rows * cols, even, xq, xs);
 }
 
 extern "C" __global__ void moe_quantize_f32_e4m3(const float* __restrict__ x, int rows, int cols, int even,
                                                  i8* __restrict__ xq, u8* __restrict__ xs) {
-    quantize_rows<float, true>(x, (size_t)rows * (cols / MX_BLOCK), even, xq, xs);
+    quantize_rows<float, true>(x, (size_t)rows * cols, even, xq, xs);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -846,6 +865,33 @@ __device__ __forceinline__ void store4(u16* out, float4 v) {
 
 __device__ __forceinline__ void store4(float* out, float4 v) { *(float4*)out = v; }
 
+// Adds sum_s w[t,s] * y[pos[t,s]] (columns c..c+3) to acc, slots in order. The slots are taken
+// COMBINE_SLOTS at a time with every position, weight and row loaded before the first add: a
+// decode step combines one token, and slot by slot the kernel waited for two dependent loads
+// per slot.
+#define COMBINE_SLOTS 8
+__device__ __forceinline__ void combine_slots(const float* __restrict__ y, const int* __restrict__ pos,
+                                              const float* __restrict__ w, int n_slots, int t, int c,
+                                              float4& acc) {
+    for (int s0 = 0; s0 < n_slots; s0 += COMBINE_SLOTS) {
+        float ws[COMBINE_SLOTS];
+        float4 v[COMBINE_SLOTS];
+#pragma unroll
+        for (int k = 0; k < COMBINE_SLOTS; ++k) {
+            int s = s0 + k;
+            ws[k] = s < n_slots ? w[(size_t)t * n_slots + s] : 0.0f;
+            v[k] = s < n_slots ? *(const float4*)(y + (size_t)pos[(size_t)t * n_slots + s] * MOE_HIDDEN + c)
+                               : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int k = 0; k < COMBINE_SLOTS; ++k) {
+            if (s0 + k >= n_slots) break;
+            acc.x = fmaf(ws[k], v[k].x, acc.x); acc.y = fmaf(ws[k], v[k].y, acc.y);
+            acc.z = fmaf(ws[k], v[k].z, acc.z); acc.w = fmaf(ws[k], v[k].w, acc.w);
+        }
+    }
+}
+
 template <typename Out>
 __device__ __forceinline__ void combine_body(const float* __restrict__ y_a, const int* __restrict__ pos_a,
                                              const float* __restrict__ w_a, int n_slots_a, float scale_a,
@@ -855,19 +901,9 @@ __device__ __forceinline__ void combine_body(const float* __restrict__ y_a, cons
     const int c = (blockIdx.y * blockDim.x + threadIdx.x) * 4;
     if (c >= MOE_HIDDEN) return;
     float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    for (int s = 0; s < n_slots_a; ++s) {
-        float w = w_a[(size_t)t * n_slots_a + s];
-        float4 v = *(const float4*)(y_a + (size_t)pos_a[(size_t)t * n_slots_a + s] * MOE_HIDDEN + c);
-        acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
-        acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
-    }
+    combine_slots(y_a, pos_a, w_a, n_slots_a, t, c, acc);
     acc.x *= scale_a; acc.y *= scale_a; acc.z *= scale_a; acc.w *= scale_a;
-    for (int s = 0; s < n_slots_b; ++s) {
-        float w = w_b[(size_t)t * n_slots_b + s];
-        float4 v = *(const float4*)(y_b + (size_t)pos_b[(size_t)t * n_slots_b + s] * MOE_HIDDEN + c);
-        acc.x = fmaf(w, v.x, acc.x); acc.y = fmaf(w, v.y, acc.y);
-        acc.z = fmaf(w, v.z, acc.z); acc.w = fmaf(w, v.w, acc.w);
-    }
+    combine_slots(y_b, pos_b, w_b, n_slots_b, t, c, acc);
     store4(out + (size_t)t * MOE_HIDDEN + c, acc);
 }
 

@@ -50,6 +50,8 @@ const MAX_GROUPS: usize = 64;
 const SHARED_MEM_LIMIT: usize = 48 * 1024;
 /// MX block size: elements per E8M0 scale.
 const BLOCK: usize = 32;
+/// Elements per thread of the activation quantizer (`QUANT_PER_LANE`).
+const QUANT_PER_LANE: usize = 4;
 
 mod sealed {
     pub trait Sealed {}
@@ -691,10 +693,9 @@ impl MoeKernels {
         rule: ScaleRule,
         out: &mut QuantizedActivations,
     ) -> Result<(), GpuError> {
-        let blocks = rows * cols / BLOCK;
         stream.launch(
             function,
-            LaunchConfig::linear(blocks, ELEMENT_THREADS),
+            LaunchConfig::linear(rows * cols / QUANT_PER_LANE, ELEMENT_THREADS),
             &[
                 x,
                 &to_i32("rows", rows)?,
