@@ -294,25 +294,49 @@ impl TensorCoreKernels {
         dense_slots: usize,
         pairs_per_dense_slot: usize,
     ) -> TcPlan<'_> {
-        let sparse_pairs = pairs - dense_slots * pairs_per_dense_slot;
-        let sparse_experts = experts.saturating_sub(dense_slots).min(sparse_pairs).max(1);
-        let list = if sparse_pairs <= NARROW_UP_TO * sparse_experts {
-            &self.narrow
-        } else if sparse_pairs <= MEDIUM_UP_TO * sparse_experts {
-            &self.medium
-        } else {
-            return TcPlan {
-                list: &self.wide,
-                tail: None,
-            };
+        let (list, dense_tail) = choose_shapes(pairs, experts, dense_slots, pairs_per_dense_slot);
+        let list = match list {
+            ListShape::Narrow => &self.narrow,
+            ListShape::Medium => &self.medium,
+            ListShape::Wide => &self.wide,
         };
-        let tail = (dense_slots > 0 && pairs_per_dense_slot > MEDIUM_UP_TO).then_some(DenseTail {
+        let tail = dense_tail.then_some(DenseTail {
             kernels: &self.wide,
             slots: dense_slots,
             pairs_per_slot: pairs_per_dense_slot,
         });
         TcPlan { list, tail }
     }
+}
+
+/// The tile shape of a pass's expert list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListShape {
+    Narrow,
+    Medium,
+    Wide,
+}
+
+/// [`TensorCoreKernels::plan`]'s choice, from the counts alone: the list's shape by the mean
+/// pairs per sparse (routed) expert, and whether the dense slots go to a separate wide launch
+/// (only beside narrow or medium tiles, and only when each holds more pairs than a medium tile
+/// serves well; a wide list takes them along).
+fn choose_shapes(
+    pairs: usize,
+    experts: usize,
+    dense_slots: usize,
+    pairs_per_dense_slot: usize,
+) -> (ListShape, bool) {
+    let sparse_pairs = pairs.saturating_sub(dense_slots * pairs_per_dense_slot);
+    let sparse_experts = experts.saturating_sub(dense_slots).min(sparse_pairs).max(1);
+    let list = if sparse_pairs <= NARROW_UP_TO * sparse_experts {
+        ListShape::Narrow
+    } else if sparse_pairs <= MEDIUM_UP_TO * sparse_experts {
+        ListShape::Medium
+    } else {
+        return (ListShape::Wide, false);
+    };
+    (list, dense_slots > 0 && pairs_per_dense_slot > MEDIUM_UP_TO)
 }
 
 impl TileKernels {
@@ -322,5 +346,48 @@ impl TileKernels {
             block: [to_u32("threads", 32 * self.shape.warps)?, 1, 1],
             shared_mem_bytes: to_u32("shared memory", self.shape.shared_bytes())?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ListShape, choose_shapes};
+
+    /// A fused Kimi-K2.5 pass of `tokens` tokens: 384 routed experts, top-8, one shared slot.
+    fn fused(tokens: usize) -> (ListShape, bool) {
+        choose_shapes(tokens * 9, 385, 1, tokens)
+    }
+
+    #[test]
+    fn decode_and_prefill_sizes_take_the_measured_shapes() {
+        // 32 tokens: 256 routed pairs over at most 256 experts, one pair each; the shared slot
+        // holds 32 pairs, more than a medium tile serves well.
+        assert_eq!(fused(32), (ListShape::Narrow, true));
+        assert_eq!(fused(16), (ListShape::Narrow, false));
+        assert_eq!(fused(128), (ListShape::Narrow, true)); // 1024 / 384 = 2.7 a routed expert
+        assert_eq!(fused(512), (ListShape::Medium, true)); // 10.7
+        assert_eq!(fused(2048), (ListShape::Wide, false)); // 42.7: the shared slot rides along
+        // The unfused routed pass has no dense slots, the shared pass only dense ones.
+        assert_eq!(
+            choose_shapes(512 * 8, 384, 0, 0),
+            (ListShape::Medium, false)
+        );
+        assert_eq!(choose_shapes(512, 1, 1, 512), (ListShape::Narrow, true));
+    }
+
+    #[test]
+    fn thresholds_are_the_mean_pairs_per_sparse_expert() {
+        assert_eq!(choose_shapes(8 * 100, 100, 0, 0).0, ListShape::Narrow);
+        assert_eq!(choose_shapes(8 * 100 + 1, 100, 0, 0).0, ListShape::Medium);
+        assert_eq!(choose_shapes(24 * 100, 100, 0, 0).0, ListShape::Medium);
+        assert_eq!(choose_shapes(24 * 100 + 1, 100, 0, 0).0, ListShape::Wide);
+        // Fewer pairs than experts: the mean is over the experts that can be active.
+        assert_eq!(choose_shapes(5, 384, 0, 0).0, ListShape::Narrow);
+        // Dense slots' pairs do not count toward the sparse mean.
+        assert_eq!(
+            choose_shapes(800 + 4 * 1000, 104, 4, 1000),
+            (ListShape::Narrow, true)
+        );
+        assert_eq!(choose_shapes(0, 0, 0, 0), (ListShape::Narrow, false));
     }
 }
