@@ -134,29 +134,43 @@ extern "C" __global__ void ops_gather_rows_bf16(const u16* __restrict__ table, c
 }
 
 // RMSNorm of `rows` rows of `d` values read at x[r*x_stride ..], written at out[r*out_stride ..]:
-// out = w * (x * 1/sqrt(mean(x^2) + eps)). One block per row. A decode step normalises one row
-// at a time, so the kernel is latency bound: where d and both strides are multiples of 4 the
-// row is read in 16-byte pieces with the loop unrolled, so that a thread's loads are all in
-// flight at once (a scalar loop waited for one round trip per few elements, twice).
+// out = w * (x * 1/sqrt(mean(x^2) + eps)). With `add` set, the residual add comes first: x +=
+// delta (rows of d values, contiguous) is written back and normalised (one launch, not two);
+// without it `delta` is not read.
+// One block per row. A decode step normalises one row at a time, so the kernel is latency
+// bound: where d and both strides are multiples of 4 the row is read in 16-byte pieces with
+// the loop unrolled, so that a thread's loads are all in flight at once (a scalar loop waited
+// for one round trip per few elements, twice).
 #define NORM_UNROLL 8
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
-ops_rmsnorm(const float* __restrict__ x, int x_stride, const float* __restrict__ w, int d, float eps,
-            float* __restrict__ out, int out_stride) {
+ops_rmsnorm(float* __restrict__ x, int x_stride, int add, const float* __restrict__ delta,
+            const float* __restrict__ w, int d, float eps, float* __restrict__ out, int out_stride) {
     __shared__ float scratch[OPS_WAVES];
-    const float* xr = x + (size_t)blockIdx.x * x_stride;
+    float* xr = x + (size_t)blockIdx.x * x_stride;
+    const float* dr = add ? delta + (size_t)blockIdx.x * d : nullptr;
     float* orow = out + (size_t)blockIdx.x * out_stride;
     const bool quads = ((d | x_stride | out_stride) & 3) == 0;
     const int n4 = quads ? d / 4 : 0;  // elements before 4 * n4 go in quads, the rest one by one
-    const float4* x4 = (const float4*)xr;
+    float4* x4 = (float4*)xr;
     float ss = 0.0f;
 #pragma unroll NORM_UNROLL
     for (int i = threadIdx.x; i < n4; i += OPS_THREADS) {
         float4 v = x4[i];
+        if (dr) {
+            float4 e = ((const float4*)dr)[i];
+            v = make_float4(v.x + e.x, v.y + e.y, v.z + e.z, v.w + e.w);
+            x4[i] = v;
+        }
         ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
     }
-    for (int i = 4 * n4 + threadIdx.x; i < d; i += OPS_THREADS) ss = fmaf(xr[i], xr[i], ss);
+    for (int i = 4 * n4 + threadIdx.x; i < d; i += OPS_THREADS) {
+        float v = xr[i];
+        if (dr) xr[i] = v = v + dr[i];
+        ss = fmaf(v, v, ss);
+    }
     ss = block_reduce(ss, scratch, false);
     float inv = 1.0f / sqrtf(ss / (float)d + eps);
+    // Each thread rereads only the elements it wrote itself.
 #pragma unroll NORM_UNROLL
     for (int i = threadIdx.x; i < n4; i += OPS_THREADS) {
         float4 v = x4[i], g = ((const float4*)w)[i];

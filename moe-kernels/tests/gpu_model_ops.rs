@@ -244,6 +244,44 @@ fn norm_rope_cache_store_and_elementwise_match_the_reference() {
         .unwrap();
     check("rmsnorm", &out, &want);
 
+    // A width and stride that are not multiples of 4 take the one-by-one path.
+    let (rows, d, stride) = (3, 1001, 1003);
+    let x = normal(&mut rng, rows * stride, 2.0);
+    let w = normal(&mut rng, d, 1.0);
+    let dense_rows: Vec<f32> = x
+        .chunks_exact(stride)
+        .flat_map(|r| &r[..d])
+        .copied()
+        .collect();
+    let mut want = vec![0f32; rows * d];
+    rmsnorm(&dense_rows, &w, 1e-6, &mut want);
+    let mut out = poisoned(&device, rows * d);
+    let (x_dev, w_dev) = (device.upload(&x).unwrap(), device.upload(&w).unwrap());
+    ops.rmsnorm(&s, &x_dev, stride, &w_dev, 1e-6, rows, &mut out, d)
+        .unwrap();
+    check("rmsnorm, odd width", &out, &want);
+
+    // The residual add fused into the norm: x is updated and its norm written.
+    for (rows, d) in [(2, 7168), (3, 1001)] {
+        let x = normal(&mut rng, rows * d, 2.0);
+        let delta = normal(&mut rng, rows * d, 1.0);
+        let w = normal(&mut rng, d, 1.0);
+        let sum: Vec<f32> = x.iter().zip(&delta).map(|(a, b)| a + b).collect();
+        let mut want = vec![0f32; rows * d];
+        rmsnorm(&sum, &w, 1e-6, &mut want);
+        let mut x_dev = device.upload(&x).unwrap();
+        let (delta_dev, w_dev) = (device.upload(&delta).unwrap(), device.upload(&w).unwrap());
+        let mut out = poisoned(&device, rows * d);
+        ops.add_rmsnorm(&s, &mut x_dev, &delta_dev, &w_dev, 1e-6, rows, &mut out)
+            .unwrap();
+        check("add_rmsnorm", &out, &want);
+        assert_eq!(
+            x_dev.to_vec().unwrap(),
+            sum,
+            "add_rmsnorm: x += delta, exactly"
+        );
+    }
+
     // Rope with YaRN on the rope part of every head, tokens at scattered positions.
     let (tokens, heads, nope, rope_dim) = (5, 4, 128, 64);
     let q_head = nope + rope_dim;

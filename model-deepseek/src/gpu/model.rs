@@ -533,7 +533,7 @@ impl GpuModel {
         for l in 0..self.weights.layers.len() {
             self.layer(l, &call, cache)?;
         }
-        self.head(call.chunks)?;
+        self.head(call.tokens, call.chunks)?;
         if call.sampled {
             let b = &mut self.buffers;
             self.sampling.launch(
@@ -738,7 +738,20 @@ impl GpuModel {
         let mode = self.options.activations;
         let eps = c.rms_norm_eps;
 
-        ops.rmsnorm(s, &a.x, h, &layer.input_norm, eps, t, &mut a.normed, h)?;
+        // Every layer leaves its last residual in `delta` for the next norm to add.
+        if l == 0 {
+            ops.rmsnorm(s, &a.x, h, &layer.input_norm, eps, t, &mut a.normed, h)?;
+        } else {
+            ops.add_rmsnorm(
+                s,
+                &mut a.x,
+                &a.delta,
+                &layer.input_norm,
+                eps,
+                t,
+                &mut a.normed,
+            )?;
+        }
         // Attention.
         let w = &layer.attention;
         let d = &self.dims;
@@ -831,38 +844,46 @@ impl GpuModel {
             &mut a.attn,
         )?;
         ops.linear(s, &a.attn, t, &w.o_proj, mode, &mut a.quant, &mut a.delta)?;
-        ops.add(s, &mut a.x, &a.delta, t * h)?;
 
-        // Feed-forward.
-        ops.rmsnorm(s, &a.x, h, &layer.post_norm, eps, t, &mut a.normed, h)?;
+        // Feed-forward; its output stays in `delta`.
+        ops.add_rmsnorm(
+            s,
+            &mut a.x,
+            &a.delta,
+            &layer.post_norm,
+            eps,
+            t,
+            &mut a.normed,
+        )?;
         match &layer.ffn {
-            DeviceFfn::Dense(m) => {
-                mlp(ops, s, a, m, t, mode)?;
-                ops.add(s, &mut a.x, &a.delta, t * h)?;
-            }
+            DeviceFfn::Dense(m) => mlp(ops, s, a, m, t, mode)?,
             DeviceFfn::Moe(m) => {
                 let (kernels, ws) = self
                     .moe
                     .as_mut()
                     .expect("MoE kernels built with MoE layers");
-                moe(ops, s, a, m, kernels, ws, t, h)?;
+                moe(ops, s, a, m, kernels, ws, t)?;
                 if let Some(shared) = &m.shared_mlp {
-                    mlp(ops, s, a, shared, t, mode)?;
                     ops.add(s, &mut a.x, &a.delta, t * h)?;
+                    mlp(ops, s, a, shared, t, mode)?;
                 }
             }
         }
         Ok(())
     }
 
-    /// Final norm and output head on the last token of each of `n` chunks: `[n, vocab]`
-    /// logits in `buffers.logits` (queued, not waited for).
-    fn head(&mut self, n: usize) -> Result<(), GpuModelError> {
+    /// The last layer's residual added to the `tokens` rows, then the final norm and output
+    /// head on the last token of each of `n` chunks: `[n, vocab]` logits in `buffers.logits`
+    /// (queued, not waited for).
+    fn head(&mut self, tokens: usize, n: usize) -> Result<(), GpuModelError> {
         let c = &self.config;
         let h = c.hidden_size;
         let s = &self.stream;
         let a = &mut self.acts;
         let b = &mut self.buffers;
+        if !self.weights.layers.is_empty() {
+            self.ops.add(s, &mut a.x, &a.delta, tokens * h)?;
+        }
         // `delta` holds the last rows, `normed` their norm.
         self.ops.gather_rows(s, &a.x, &b.last, n, h, &mut a.delta)?;
         self.ops.rmsnorm(
@@ -921,7 +942,7 @@ fn mlp(
     Ok(())
 }
 
-/// `x += moe(normed)`: router logits, then the experts through `moe_kernels::gpu`, all in f32.
+/// `delta = moe(normed)`: router logits, then the experts through `moe_kernels::gpu`, all in f32.
 #[allow(clippy::too_many_arguments)]
 fn moe(
     ops: &ModelOps,
@@ -931,7 +952,6 @@ fn moe(
     kernels: &MoeKernels,
     ws: &mut MoeWorkspace,
     t: usize,
-    h: usize,
 ) -> Result<(), GpuModelError> {
     ops.linear(
         s,
@@ -955,7 +975,6 @@ fn moe(
         ws,
         &mut a.delta,
     )?;
-    ops.add(s, &mut a.x, &a.delta, t * h)?;
     Ok(())
 }
 

@@ -542,6 +542,45 @@ impl ModelOps {
             format!("at least the row width {d}")
         })?;
         room("x", x, rows.saturating_sub(1) * x_stride + d)?;
+        self.launch_rmsnorm(
+            stream, x, x_stride, None, weight, eps, rows, out, out_stride,
+        )
+    }
+
+    /// The residual add and the next norm in one launch: `x += delta`, then `out =
+    /// rmsnorm(x)`, over `rows` contiguous rows of `weight.len()` values (a decode step's
+    /// `add` + `rmsnorm`, one kernel boundary less).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rmsnorm(
+        &self,
+        stream: &Stream,
+        x: &mut DeviceBuffer<f32>,
+        delta: &DeviceBuffer<f32>,
+        weight: &DeviceBuffer<f32>,
+        eps: f32,
+        rows: usize,
+        out: &mut DeviceBuffer<f32>,
+    ) -> Result<(), GpuError> {
+        let d = weight.len();
+        room("x", x, rows * d)?;
+        room("delta", delta, rows * d)?;
+        self.launch_rmsnorm(stream, x, d, Some(delta), weight, eps, rows, out, d)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_rmsnorm(
+        &self,
+        stream: &Stream,
+        x: &DeviceBuffer<f32>,
+        x_stride: usize,
+        delta: Option<&DeviceBuffer<f32>>,
+        weight: &DeviceBuffer<f32>,
+        eps: f32,
+        rows: usize,
+        out: &mut DeviceBuffer<f32>,
+        out_stride: usize,
+    ) -> Result<(), GpuError> {
+        let d = weight.len();
         room("out", out, rows.saturating_sub(1) * out_stride + d)?;
         if rows == 0 {
             return Ok(());
@@ -556,6 +595,9 @@ impl ModelOps {
             &[
                 x,
                 &int("x_stride", x_stride)?,
+                &i32::from(delta.is_some()),
+                // Not read without the add.
+                delta.unwrap_or(x),
                 weight,
                 &int("d", d)?,
                 &eps,
