@@ -326,6 +326,7 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
         i = lane < N_WAVES ? red_i[half][lane] : 0x7fffffff;
 #pragma unroll
         for (int off = 1; off < N_WAVES; off <<= 1) argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
+        i = __shfl(i, 0);  // lanes past N_WAVES merged only the empty entries
         if (threadIdx.x == 0) chosen[k] = i;
         if (i % (int)blockDim.x == (int)threadIdx.x) choice[i] = MOE_NEG_INF;
     }
