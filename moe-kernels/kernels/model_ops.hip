@@ -1,8 +1,9 @@
 // Dense model ops for the DeepSeek-V3 forward pass on the GPU (HIP dialect): embedding / row
 // gather, RMSNorm, f32 / bf16 / MXFP4 linear layers (each weight byte read once per tile of
 // LIN_TOKS tokens), dynamic MXFP4 fake quantization of activations, interleaved rotary embedding,
-// latent-cache store, absorbed MLA attention, SwiGLU and residual adds. Everything is f32
-// except the bf16 hand-over to the MoE kernels.
+// the latent-cache append (norm, quantization and key rotation of the new rows), absorbed MLA
+// attention, SwiGLU and residual adds. Everything is f32 except the bf16 hand-over to the MoE
+// kernels.
 //
 // Defines (set by the launcher; part of the compile-cache key):
 //   WARP_SIZE     threads per wave, from the runtime; never assumed
@@ -434,22 +435,52 @@ extern "C" __global__ void ops_rope(float* __restrict__ x, const float* __restri
     v[1] = b * c + a * s;
 }
 
-// Appends each token's latent (`latent` [t][kv_lora]) and rotated rope key (columns
-// kv_lora.. of `kv_a` [t][kv_lora + rope]) to the cache rows `rows[t]` (the host maps each
-// position through its sequence's block table).
-extern "C" __global__ void ops_cache_store(const float* __restrict__ latent, const float* __restrict__ kv_a,
-                                           const int* __restrict__ rows, int tokens, int kv_lora,
-                                           int rope, float* __restrict__ cache_latent,
-                                           float* __restrict__ cache_rope) {
-    int width = kv_lora + rope;
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)tokens * width) return;
-    int t = (int)(i / width), c = (int)(i % width);
-    size_t row = (size_t)rows[t];
-    if (c < kv_lora) {
-        cache_latent[row * kv_lora + c] = latent[(size_t)t * kv_lora + c];
-    } else {
-        cache_rope[row * rope + (c - kv_lora)] = kv_a[(size_t)t * width + c];
+// The fake quantization of ops_fake_quantize for values held one per lane: each aligned group
+// of MX_BLOCK lanes is one MX block (the caller keeps whole groups in step, padding lanes past
+// the row with zeros); every lane gets its own value back, quantized.
+__device__ __forceinline__ float mx_fake_quantize_lane(float v, int even) {
+    float amax = fabsf(v);
+    int finite = isfinite(v) ? 1 : 0;
+    for (int o = MX_BLOCK / 2; o > 0; o >>= 1) {
+        amax = fmaxf(amax, __shfl_xor(amax, o));
+        finite &= __shfl_xor(finite, o);
+    }
+    if (!finite) return __uint_as_float(0x7fc00000u);
+    int e = shared_exponent(amax, even);
+    return e2m1_round(v * pow2i(-e)) * e8m0_value((u32)(e + 127));
+}
+
+// A decode step's new cache rows, one block per token: token t's kv_a_proj output
+// src[t*stride + offset ..] (kv_lora latent values, then rope) gives the latent, RMSNorm-ed by w
+// and, with quant (1: floor scale rule, 2: even), fake-quantized as kv_b_proj's input, and the
+// rope key rotated by cos/sin[t] (interleaved pairs); both go to cache row rows[t] (the host maps
+// each position through its sequence's block table). The arithmetic is ops_rmsnorm's,
+// ops_fake_quantize's and ops_rope's, in one launch instead of four.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_kv_append(const float* __restrict__ src, int stride, int offset, const float* __restrict__ w,
+              int kv_lora, int rope, float eps, int quant, const float* __restrict__ cos_t,
+              const float* __restrict__ sin_t, const int* __restrict__ rows,
+              float* __restrict__ cache_latent, float* __restrict__ cache_rope) {
+    __shared__ float scratch[OPS_WAVES];
+    const int t = blockIdx.x, half = rope / 2;
+    const float* x = src + (size_t)t * stride + offset;
+    const size_t row = (size_t)rows[t];
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < kv_lora; i += OPS_THREADS) ss = fmaf(x[i], x[i], ss);
+    ss = block_reduce(ss, scratch, false);
+    float inv = 1.0f / sqrtf(ss / (float)kv_lora + eps);
+    // Whole blocks of threads step together, so every MX group of lanes is complete.
+    for (int base = 0; base < kv_lora; base += OPS_THREADS) {
+        int i = base + threadIdx.x;
+        float v = i < kv_lora ? w[i] * (x[i] * inv) : 0.0f;
+        if (quant) v = mx_fake_quantize_lane(v, quant == 2);
+        if (i < kv_lora) cache_latent[row * kv_lora + i] = v;
+    }
+    for (int p = threadIdx.x; p < half; p += OPS_THREADS) {
+        float c = cos_t[(size_t)t * half + p], s = sin_t[(size_t)t * half + p];
+        float a = x[kv_lora + 2 * p], b = x[kv_lora + 2 * p + 1];
+        cache_rope[row * rope + 2 * p] = a * c - b * s;
+        cache_rope[row * rope + 2 * p + 1] = b * c + a * s;
     }
 }
 

@@ -152,6 +152,85 @@ fn linear_layers_match_the_reference() {
     }
 }
 
+/// Layers stacked by rows (q_a_proj over kv_a_proj_with_mqa) give each part's output side by
+/// side, in every weight format; parts that cannot share one launch are refused (`None`).
+#[test]
+fn stacked_linear_layers_equal_their_parts() {
+    let Some((device, ops, stream)) = compiled("stacked_linear_layers_equal_their_parts") else {
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(4);
+    let (k, rows) = (256, [96, 40]);
+    let bf16_dense = |rng: &mut StdRng, n: usize| {
+        let v = normal(rng, n * k, 0.1)
+            .into_iter()
+            .map(|v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        Linear::Dense(Matrix::new(n, k, v).unwrap())
+    };
+    let f32_dense = |rng: &mut StdRng, n: usize| {
+        Linear::Dense(Matrix::new(n, k, normal(rng, n * k, 0.1)).unwrap())
+    };
+    let mx = |rng: &mut StdRng, n: usize, activations| Linear::Mxfp4 {
+        weight: random_mxfp4(rng, n, k),
+        activations,
+    };
+    let w4a4 = ActivationQuant::Mxfp4(ScaleRule::Even);
+    let stackable = [
+        [bf16_dense(&mut rng, rows[0]), bf16_dense(&mut rng, rows[1])],
+        [f32_dense(&mut rng, rows[0]), f32_dense(&mut rng, rows[1])],
+        [mx(&mut rng, rows[0], w4a4), mx(&mut rng, rows[1], w4a4)],
+    ];
+    let m = 3;
+    let x = normal(&mut rng, m * k, 1.0);
+    let x_dev = device.upload(&x).unwrap();
+    for parts in &stackable {
+        let refs: Vec<&Linear> = parts.iter().collect();
+        let stacked = DeviceLinear::upload_stacked(&device, &refs)
+            .unwrap()
+            .expect("parts of one format and input width stack");
+        let n = rows[0] + rows[1];
+        let mut want = vec![0f32; m * n];
+        for (i, part) in parts.iter().enumerate() {
+            let mut out = vec![0f32; m * rows[i]];
+            linear(&x, m, part, ActivationMode::Quantized, &mut out);
+            let first = if i == 0 { 0 } else { rows[0] };
+            for t in 0..m {
+                want[t * n + first..t * n + first + rows[i]]
+                    .copy_from_slice(&out[t * rows[i]..(t + 1) * rows[i]]);
+            }
+        }
+        let mut scratch = poisoned(&device, m * k);
+        let mut out = poisoned(&device, m * n);
+        ops.linear(
+            &stream,
+            &x_dev,
+            m,
+            &stacked,
+            ActivationMode::Quantized,
+            &mut scratch,
+            &mut out,
+        )
+        .unwrap();
+        stream.synchronize().unwrap();
+        check(&format!("stacked {stacked:?}"), &out, &want);
+    }
+    let other_width = Linear::Dense(Matrix::new(8, k + 32, vec![0.5; 8 * (k + 32)]).unwrap());
+    let refused = [
+        ("bf16 with f32", [&stackable[0][0], &stackable[1][1]]),
+        ("dense with mxfp4", [&stackable[0][0], &stackable[2][1]]),
+        ("other input width", [&stackable[0][0], &other_width]),
+    ];
+    let w4a16 = mx(&mut rng, rows[1], ActivationQuant::None);
+    for (why, parts) in refused
+        .iter()
+        .chain([&("w4a4 with w4a16", [&stackable[2][0], &w4a16])])
+    {
+        let stacked = DeviceLinear::upload_stacked(&device, parts).unwrap();
+        assert!(stacked.is_none(), "{why}: stacked anyway");
+    }
+}
+
 /// The embedding lookup from a bf16 table widens the exact rows; from an f32 table it copies.
 #[test]
 fn embedding_rows_match_the_table() {
@@ -219,9 +298,9 @@ fn fake_quantize_matches_the_reference_bit_for_bit() {
 }
 
 #[test]
-fn norm_rope_cache_store_and_elementwise_match_the_reference() {
+fn norm_rope_kv_append_and_elementwise_match_the_reference() {
     let Some((device, ops, s)) =
-        compiled("norm_rope_cache_store_and_elementwise_match_the_reference")
+        compiled("norm_rope_kv_append_and_elementwise_match_the_reference")
     else {
         return;
     };
@@ -333,48 +412,103 @@ fn norm_rope_cache_store_and_elementwise_match_the_reference() {
         v: 128,
         kv_lora: 512,
     };
-    // The cache store writes each token to its own (scattered) row and nothing else.
+    // The cache append: each token's kv_a row (here the tail of a stacked q_a + kv_a row)
+    // normalized, optionally fake-quantized, its rope key rotated, all to its own scattered
+    // cache row; the other rows stay untouched.
+    let (q_lora, width) = (1536, dims.kv_lora + dims.qk_rope);
+    let stride = q_lora + width;
     let stored = [13usize, 2, 95, 40];
-    let fresh_latent = normal(&mut rng, stored.len() * dims.kv_lora, 1.0);
-    let kv_a = normal(&mut rng, stored.len() * (dims.kv_lora + dims.qk_rope), 1.0);
-    let rows = 96;
-    let mut cache_latent = device.upload(&vec![0f32; rows * dims.kv_lora]).unwrap();
-    let mut cache_rope = device.upload(&vec![0f32; rows * dims.qk_rope]).unwrap();
+    let kv = normal(&mut rng, stored.len() * stride, 1.0);
+    let norm = normal(&mut rng, dims.kv_lora, 1.0);
+    let cache_rows = 96;
     let row_ids: Vec<i32> = stored.iter().map(|&r| r as i32).collect();
-    ops.cache_store(
-        &s,
-        &device.upload(&fresh_latent).unwrap(),
-        &device.upload(&kv_a).unwrap(),
-        &device.upload(&row_ids).unwrap(),
-        stored.len(),
-        dims.kv_lora,
-        dims.qk_rope,
-        &mut cache_latent,
-        &mut cache_rope,
-    )
-    .unwrap();
-    let (mut want_latent, mut want_rope) = (
-        vec![0f32; rows * dims.kv_lora],
-        vec![0f32; rows * dims.qk_rope],
-    );
-    let width = dims.kv_lora + dims.qk_rope;
-    for (t, &r) in stored.iter().enumerate() {
-        want_latent[r * dims.kv_lora..(r + 1) * dims.kv_lora]
-            .copy_from_slice(&fresh_latent[t * dims.kv_lora..(t + 1) * dims.kv_lora]);
-        want_rope[r * dims.qk_rope..(r + 1) * dims.qk_rope]
-            .copy_from_slice(&kv_a[t * width + dims.kv_lora..(t + 1) * width]);
+    let key_positions = [7usize, 0, 4000, 123];
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for &p in &key_positions {
+        let (c, si) = rope.cos_sin(p);
+        cos.extend(c);
+        sin.extend(si);
     }
-    s.synchronize().unwrap();
-    assert_eq!(
-        cache_latent.to_vec().unwrap(),
-        want_latent,
-        "cache_store latent"
+    let (kv_dev, norm_dev) = (device.upload(&kv).unwrap(), device.upload(&norm).unwrap());
+    let (cos, sin) = (device.upload(&cos).unwrap(), device.upload(&sin).unwrap());
+    let rows_dev = device.upload(&row_ids).unwrap();
+    let append = |quant| {
+        let mut cache_latent = device
+            .upload(&vec![0f32; cache_rows * dims.kv_lora])
+            .unwrap();
+        let mut cache_rope = device
+            .upload(&vec![0f32; cache_rows * dims.qk_rope])
+            .unwrap();
+        ops.kv_append(
+            &s,
+            &kv_dev,
+            stride,
+            q_lora,
+            &norm_dev,
+            1e-6,
+            quant,
+            dims.qk_rope,
+            &cos,
+            &sin,
+            &rows_dev,
+            stored.len(),
+            &mut cache_latent,
+            &mut cache_rope,
+        )
+        .unwrap();
+        s.synchronize().unwrap();
+        (cache_latent.to_vec().unwrap(), cache_rope.to_vec().unwrap())
+    };
+    // Only the stored rows, packed in token order; every other row must still be zero.
+    let gather = |cache: &[f32], width: usize| -> Vec<f32> {
+        for (r, row) in cache.chunks_exact(width).enumerate() {
+            if !stored.contains(&r) {
+                assert!(row.iter().all(|&v| v == 0.0), "kv_append wrote row {r}");
+            }
+        }
+        stored
+            .iter()
+            .flat_map(|&r| cache[r * width..(r + 1) * width].to_vec())
+            .collect()
+    };
+    let latent_in: Vec<f32> = kv
+        .chunks_exact(stride)
+        .flat_map(|r| &r[q_lora..q_lora + dims.kv_lora])
+        .copied()
+        .collect();
+    let mut want_latent = vec![0f32; stored.len() * dims.kv_lora];
+    rmsnorm(&latent_in, &norm, 1e-6, &mut want_latent);
+    let mut want_rope: Vec<f32> = kv
+        .chunks_exact(stride)
+        .flat_map(|r| &r[q_lora + dims.kv_lora..])
+        .copied()
+        .collect();
+    for (t, &p) in key_positions.iter().enumerate() {
+        let key = &mut want_rope[t * dims.qk_rope..(t + 1) * dims.qk_rope];
+        rope.rotate(key, p, 1, dims.qk_rope, 0);
+    }
+    let (latent, rope_keys) = append(ActivationQuant::None);
+    let latent = gather(&latent, dims.kv_lora);
+    assert!(
+        rel_l2(&latent, &want_latent) <= TOLERANCE,
+        "kv_append latent"
     );
-    assert_eq!(
-        cache_rope.to_vec().unwrap(),
-        want_rope,
-        "cache_store rope key"
+    assert!(
+        rel_l2(&gather(&rope_keys, dims.qk_rope), &want_rope) <= TOLERANCE,
+        "kv_append rope key"
     );
+    // The quantization must be exactly the reference rule applied to the normalized latent
+    // (compared with the device's own unquantized latent: an ulp of normalization could move a
+    // value across a rounding boundary).
+    for rule in [ScaleRule::Even, ScaleRule::Ocp] {
+        let (quantized, rope_again) = append(ActivationQuant::Mxfp4(rule));
+        let want = fake_quantize_rows(&latent, dims.kv_lora, rule);
+        let got = gather(&quantized, dims.kv_lora);
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), w.to_bits(), "kv_append {rule:?} latent {i}");
+        }
+        assert_eq!(rope_again, rope_keys, "kv_append {rule:?} rope key");
+    }
 
     // SwiGLU.
     let n = 3000;

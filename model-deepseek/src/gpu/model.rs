@@ -17,7 +17,7 @@ use super::GpuModelError;
 use super::blocks::{BlockError, KV_BLOCK_TOKENS};
 use super::cache::GpuKvCache;
 use super::plan::{KvBudget, MemoryPlan, activation_widths};
-use super::weights::{DeviceFfn, DeviceMlp, DeviceMoe, DeviceQuery, DeviceWeights};
+use super::weights::{AttentionInput, DeviceFfn, DeviceMlp, DeviceMoe, DeviceWeights};
 use crate::config::ModelConfig;
 use crate::kv_cache::SeqId;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
@@ -27,7 +27,7 @@ use moe_kernels::gpu::{
     MoeKernels, MoeWorkspace, REQUEST_WIDTH, RESULT_WIDTH, RowPick, SamplingKernel,
     SharedExpertMode,
 };
-use moe_kernels::reference::{ActivationMode, ActivationQuant, MlaDims, Rope};
+use moe_kernels::reference::{ActivationMode, MlaDims, Rope};
 use runtime_rocm::{Device, DeviceBuffer, Graph, Stream};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -60,7 +60,6 @@ struct Activations {
     q_a_normed: DeviceBuffer<f32>,
     q: DeviceBuffer<f32>,
     kv_a: DeviceBuffer<f32>,
-    latent: DeviceBuffer<f32>,
     attn: DeviceBuffer<f32>,
     quant: DeviceBuffer<f32>,
     gate: DeviceBuffer<f32>,
@@ -86,7 +85,6 @@ impl Activations {
             q_a_normed: next(),
             q: next(),
             kv_a: next(),
-            latent: next(),
             attn: next(),
             quant: next(),
             gate: next(),
@@ -752,39 +750,47 @@ impl GpuModel {
                 &mut a.normed,
             )?;
         }
-        // Attention.
+        // Attention: the query, and the new keys into the cache.
         let w = &layer.attention;
         let d = &self.dims;
         let q_head = d.qk_nope + d.qk_rope;
-        match &w.query {
-            DeviceQuery::Lora { a: qa, norm, b } => {
-                let r = qa.out_features();
-                ops.linear(s, &a.normed, t, qa, mode, &mut a.quant, &mut a.q_a)?;
-                ops.rmsnorm(s, &a.q_a, r, norm, eps, t, &mut a.q_a_normed, r)?;
-                ops.linear(s, &a.q_a_normed, t, b, mode, &mut a.quant, &mut a.q)?;
-            }
-            DeviceQuery::Direct(q) => {
-                ops.linear(s, &a.normed, t, q, mode, &mut a.quant, &mut a.q)?;
-            }
-        }
         let kv_width = d.kv_lora + d.qk_rope;
-        ops.linear(s, &a.normed, t, &w.kv_a, mode, &mut a.quant, &mut a.kv_a)?;
-        ops.rmsnorm(
-            s,
-            &a.kv_a,
-            kv_width,
-            &w.kv_a_norm,
-            eps,
-            t,
-            &mut a.latent,
-            d.kv_lora,
-        )?;
-        let latent = match w.kv_b_input {
-            ActivationQuant::Mxfp4(rule) => {
-                ops.fake_quantize(s, &a.latent, t * d.kv_lora, rule, &mut a.quant)?;
-                &a.quant
+        // Where the kv_a_proj output lands in `a.kv_a`: (row stride, offset in the row).
+        let kv_rows = match &w.input {
+            AttentionInput::StackedLora { qkv_a, q_norm, q_b } => {
+                let r = q_norm.len();
+                ops.linear(s, &a.normed, t, qkv_a, mode, &mut a.quant, &mut a.kv_a)?;
+                ops.rmsnorm(
+                    s,
+                    &a.kv_a,
+                    r + kv_width,
+                    q_norm,
+                    eps,
+                    t,
+                    &mut a.q_a_normed,
+                    r,
+                )?;
+                ops.linear(s, &a.q_a_normed, t, q_b, mode, &mut a.quant, &mut a.q)?;
+                (r + kv_width, r)
             }
-            ActivationQuant::None => &a.latent,
+            AttentionInput::Lora {
+                q_a,
+                q_norm,
+                q_b,
+                kv_a,
+            } => {
+                let r = q_norm.len();
+                ops.linear(s, &a.normed, t, q_a, mode, &mut a.quant, &mut a.q_a)?;
+                ops.rmsnorm(s, &a.q_a, r, q_norm, eps, t, &mut a.q_a_normed, r)?;
+                ops.linear(s, &a.q_a_normed, t, q_b, mode, &mut a.quant, &mut a.q)?;
+                ops.linear(s, &a.normed, t, kv_a, mode, &mut a.quant, &mut a.kv_a)?;
+                (kv_width, 0)
+            }
+            AttentionInput::Direct { q, kv_a } => {
+                ops.linear(s, &a.normed, t, q, mode, &mut a.quant, &mut a.q)?;
+                ops.linear(s, &a.normed, t, kv_a, mode, &mut a.quant, &mut a.kv_a)?;
+                (kv_width, 0)
+            }
         };
         let half = d.qk_rope / 2;
         ops.rope(
@@ -799,27 +805,20 @@ impl GpuModel {
             d.qk_nope,
             half,
         )?;
-        ops.rope(
+        let (cache_latent, cache_rope) = &mut cache.layers[l];
+        ops.kv_append(
             s,
-            &mut a.kv_a,
+            &a.kv_a,
+            kv_rows.0,
+            kv_rows.1,
+            &w.kv_a_norm,
+            eps,
+            w.kv_b_input,
+            d.qk_rope,
             &b.cos,
             &b.sin,
-            t,
-            1,
-            kv_width,
-            kv_width,
-            d.kv_lora,
-            half,
-        )?;
-        let (cache_latent, cache_rope) = &mut cache.layers[l];
-        ops.cache_store(
-            s,
-            latent,
-            &a.kv_a,
             &b.rows,
             t,
-            d.kv_lora,
-            d.qk_rope,
             cache_latent,
             cache_rope,
         )?;

@@ -319,7 +319,7 @@ fn widest_input(c: &ModelConfig) -> usize {
 
 /// Per-token f32 activation widths of the forward pass (see `forward.rs`, which allocates
 /// exactly these buffers).
-pub(crate) fn activation_widths(c: &ModelConfig) -> [(&'static str, usize); 14] {
+pub(crate) fn activation_widths(c: &ModelConfig) -> [(&'static str, usize); 13] {
     let mlp_width = c
         .intermediate_size
         .max(c.moe_intermediate_size * c.n_shared_experts);
@@ -330,8 +330,11 @@ pub(crate) fn activation_widths(c: &ModelConfig) -> [(&'static str, usize); 14] 
         ("q_a", c.q_lora_rank.unwrap_or(1)),
         ("q_a_normed", c.q_lora_rank.unwrap_or(1)),
         ("q", c.num_attention_heads * c.qk_head_dim()),
-        ("kv_a", c.kv_lora_rank + c.qk_rope_head_dim),
-        ("latent", c.kv_lora_rank),
+        // kv_a_proj's output, after q_a_proj's where the two are stacked.
+        (
+            "kv_a",
+            c.q_lora_rank.unwrap_or(0) + c.kv_lora_rank + c.qk_rope_head_dim,
+        ),
         ("attn", c.num_attention_heads * c.v_head_dim),
         ("quant scratch", widest_input(c)),
         ("gate", mlp_width),

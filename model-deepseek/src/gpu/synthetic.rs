@@ -19,7 +19,7 @@ use super::GpuModelError;
 use super::model::{GpuModel, GpuOptions};
 use super::plan::{KvBudget, MemoryPlan, PlanError, kv_bytes_per_token};
 use super::weights::{
-    DeviceAttention, DeviceFfn, DeviceLayer, DeviceMlp, DeviceMoe, DeviceQuery, DeviceWeights,
+    AttentionInput, DeviceAttention, DeviceFfn, DeviceLayer, DeviceMlp, DeviceMoe, DeviceWeights,
 };
 use crate::config::{ConfigError, ModelConfig, parse_config};
 use crate::model::ForwardOptions;
@@ -317,17 +317,21 @@ impl Filler<'_> {
         let h = c.hidden_size;
         let heads = c.num_attention_heads;
         let q_out = heads * c.qk_head_dim();
-        let query = match c.q_lora_rank {
-            Some(r) => DeviceQuery::Lora {
-                a: self.bf16(r, h, 1.0)?,
-                norm: self.norm(r)?,
-                b: self.bf16(q_out, r, 1.0)?,
+        let kv_width = c.kv_lora_rank + c.qk_rope_head_dim;
+        // Both projections of the hidden state are bf16, so they stack as a checkpoint's do.
+        let input = match c.q_lora_rank {
+            Some(r) => AttentionInput::StackedLora {
+                qkv_a: self.bf16(r + kv_width, h, 1.0)?,
+                q_norm: self.norm(r)?,
+                q_b: self.bf16(q_out, r, 1.0)?,
             },
-            None => DeviceQuery::Direct(self.bf16(q_out, h, 1.0)?),
+            None => AttentionInput::Direct {
+                q: self.bf16(q_out, h, 1.0)?,
+                kv_a: self.bf16(kv_width, h, 1.0)?,
+            },
         };
         Ok(DeviceAttention {
-            query,
-            kv_a: self.bf16(c.kv_lora_rank + c.qk_rope_head_dim, h, 1.0)?,
+            input,
             kv_a_norm: self.norm(c.kv_lora_rank)?,
             // kv_b_proj's values have variance 1/kv_lora (its input width) in both halves.
             kv_b: MlaWeights {

@@ -45,22 +45,52 @@ fn vector_bytes<T: bytemuck::Pod>(b: &DeviceBuffer<T>) -> u64 {
     (b.len() * size_of::<T>()) as u64
 }
 
-/// The query projection on the device.
+/// The linear layers that read a layer's normed hidden state: the query's first projection and
+/// `kv_a_proj_with_mqa` (whose output is the `kv_lora` latent values, then the rope key).
 #[derive(Debug)]
-pub(crate) enum DeviceQuery {
-    Lora {
-        a: DeviceLinear,
-        norm: DeviceBuffer<f32>,
-        b: DeviceLinear,
+pub(crate) enum AttentionInput {
+    /// A low-rank query whose `q_a_proj` is stacked over `kv_a_proj_with_mqa` in one weight
+    /// `[q_lora + kv_lora + rope, hidden]` (one launch reads the input once for both; SGLang's
+    /// `fused_qkv_a_proj_with_mqa`), then `q_a_layernorm` and `q_b_proj`.
+    StackedLora {
+        qkv_a: DeviceLinear,
+        q_norm: DeviceBuffer<f32>,
+        q_b: DeviceLinear,
     },
-    Direct(DeviceLinear),
+    /// A low-rank query whose `q_a_proj` is stored unlike `kv_a_proj_with_mqa` (so the two
+    /// cannot share a launch).
+    Lora {
+        q_a: DeviceLinear,
+        q_norm: DeviceBuffer<f32>,
+        q_b: DeviceLinear,
+        kv_a: DeviceLinear,
+    },
+    /// A full-rank `q_proj` (no `q_lora_rank`).
+    Direct { q: DeviceLinear, kv_a: DeviceLinear },
+}
+
+impl AttentionInput {
+    fn device_bytes(&self) -> u64 {
+        let linear = |l: &DeviceLinear| l.device_bytes() as u64;
+        match self {
+            AttentionInput::StackedLora { qkv_a, q_norm, q_b } => {
+                linear(qkv_a) + vector_bytes(q_norm) + linear(q_b)
+            }
+            AttentionInput::Lora {
+                q_a,
+                q_norm,
+                q_b,
+                kv_a,
+            } => linear(q_a) + vector_bytes(q_norm) + linear(q_b) + linear(kv_a),
+            AttentionInput::Direct { q, kv_a } => linear(q) + linear(kv_a),
+        }
+    }
 }
 
 /// One layer's attention weights on the device.
 #[derive(Debug)]
 pub(crate) struct DeviceAttention {
-    pub query: DeviceQuery,
-    pub kv_a: DeviceLinear,
+    pub input: AttentionInput,
     pub kv_a_norm: DeviceBuffer<f32>,
     /// `kv_b_proj` split into the absorbed attention's per-head `W_UKᵀ` and `W_UV`.
     pub kv_b: MlaWeights,
@@ -120,11 +150,8 @@ impl DeviceWeights {
         for layer in &self.layers {
             let a = &layer.attention;
             total += vector_bytes(&layer.input_norm) + vector_bytes(&layer.post_norm);
-            total += match &a.query {
-                DeviceQuery::Lora { a, norm, b } => linear(a) + vector_bytes(norm) + linear(b),
-                DeviceQuery::Direct(q) => linear(q),
-            };
-            total += linear(&a.kv_a) + vector_bytes(&a.kv_a_norm) + a.kv_b.device_bytes() as u64;
+            total += a.input.device_bytes();
+            total += vector_bytes(&a.kv_a_norm) + a.kv_b.device_bytes() as u64;
             total += linear(&a.o_proj);
             total += match &layer.ffn {
                 DeviceFfn::Dense(m) => m.device_bytes(),
@@ -152,27 +179,38 @@ impl DeviceWeights {
             .enumerate()
             .map(|(i, layer)| {
                 let a = &layer.attention;
-                let query = match &a.query {
+                let input = match &a.query {
                     QueryWeights::Lora {
                         q_a_proj,
                         q_a_layernorm,
                         q_b_proj,
-                    } => DeviceQuery::Lora {
-                        a: DeviceLinear::upload(device, q_a_proj)?,
-                        norm: device.upload(q_a_layernorm)?,
-                        b: DeviceLinear::upload(device, q_b_proj)?,
-                    },
-                    QueryWeights::Direct { q_proj } => {
-                        DeviceQuery::Direct(DeviceLinear::upload(device, q_proj)?)
+                    } => {
+                        let (q_norm, q_b) = (
+                            device.upload(q_a_layernorm)?,
+                            DeviceLinear::upload(device, q_b_proj)?,
+                        );
+                        let kv_a = &a.kv_a_proj_with_mqa;
+                        match DeviceLinear::upload_stacked(device, &[q_a_proj, kv_a])? {
+                            Some(qkv_a) => AttentionInput::StackedLora { qkv_a, q_norm, q_b },
+                            None => AttentionInput::Lora {
+                                q_a: DeviceLinear::upload(device, q_a_proj)?,
+                                q_norm,
+                                q_b,
+                                kv_a: DeviceLinear::upload(device, kv_a)?,
+                            },
+                        }
                     }
+                    QueryWeights::Direct { q_proj } => AttentionInput::Direct {
+                        q: DeviceLinear::upload(device, q_proj)?,
+                        kv_a: DeviceLinear::upload(device, &a.kv_a_proj_with_mqa)?,
+                    },
                 };
                 let kv_b_input = match (&a.kv_b_proj, mode) {
                     (Linear::Mxfp4 { activations, .. }, ActivationMode::Quantized) => *activations,
                     _ => ActivationQuant::None,
                 };
                 let attention = DeviceAttention {
-                    query,
-                    kv_a: DeviceLinear::upload(device, &a.kv_a_proj_with_mqa)?,
+                    input,
                     kv_a_norm: device.upload(&a.kv_a_layernorm)?,
                     kv_b: MlaWeights::upload(device, &a.kv_b_proj, &c.mla_dims())?,
                     kv_b_input,

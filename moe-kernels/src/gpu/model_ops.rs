@@ -1,7 +1,8 @@
 //! Launchers for the dense model ops in `kernels/model_ops.hip`: row gather, RMSNorm, f32 and
 //! MXFP4 linear layers (with dynamic MXFP4 activation quantization for W4A4), interleaved
-//! rotary embedding, latent-cache store, absorbed MLA attention over a paged latent cache
-//! (flash-decoding: batched absorptions, key splits, a combine), SwiGLU and residual adds.
+//! rotary embedding, the latent-cache append (norm, quantization and key rotation in one
+//! launch), absorbed MLA attention over a paged latent cache (flash-decoding: batched
+//! absorptions, key splits, a combine), SwiGLU and residual adds.
 //!
 //! Each launcher computes what the CPU reference op of the same name computes
 //! ([`crate::reference`]), in f32, up to summation order. Buffers may be longer than a call
@@ -154,6 +155,64 @@ impl DeviceLinear {
                 activations: *activations,
             },
         })
+    }
+
+    /// The weights of `parts` stacked into one `[Σ out, input]` layer (the first part's rows
+    /// first), so one launch computes all of them from a shared input, as SGLang's
+    /// `fused_qkv_a_proj_with_mqa` does for `q_a_proj` and `kv_a_proj_with_mqa`. `None` when
+    /// the parts are not stored alike (different input widths, dense and MXFP4, bf16-exact and
+    /// not, different activation rules): the caller then runs them one by one.
+    pub fn upload_stacked(device: &Device, parts: &[&Linear]) -> Result<Option<Self>, GpuError> {
+        let Some(first) = parts.first() else {
+            return Ok(None);
+        };
+        let input = first.in_features();
+        if parts.iter().any(|p| p.in_features() != input) {
+            return Ok(None);
+        }
+        let out = parts.iter().map(|p| p.out_features()).sum();
+        let dense: Option<Vec<&[f32]>> = parts
+            .iter()
+            .map(|p| match p {
+                Linear::Dense(m) => Some(&m.data[..]),
+                Linear::Mxfp4 { .. } => None,
+            })
+            .collect();
+        if let Some(dense) = dense {
+            let narrow = dense.iter().map(|d| dense_is_bf16(d)).collect::<Vec<_>>();
+            if narrow.iter().any(|&n| n != narrow[0]) {
+                return Ok(None);
+            }
+            return Self::dense(device, &dense.concat(), out, input, narrow[0]).map(Some);
+        }
+        let mx: Option<Vec<_>> = parts
+            .iter()
+            .map(|p| match p {
+                Linear::Mxfp4 {
+                    weight,
+                    activations,
+                } => Some((weight, *activations)),
+                Linear::Dense(_) => None,
+            })
+            .collect();
+        let Some(mx) = mx else { return Ok(None) };
+        let activations = mx[0].1;
+        if mx.iter().any(|(_, a)| *a != activations) {
+            return Ok(None);
+        }
+        let concat = |bytes: fn(&crate::reference::Mxfp4Matrix) -> &[u8]| {
+            mx.iter()
+                .flat_map(|(w, _)| bytes(w))
+                .copied()
+                .collect::<Vec<u8>>()
+        };
+        Ok(Some(DeviceLinear::Mxfp4 {
+            packed: device.upload(&concat(|w| w.packed()))?,
+            scales: device.upload(&concat(|w| w.scales()))?,
+            out,
+            input,
+            activations,
+        }))
     }
 
     /// A dense `[out, input]` weight, as bf16 when `narrow` (the caller has checked that
@@ -408,7 +467,7 @@ pub struct ModelOps {
     linear_batched_bf16: Function,
     fake_quantize: Function,
     rope: Function,
-    cache_store: Function,
+    kv_append: Function,
     mla_split: Function,
     mla_combine: Function,
     silu_mul: Function,
@@ -461,7 +520,7 @@ impl ModelOps {
             linear_batched_bf16: f("ops_linear_batched_bf16")?,
             fake_quantize: f("ops_fake_quantize")?,
             rope: f("ops_rope")?,
-            cache_store: f("ops_cache_store")?,
+            kv_append: f("ops_kv_append")?,
             mla_split: f("ops_mla_split")?,
             mla_combine: f("ops_mla_combine")?,
             silu_mul: f("ops_silu_mul")?,
@@ -777,34 +836,71 @@ impl ModelOps {
         Ok(())
     }
 
-    /// Writes token `t`'s latent (`latent[t]`, `kv_lora` values) and rope key (columns
-    /// `kv_lora..` of `kv_a[t]`) to cache row `rows[t]`. Rows must be inside the cache.
+    /// The new latent-cache rows of `tokens` tokens, in one launch: token `t`'s `kv_a_proj`
+    /// output, `kv_lora + rope` values at `kv[t·stride + offset ..]`, gives the latent
+    /// ([`crate::reference::rmsnorm`] by `norm`, whose length is `kv_lora`, then
+    /// [`crate::reference::fake_quantize_rows`] by `quant`: what `kv_b_proj` does to its
+    /// input) and the rope key ([`crate::reference::Rope::rotate`] by `cos`/`sin[t]`, which
+    /// are `[tokens, rope / 2]`). Both go to cache row `rows[t]` and nowhere else; rows must be
+    /// inside the cache.
     #[allow(clippy::too_many_arguments)]
-    pub fn cache_store(
+    pub fn kv_append(
         &self,
         stream: &Stream,
-        latent: &DeviceBuffer<f32>,
-        kv_a: &DeviceBuffer<f32>,
+        kv: &DeviceBuffer<f32>,
+        stride: usize,
+        offset: usize,
+        norm: &DeviceBuffer<f32>,
+        eps: f32,
+        quant: ActivationQuant,
+        rope: usize,
+        cos: &DeviceBuffer<f32>,
+        sin: &DeviceBuffer<f32>,
         rows: &DeviceBuffer<i32>,
         tokens: usize,
-        kv_lora: usize,
-        rope: usize,
         cache_latent: &mut DeviceBuffer<f32>,
         cache_rope: &mut DeviceBuffer<f32>,
     ) -> Result<(), GpuError> {
-        room("latent", latent, tokens * kv_lora)?;
-        room("kv_a", kv_a, tokens * (kv_lora + rope))?;
+        let kv_lora = norm.len();
+        check_param("rope", rope, rope.is_multiple_of(2), || "even".into())?;
+        check_param("stride", stride, offset + kv_lora + rope <= stride, || {
+            format!("at least offset {offset} + kv_lora {kv_lora} + rope {rope}")
+        })?;
+        let quant: i32 = match quant {
+            ActivationQuant::None => 0,
+            ActivationQuant::Mxfp4(rule) => {
+                check_param("kv_lora", kv_lora, kv_lora.is_multiple_of(BLOCK), || {
+                    format!("a multiple of {BLOCK} to quantize the latent")
+                })?;
+                if rule == ScaleRule::Even { 2 } else { 1 }
+            }
+        };
+        if tokens == 0 {
+            return Ok(());
+        }
+        room("kv", kv, (tokens - 1) * stride + offset + kv_lora + rope)?;
+        room("cos", cos, tokens * rope / 2)?;
+        room("sin", sin, tokens * rope / 2)?;
         room("rows", rows, tokens)?;
         stream.launch(
-            &self.cache_store,
-            LaunchConfig::linear(tokens * (kv_lora + rope), THREADS),
+            &self.kv_append,
+            LaunchConfig {
+                grid: [grid("tokens", tokens)?, 1, 1],
+                block: [THREADS, 1, 1],
+                shared_mem_bytes: 0,
+            },
             &[
-                latent,
-                kv_a,
-                rows,
-                &int("tokens", tokens)?,
+                kv,
+                &int("stride", stride)?,
+                &int("offset", offset)?,
+                norm,
                 &int("kv_lora", kv_lora)?,
                 &int("rope", rope)?,
+                &eps,
+                &quant,
+                cos,
+                sin,
+                rows,
                 cache_latent,
                 cache_rope,
             ],
