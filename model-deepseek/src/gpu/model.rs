@@ -756,7 +756,7 @@ impl GpuModel {
         let q_head = d.qk_nope + d.qk_rope;
         let kv_width = d.kv_lora + d.qk_rope;
         // Where the kv_a_proj output lands in `a.kv_a`: (row stride, offset in the row).
-        let kv_rows = match &w.input {
+        let (kv_stride, kv_offset) = match &w.input {
             AttentionInput::StackedLora { qkv_a, q_norm, q_b } => {
                 let r = q_norm.len();
                 ops.linear(s, &a.normed, t, qkv_a, mode, &mut a.quant, &mut a.kv_a)?;
@@ -809,8 +809,8 @@ impl GpuModel {
         ops.kv_append(
             s,
             &a.kv_a,
-            kv_rows.0,
-            kv_rows.1,
+            kv_stride,
+            kv_offset,
             &w.kv_a_norm,
             eps,
             w.kv_b_input,
