@@ -48,6 +48,7 @@ use model_deepseek::gpu::{
 use model_deepseek::loader::LoadOptions;
 use model_deepseek::sampling::{ChunkPick, SampledChunk, SamplingRule};
 use model_deepseek::tiny::{SharedExperts, TinyLayout};
+use model_deepseek::weights::Linear;
 use model_deepseek::{ActivationMode, KvCache, Model, RoutingMargin, SeqId, SequenceChunk};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -293,59 +294,109 @@ fn most_test_positions_route_with_margins_above_the_router_error() {
     assert!(greedy_ok as f64 >= MIN_COMPARABLE * greedy_all as f64);
 }
 
+/// What [`check_logits`] found for one model.
+#[derive(Default)]
+struct LogitsCheck {
+    compared: usize,
+    near_ties: usize,
+    failures: Vec<String>,
+}
+
+/// Run [`logits_steps`] on the GPU and compare every logits vector whose routing is decided
+/// by more than [`MIN_ROUTING_MARGIN`] with the CPU model's.
+fn check_logits(device: &Device, label: &str, model: &Model, seed: u64, out: &mut LogitsCheck) {
+    let steps = logits_steps(model, seed);
+    let mut gpu = GpuModel::new(device, model, options()).unwrap();
+    let mut gpu_cache = gpu.new_cache().unwrap();
+    let mut worst = 0f64;
+    for step in &steps {
+        let chunks = as_chunks(&step.feed);
+        let got = gpu.forward(&chunks, &mut gpu_cache).unwrap();
+        for (k, chunk) in chunks.iter().enumerate() {
+            let err = rel_l2(&got[k], &step.want[k]);
+            let margin = step.history_margin[k];
+            if margin < MIN_ROUTING_MARGIN {
+                out.near_ties += 1;
+                println!(
+                    "{label}: {} not compared: routing margin {margin:.2e} (rel L2 {err:.2e})",
+                    chunk.seq
+                );
+                continue;
+            }
+            out.compared += 1;
+            worst = worst.max(err);
+            if err > LOGITS_TOLERANCE {
+                out.failures.push(format!(
+                    "{label}: {} logits rel L2 {err:.2e} (routing margin {margin:.2e})",
+                    chunk.seq
+                ));
+            }
+        }
+    }
+    for seq in [SeqId(1), SeqId(2), SeqId(3)] {
+        let want: usize = steps
+            .iter()
+            .flat_map(|s| &s.feed)
+            .filter(|(s, _)| *s == seq)
+            .map(|(_, t)| t.len())
+            .sum();
+        assert_eq!(gpu_cache.seq_len(seq), want, "{label}: {seq} cache length");
+    }
+    println!("{label}: worst compared logits rel L2 {worst:.2e}");
+}
+
 #[test]
 fn logits_match_the_cpu_model_prefill_and_batched_decode() {
     let Some(device) = first_gpu("logits_match_the_cpu_model_prefill_and_batched_decode") else {
         return;
     };
-    let mut failures = Vec::new();
-    let (mut compared, mut near_ties) = (0usize, 0usize);
+    let mut check = LogitsCheck::default();
     for (i, case) in cases().iter().enumerate() {
         let seed = 100 + i as u64;
-        let model = load(case, seed);
-        let steps = logits_steps(&model, seed);
-        let mut gpu = GpuModel::new(&device, &model, options()).unwrap();
-        let mut gpu_cache = gpu.new_cache().unwrap();
-        let mut worst = 0f64;
-        for step in &steps {
-            let chunks = as_chunks(&step.feed);
-            let got = gpu.forward(&chunks, &mut gpu_cache).unwrap();
-            for (k, chunk) in chunks.iter().enumerate() {
-                let err = rel_l2(&got[k], &step.want[k]);
-                let margin = step.history_margin[k];
-                if margin < MIN_ROUTING_MARGIN {
-                    near_ties += 1;
-                    println!(
-                        "{}: {} not compared: routing margin {margin:.2e} (rel L2 {err:.2e})",
-                        name(case),
-                        chunk.seq
-                    );
-                    continue;
-                }
-                compared += 1;
-                worst = worst.max(err);
-                if err > LOGITS_TOLERANCE {
-                    failures.push(format!(
-                        "{}: {} logits rel L2 {err:.2e} (routing margin {margin:.2e})",
-                        name(case),
-                        chunk.seq
-                    ));
-                }
-            }
-        }
-        for seq in [SeqId(1), SeqId(2), SeqId(3)] {
-            let want: usize = steps
-                .iter()
-                .flat_map(|s| &s.feed)
-                .filter(|(s, _)| *s == seq)
-                .map(|(_, t)| t.len())
-                .sum();
-            assert_eq!(gpu_cache.seq_len(seq), want);
-        }
-        println!("{}: worst compared logits rel L2 {worst:.2e}", name(case));
+        check_logits(&device, &name(case), &load(case, seed), seed, &mut check);
     }
-    println!("compared {compared} logits vectors, {near_ties} left out at routing near-ties");
-    assert!(failures.is_empty(), "{failures:#?}");
+    println!(
+        "compared {} logits vectors, {} left out at routing near-ties",
+        check.compared, check.near_ties
+    );
+    assert!(check.failures.is_empty(), "{:#?}", check.failures);
+}
+
+/// The tiny checkpoints store `q_a_proj` and `kv_a_proj_with_mqa` alike, so the GPU model
+/// stacks them into one linear. A checkpoint that keeps one of them bf16 (an exclude list
+/// naming only `kv_a_proj_with_mqa`) cannot be stacked: this runs that fallback, on the CPU
+/// model with every `kv_a_proj_with_mqa` replaced by its dequantized (bf16-exact) weight.
+#[test]
+fn logits_match_with_q_a_and_kv_a_in_different_formats() {
+    let Some(device) = first_gpu("logits_match_with_q_a_and_kv_a_in_different_formats") else {
+        return;
+    };
+    let mut check = LogitsCheck::default();
+    for (i, case) in cases().iter().enumerate() {
+        if case.layout != TinyLayout::DeepseekV3 || case.fusion != FusionMode::Auto {
+            continue;
+        }
+        let seed = 300 + i as u64;
+        let model = load(case, seed);
+        let mut weights = model.weights().clone();
+        for layer in &mut weights.layers {
+            let kv_a = &mut layer.attention.kv_a_proj_with_mqa;
+            assert!(
+                matches!(kv_a, Linear::Mxfp4 { .. }),
+                "the DeepSeek-V3 tiny checkpoint stores kv_a_proj_with_mqa in MXFP4"
+            );
+            *kv_a = Linear::Dense(kv_a.to_dense());
+        }
+        let model = Model::new(model.config().clone(), weights, model.options()).unwrap();
+        let label = format!("{} kv_a bf16", name(case));
+        check_logits(&device, &label, &model, seed, &mut check);
+    }
+    println!(
+        "compared {} logits vectors, {} left out at routing near-ties",
+        check.compared, check.near_ties
+    );
+    assert!(check.compared > 0, "no logits vector was compared");
+    assert!(check.failures.is_empty(), "{:#?}", check.failures);
 }
 
 #[test]
