@@ -48,8 +48,9 @@ use model_deepseek::gpu::{
 use model_deepseek::loader::LoadOptions;
 use model_deepseek::sampling::{ChunkPick, SampledChunk, SamplingRule};
 use model_deepseek::tiny::{SharedExperts, TinyLayout};
-use model_deepseek::weights::Linear;
+use model_deepseek::weights::{Linear, QueryWeights};
 use model_deepseek::{ActivationMode, KvCache, Model, RoutingMargin, SeqId, SequenceChunk};
+use moe_kernels::gpu::model_ops::DeviceLinear;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use runtime_rocm::{Device, first_gpu};
@@ -302,6 +303,18 @@ struct LogitsCheck {
     failures: Vec<String>,
 }
 
+impl LogitsCheck {
+    /// Print the counts; fail on any mismatch, or when nothing was compared.
+    fn finish(self) {
+        println!(
+            "compared {} logits vectors, {} left out at routing near-ties",
+            self.compared, self.near_ties
+        );
+        assert!(self.compared > 0, "no logits vector was compared");
+        assert!(self.failures.is_empty(), "{:#?}", self.failures);
+    }
+}
+
 /// Run [`logits_steps`] on the GPU and compare every logits vector whose routing is decided
 /// by more than [`MIN_ROUTING_MARGIN`] with the CPU model's.
 fn check_logits(device: &Device, label: &str, model: &Model, seed: u64, out: &mut LogitsCheck) {
@@ -355,11 +368,7 @@ fn logits_match_the_cpu_model_prefill_and_batched_decode() {
         let seed = 100 + i as u64;
         check_logits(&device, &name(case), &load(case, seed), seed, &mut check);
     }
-    println!(
-        "compared {} logits vectors, {} left out at routing near-ties",
-        check.compared, check.near_ties
-    );
-    assert!(check.failures.is_empty(), "{:#?}", check.failures);
+    check.finish();
 }
 
 /// The tiny checkpoints store `q_a_proj` and `kv_a_proj_with_mqa` alike, so the GPU model
@@ -386,17 +395,20 @@ fn logits_match_with_q_a_and_kv_a_in_different_formats() {
                 "the DeepSeek-V3 tiny checkpoint stores kv_a_proj_with_mqa in MXFP4"
             );
             *kv_a = Linear::Dense(kv_a.to_dense());
+            let QueryWeights::Lora { q_a_proj, .. } = &layer.attention.query else {
+                panic!("the DeepSeek-V3 tiny checkpoint has q_lora_rank set");
+            };
+            let stacked = DeviceLinear::upload_stacked(&device, &[q_a_proj, kv_a]).unwrap();
+            assert!(
+                stacked.is_none(),
+                "MXFP4 q_a_proj and bf16 kv_a_proj_with_mqa stacked"
+            );
         }
         let model = Model::new(model.config().clone(), weights, model.options()).unwrap();
         let label = format!("{} kv_a bf16", name(case));
         check_logits(&device, &label, &model, seed, &mut check);
     }
-    println!(
-        "compared {} logits vectors, {} left out at routing near-ties",
-        check.compared, check.near_ties
-    );
-    assert!(check.compared > 0, "no logits vector was compared");
-    assert!(check.failures.is_empty(), "{:#?}", check.failures);
+    check.finish();
 }
 
 #[test]
