@@ -5,12 +5,22 @@
 // Candidates are ordered by a 64-bit key: the logit's bits mapped so that unsigned order is
 // the float total order (high 32 bits), then the complemented index (low 32 bits), so equal
 // logits come in index order and every key is distinct. Top-k and the weighted cuts (top-p,
-// the draw) are radix selects over that key, 8 bits a level from the top, each level one pass
-// over the row with a shared-memory histogram of the candidates that share the prefix found
-// so far; a level whose chosen bin holds exactly what is needed ends the select early. No
-// sort, no workspace. Weights are exp() in f64 of an f32 argument, exactly as the reference;
-// sums are f64 (in another order than the reference's, and with shared atomics, so a draw
-// within f64 rounding of a prefix sum may pick the neighbouring token).
+// the draw) are selects over that key: an interval of keys known to hold the answer is cut
+// into SELECT_BINS equal bins, one pass counts (and weighs) the candidates of each bin, and
+// the bin holding the answer becomes the next interval, until that bin holds one candidate
+// (or, for top-k, exactly the candidates still needed). No sort, no workspace.
+//
+// Why it is built this way (the first version took 1-3 ms a row: model-deepseek/PERF-NOTES.md, d1 and s2):
+// - Every pass keeps SAMPLE_LOADS loads per thread in flight: one block reads the whole row
+//   from L2 per pass, and with one load at a time that read is latency-bound.
+// - Bin totals live in registers (a predicated add into each of the SELECT_BINS bins), then a
+//   reduce-scatter over the wave and a sum over the waves: no shared-memory atomics, which
+//   serialize (and f64 ones retry) when most of a row falls in a few bins.
+// - Once the interval holds at most LIST_CAP candidates, the next pass copies them to shared
+//   memory and later levels read that list instead of the row.
+// Weights are exp() in f64 of an f32 argument, exactly as the reference; sums are f64 (in
+// another order than the reference's, so a draw within f64 rounding of a prefix sum may pick
+// the neighbouring token).
 //
 // Per-row request: SAMPLE_REQ doubles (mode, 1/temperature, top_k, top_p, u); mode 0 skips
 // the pick (the row is still checked for non-finite values), 1 is greedy, 2 samples.
@@ -29,7 +39,14 @@
 #error "SAMPLE_THREADS must be a multiple of WARP_SIZE"
 #endif
 #define SAMPLE_REQ 5
-#define RADIX_BINS 256
+#define SAMPLE_WAVES (SAMPLE_THREADS / WARP_SIZE)
+#define SAMPLE_LOADS 8
+#define SELECT_BITS 4
+#define SELECT_BINS (1 << SELECT_BITS)
+#define LIST_CAP 2048
+#if WARP_SIZE < SELECT_BINS
+#error "the bin reduce-scatter needs at least SELECT_BINS lanes"
+#endif
 
 typedef unsigned int u32;
 typedef unsigned long long u64;
@@ -50,91 +67,212 @@ __device__ __forceinline__ double sample_weight(float v, float max, float inv_t)
     return v == max ? 1.0 : exp((double)((v - max) * inv_t));
 }
 
-struct Histogram {
-    double weight[RADIX_BINS];
-    u32 count[RADIX_BINS];
-    u64 largest[RADIX_BINS];  // the bin's largest key: its only key when count is 1
+// Calls f(v, i) for every logit of the row, SAMPLE_LOADS loads of each thread in flight.
+template <typename F>
+__device__ __forceinline__ void for_each_logit(const float* row, int n, F f) {
+    for (int base = threadIdx.x; base < n; base += SAMPLE_THREADS * SAMPLE_LOADS) {
+        float v[SAMPLE_LOADS];
+#pragma unroll
+        for (int u = 0; u < SAMPLE_LOADS; ++u) {
+            int i = base + u * SAMPLE_THREADS;
+            v[u] = i < n ? row[i] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < SAMPLE_LOADS; ++u) {
+            int i = base + u * SAMPLE_THREADS;
+            if (i < n) f(v[u], i);
+        }
+    }
+}
+
+// Keys [lo, hi] (both held by candidates or bounds of a bin), cut into bins of 2^shift keys:
+// bin (key - lo) >> shift, below SELECT_BINS.
+struct Interval {
+    u64 lo, hi;
+    int shift;
+};
+
+__device__ __forceinline__ Interval make_interval(u64 lo, u64 hi) {
+    u64 span = hi - lo;
+    int bits = span == 0ull ? 0 : 64 - __clzll((long long)span);
+    Interval iv = {lo, hi, bits > SELECT_BITS ? bits - SELECT_BITS : 0};
+    return iv;
+}
+
+// The keys of bin b of iv.
+__device__ __forceinline__ Interval bin_interval(Interval iv, int b) {
+    u64 lo = iv.lo + ((u64)b << iv.shift);
+    u64 width = (1ull << iv.shift) - 1ull;  // the last bin may be cut short by iv.hi
+    return make_interval(lo, iv.hi - lo <= width ? iv.hi : lo + width);
+}
+
+// One thread's share of a pass: candidates and their weights per bin.
+struct Partial {
+    u32 count[SELECT_BINS];
+    double weight[SELECT_BINS];
+};
+
+// The block's totals of a pass.
+struct Bins {
+    u32 count[SELECT_BINS];
+    double weight[SELECT_BINS];
 };
 
 // What thread 0 decided at one level, for every thread.
 struct Decision {
-    int bin;
-    u32 remaining;  // count select: how many of the bin are still needed
-    double before;  // weighted select: weight of the candidates before the bin
-    int single;     // the bin holds one key (`largest`)
-    int done;       // the select is over
+    Interval next;   // the chosen bin
+    u32 count;       // its candidates
+    u32 remaining;   // count select: how many of them are still needed
+    double before;   // weighted select: the weight of the candidates ahead of it
 };
 
-// Histogram of the candidates (non-NaN, key >= floor) whose key matches `prefix` on `mask`,
-// by the 8 bits at `shift`; weights only when `weighted`.
-__device__ void histogram(const float* row, int n, u64 floor, u64 prefix, u64 mask, int shift,
-                          bool weighted, float max, float inv_t, Histogram* h) {
-    __syncthreads();
-    for (int b = threadIdx.x; b < RADIX_BINS; b += SAMPLE_THREADS) {
-        h->weight[b] = 0.0;
-        h->count[b] = 0u;
-        h->largest[b] = 0ull;
+struct Shared {
+    Bins top;   // level 0 of the weighted selects, shared by top-p and the draw
+    Bins bins;  // the current level
+    u32 wave_count[SAMPLE_WAVES][SELECT_BINS];
+    double wave_weight[SAMPLE_WAVES][SELECT_BINS];
+    float list_value[LIST_CAP];
+    int list_index[LIST_CAP];
+    u32 list_len;
+    Decision decision;
+    u64 found;
+    // Pass 1, per wave: greedy key, first candidate's key, last candidate's key, count, flag.
+    u64 wave_greedy[SAMPLE_WAVES], wave_first[SAMPLE_WAVES], wave_last[SAMPLE_WAVES];
+    u32 wave_valid[SAMPLE_WAVES], wave_bad[SAMPLE_WAVES];
+    double total;
+};
+
+__device__ __forceinline__ void add_to_bin(Partial& p, int b, double w, bool weighted) {
+#pragma unroll
+    for (int j = 0; j < SELECT_BINS; ++j) {
+        bool hit = b == j;
+        p.count[j] += hit ? 1u : 0u;
+        if (weighted) p.weight[j] += hit ? w : 0.0;
     }
-    __syncthreads();
-    for (int i = threadIdx.x; i < n; i += SAMPLE_THREADS) {
-        float v = row[i];
-        if (is_nan(v)) continue;
-        u64 key = order_key(v, i);
-        if (key < floor || (key & mask) != prefix) continue;
-        int b = (int)((key >> shift) & 0xffu);
-        atomicAdd(&h->count[b], 1u);
-        atomicMax(&h->largest[b], key);
-        if (weighted) atomicAdd(&h->weight[b], sample_weight(v, max, inv_t));
-    }
-    __syncthreads();
 }
 
-// The k-th key (1-based) in candidate order among all non-NaN logits (k < their count), or a
-// smaller value with the same set of keys at or above it.
-__device__ u64 select_kth(const float* row, int n, u32 k, Histogram* h, Decision* d) {
-    u64 prefix = 0ull, mask = 0ull;
-    u32 remaining = k;
-    for (int shift = 56; shift >= 0; shift -= 8) {
-        histogram(row, n, 0ull, prefix, mask, shift, false, 0.0f, 0.0f, h);
-        if (threadIdx.x == 0) {
-            int b = RADIX_BINS - 1;
-            for (; b > 0; --b) {
-                if (h->count[b] >= remaining) break;
-                remaining -= h->count[b];
+// Sums every thread's Partial into `out`. Over a wave it is a reduce-scatter: each step
+// hands half of the bins still held to the partner lane, so a lane ends with one bin's total
+// after SELECT_BINS - 1 exchanges per value instead of SELECT_BITS x SELECT_BINS.
+__device__ void reduce_bins(Partial& p, bool weighted, Shared* sh, Bins* out) {
+    int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    int bin = 0;
+#pragma unroll
+    for (int half = SELECT_BINS / 2, off = WARP_SIZE / 2; half >= 1; half >>= 1, off >>= 1) {
+        bool upper = (lane & off) != 0;
+#pragma unroll
+        for (int j = 0; j < half; ++j) {
+            u32 c_send = upper ? p.count[j] : p.count[j + half];
+            u32 c_keep = upper ? p.count[j + half] : p.count[j];
+            p.count[j] = c_keep + __shfl_xor(c_send, off);
+            if (weighted) {
+                double w_send = upper ? p.weight[j] : p.weight[j + half];
+                double w_keep = upper ? p.weight[j + half] : p.weight[j];
+                p.weight[j] = w_keep + __shfl_xor(w_send, off);
             }
-            d->bin = b;
-            d->remaining = remaining;
-            d->done = h->count[b] == remaining;
         }
-        __syncthreads();
-        prefix |= (u64)d->bin << shift;
-        mask |= 0xffull << shift;
-        remaining = d->remaining;
-        if (d->done) break;
+        if (upper) bin += half;
     }
-    return prefix;
+    // Lanes that differ only below WARP_SIZE / SELECT_BINS hold the same bin.
+    for (int off = WARP_SIZE / SELECT_BINS / 2; off > 0; off >>= 1) {
+        p.count[0] += __shfl_xor(p.count[0], off);
+        if (weighted) p.weight[0] += __shfl_xor(p.weight[0], off);
+    }
+    if (lane % (WARP_SIZE / SELECT_BINS) == 0) {
+        sh->wave_count[wave][bin] = p.count[0];
+        sh->wave_weight[wave][bin] = weighted ? p.weight[0] : 0.0;
+    }
+    __syncthreads();
+    if (threadIdx.x < SELECT_BINS) {
+        u32 c = 0u;
+        double w = 0.0;
+        for (int v = 0; v < SAMPLE_WAVES; ++v) {
+            c += sh->wave_count[v][threadIdx.x];
+            w += sh->wave_weight[v][threadIdx.x];
+        }
+        out->count[threadIdx.x] = c;
+        out->weight[threadIdx.x] = w;
+    }
+    __syncthreads();
 }
 
-// The first candidate (key >= floor) whose inclusive weight sum exceeds `target` (reaches it,
-// with `inclusive`), or the last candidate when none does; `before` gets the weight of the
-// candidates ahead of it. `top` is the first level's histogram, shared between selects.
-__device__ u64 select_weighted(const float* row, int n, u64 floor, float max, float inv_t,
-                               double target, bool inclusive, const Histogram* top,
-                               Histogram* h, Decision* d, double* before) {
-    u64 prefix = 0ull, mask = 0ull;
-    double base = 0.0;
-    for (int shift = 56; shift >= 0; shift -= 8) {
-        const Histogram* level = top;
-        if (shift != 56) {
-            histogram(row, n, floor, prefix, mask, shift, true, max, inv_t, h);
-            level = h;
+// One level: the candidates (non-NaN, key in iv) of the row, or of the shared list when
+// `from_list`, counted (and weighed) per bin of iv into `out`. With `gather` they are also
+// copied to the shared list (the caller made sure they fit and reset its length).
+__device__ void level_pass(const float* row, int n, bool from_list, bool gather, Interval iv,
+                           bool weighted, float max, float inv_t, Shared* sh, Bins* out) {
+    Partial p;
+#pragma unroll
+    for (int j = 0; j < SELECT_BINS; ++j) {
+        p.count[j] = 0u;
+        p.weight[j] = 0.0;
+    }
+    auto visit = [&](float v, int i) {
+        if (is_nan(v)) return;
+        u64 key = order_key(v, i);
+        if (key < iv.lo || key > iv.hi) return;
+        add_to_bin(p, (int)((key - iv.lo) >> iv.shift),
+                   weighted ? sample_weight(v, max, inv_t) : 0.0, weighted);
+        if (gather) {
+            u32 slot = atomicAdd(&sh->list_len, 1u);
+            sh->list_value[slot] = v;
+            sh->list_index[slot] = i;
         }
-        __syncthreads();  // everyone has read the previous decision
+    };
+    if (from_list) {
+        for (u32 s = threadIdx.x; s < sh->list_len; s += SAMPLE_THREADS)
+            visit(sh->list_value[s], sh->list_index[s]);
+    } else {
+        for_each_logit(row, n, visit);
+    }
+    reduce_bins(p, weighted, sh, out);
+}
+
+// The key of the only candidate in iv.
+__device__ u64 find_single(const float* row, int n, bool from_list, Interval iv, Shared* sh) {
+    auto visit = [&](float v, int i) {
+        if (is_nan(v)) return;
+        u64 key = order_key(v, i);
+        if (key >= iv.lo && key <= iv.hi) sh->found = key;
+    };
+    if (from_list) {
+        for (u32 s = threadIdx.x; s < sh->list_len; s += SAMPLE_THREADS)
+            visit(sh->list_value[s], sh->list_index[s]);
+    } else {
+        for_each_logit(row, n, visit);
+    }
+    __syncthreads();
+    u64 key = sh->found;
+    __syncthreads();
+    return key;
+}
+
+// Narrows iv, whose bins `level` holds, to the answer. Weighted: the first candidate whose
+// inclusive weight sum exceeds `target` (reaches it, with `inclusive`), or the last candidate
+// when none does, with `before` the weight of the candidates ahead of it. Count (not
+// `weighted`): the `k`-th key (1-based) in candidate order, or a smaller value with the same
+// set of keys at or above it.
+__device__ u64 select_key(const float* row, int n, Interval iv, const Bins* level, bool weighted,
+                          double target, bool inclusive, u32 k, float max, float inv_t,
+                          Shared* sh, double* before) {
+    bool from_list = false;
+    double base = 0.0;
+    u32 remaining = k;
+    for (;;) {
         if (threadIdx.x == 0) {
             int chosen = -1, last = -1;
             double last_base = base;
-            for (int b = RADIX_BINS - 1; b >= 0; --b) {
-                if (level->count[b] == 0u) continue;
+            for (int b = SELECT_BINS - 1; b >= 0; --b) {
+                u32 c = level->count[b];
+                if (c == 0u) continue;
+                if (!weighted) {
+                    if (c >= remaining) {
+                        chosen = b;
+                        break;
+                    }
+                    remaining -= c;
+                    continue;
+                }
                 double s = base + level->weight[b];
                 if (s > target || (inclusive && s >= target)) {
                     chosen = b;
@@ -149,93 +287,115 @@ __device__ u64 select_weighted(const float* row, int n, u64 floor, float max, fl
                 chosen = last;
                 base = last_base;
             }
-            d->bin = chosen;
-            d->before = base;
-            d->single = level->count[chosen] == 1u;
+            Decision d = {bin_interval(iv, chosen), level->count[chosen], remaining, base};
+            sh->decision = d;
+            if (!from_list && d.count <= LIST_CAP) sh->list_len = 0u;
         }
         __syncthreads();
-        int bin = d->bin;
-        base = d->before;
-        if (d->single) {
-            *before = base;
-            return level->largest[bin];
-        }
-        prefix |= (u64)bin << shift;
-        mask |= 0xffull << shift;
+        Decision d = sh->decision;
         __syncthreads();
+        if (!weighted && d.count == d.remaining) return d.next.lo;
+        if (weighted && d.count == 1u) {
+            *before = d.before;
+            return find_single(row, n, from_list, d.next, sh);
+        }
+        base = d.before;
+        remaining = d.remaining;
+        iv = d.next;
+        bool gather = !from_list && d.count <= LIST_CAP;
+        level_pass(row, n, from_list, gather, iv, weighted, max, inv_t, sh, &sh->bins);
+        from_list = from_list || gather;
+        level = &sh->bins;
     }
-    *before = base;
-    return prefix;
 }
 
-extern "C" __global__ void sample_rows(const float* logits, int vocab, const double* requests,
-                                       int* results) {
-    __shared__ Histogram top, scratch;
-    __shared__ Decision decision;
-    __shared__ u64 best_greedy, best_key;
-    __shared__ u32 valid, bad;
-    __shared__ double total;
+__device__ __forceinline__ u64 max_u64(u64 a, u64 b) { return a > b ? a : b; }
+__device__ __forceinline__ u64 min_u64(u64 a, u64 b) { return a < b ? a : b; }
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_rows(const float* logits, int vocab, const double* requests, int* results) {
+    __shared__ Shared sh;
 
     const float* row = logits + (size_t)blockIdx.x * vocab;
     const double* req = requests + (size_t)blockIdx.x * SAMPLE_REQ;
     int* out = results + (size_t)blockIdx.x * 2;
     int mode = (int)req[0];
 
-    if (threadIdx.x == 0) {
-        best_greedy = 0ull;
-        best_key = 0ull;
-        valid = 0u;
-        bad = 0u;
-    }
-    __syncthreads();
-    // Pass 1: the non-finite flag, the greedy pick (-0 counts as +0), the first candidate.
-    u64 my_greedy = 0ull, my_key = 0ull;
-    u32 my_valid = 0u, my_bad = 0u;
-    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-        float v = row[i];
-        if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) my_bad = 1u;
-        if (is_nan(v)) continue;
-        ++my_valid;
-        u64 g = order_key(v == 0.0f ? 0.0f : v, i);
+    // Pass 1: the non-finite flag, the greedy pick (-0 counts as +0), the first and last
+    // candidates, their number.
+    u64 greedy = 0ull, first = 0ull, last = ~0ull;
+    u32 valid = 0u, bad = 0u;
+    for_each_logit(row, vocab, [&](float v, int i) {
+        if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) bad = 1u;
+        if (is_nan(v)) return;
+        ++valid;
         u64 k = order_key(v, i);
-        my_greedy = g > my_greedy ? g : my_greedy;
-        my_key = k > my_key ? k : my_key;
+        greedy = max_u64(greedy, order_key(v == 0.0f ? 0.0f : v, i));
+        first = max_u64(first, k);
+        last = min_u64(last, k);
+    });
+    for (int off = WARP_SIZE / 2; off > 0; off >>= 1) {
+        greedy = max_u64(greedy, __shfl_xor(greedy, off));
+        first = max_u64(first, __shfl_xor(first, off));
+        last = min_u64(last, __shfl_xor(last, off));
+        valid += __shfl_xor(valid, off);
+        bad |= __shfl_xor(bad, off);
     }
-    atomicMax(&best_greedy, my_greedy);
-    atomicMax(&best_key, my_key);
-    atomicAdd(&valid, my_valid);
-    if (my_bad) atomicOr(&bad, 1u);
+    int wave = threadIdx.x / WARP_SIZE;
+    if (threadIdx.x % WARP_SIZE == 0) {
+        sh.wave_greedy[wave] = greedy;
+        sh.wave_first[wave] = first;
+        sh.wave_last[wave] = last;
+        sh.wave_valid[wave] = valid;
+        sh.wave_bad[wave] = bad;
+    }
     __syncthreads();
+    for (int v = 0; v < SAMPLE_WAVES; ++v) {
+        greedy = max_u64(greedy, sh.wave_greedy[v]);
+        first = max_u64(first, sh.wave_first[v]);
+        last = min_u64(last, sh.wave_last[v]);
+        bad |= sh.wave_bad[v];
+    }
+    valid = 0u;
+    for (int v = 0; v < SAMPLE_WAVES; ++v) valid += sh.wave_valid[v];
 
     int token = -1;
     if (mode == 1) {
-        if (best_greedy != 0ull) token = key_index(best_greedy);
+        if (greedy != 0ull) token = key_index(greedy);
     } else if (mode == 2 && valid > 0u) {
         float inv_t = (float)req[1];
         u32 top_k = (u32)req[2];
         float top_p = (float)req[3];
         double u = req[4];
-        float max = row[key_index(best_key)];
-        u64 floor = 0ull;
-        if (top_k > 0u && top_k < valid) floor = select_kth(row, vocab, top_k, &scratch, &decision);
-        histogram(row, vocab, floor, 0ull, 0ull, 56, true, max, inv_t, &top);
+        float max = row[key_index(first)];
+        double unused;
+        u64 floor = last;
+        if (top_k > 0u && top_k < valid) {
+            Interval all = make_interval(last, first);
+            level_pass(row, vocab, false, false, all, false, 0.0f, 0.0f, &sh, &sh.bins);
+            floor = select_key(row, vocab, all, &sh.bins, false, 0.0, false, top_k, 0.0f, 0.0f,
+                               &sh, &unused);
+        }
+        Interval kept = make_interval(floor, first);
+        level_pass(row, vocab, false, false, kept, true, max, inv_t, &sh, &sh.top);
         if (threadIdx.x == 0) {
             double s = 0.0;
-            for (int b = RADIX_BINS - 1; b >= 0; --b) s += top.weight[b];
-            total = s;
+            for (int b = SELECT_BINS - 1; b >= 0; --b) s += sh.top.weight[b];
+            sh.total = s;
         }
         __syncthreads();
+        double total = sh.total;
         double kept_total = total;
         u64 last_kept = 0ull;
         if (top_p < 1.0f) {
             double before;
-            last_kept = select_weighted(row, vocab, floor, max, inv_t, (double)top_p * total, true,
-                                        &top, &scratch, &decision, &before);
+            last_kept = select_key(row, vocab, kept, &sh.top, true, (double)top_p * total, true, 0u,
+                                   max, inv_t, &sh, &before);
             kept_total = before + sample_weight(row[key_index(last_kept)], max, inv_t);
         }
         double before;
-        u64 pick = select_weighted(row, vocab, floor, max, inv_t, u * kept_total, false, &top,
-                                   &scratch, &decision, &before);
+        u64 pick = select_key(row, vocab, kept, &sh.top, true, u * kept_total, false, 0u, max,
+                              inv_t, &sh, &before);
         if (pick < last_kept) pick = last_kept;
         token = key_index(pick);
     }
