@@ -151,28 +151,40 @@ __device__ __forceinline__ void add_to_bin(Partial& p, int b, double w, bool wei
     }
 }
 
+// One reduce-scatter step: the lane keeps HALF of the bins it holds (the upper ones where
+// its `off` bit is set) and adds the partner's values of them. A template so that every
+// index is a constant: a runtime index would put the Partial in local memory.
+template <int HALF>
+__device__ __forceinline__ void scatter_step(Partial& p, bool weighted, int lane, int off,
+                                             int& bin) {
+    bool upper = (lane & off) != 0;
+#pragma unroll
+    for (int j = 0; j < HALF; ++j) {
+        u32 c_send = upper ? p.count[j] : p.count[j + HALF];
+        u32 c_keep = upper ? p.count[j + HALF] : p.count[j];
+        p.count[j] = c_keep + __shfl_xor(c_send, off);
+        if (weighted) {
+            double w_send = upper ? p.weight[j] : p.weight[j + HALF];
+            double w_keep = upper ? p.weight[j + HALF] : p.weight[j];
+            p.weight[j] = w_keep + __shfl_xor(w_send, off);
+        }
+    }
+    if (upper) bin += HALF;
+}
+
 // Sums every thread's Partial into `out`. Over a wave it is a reduce-scatter: each step
 // hands half of the bins still held to the partner lane, so a lane ends with one bin's total
 // after SELECT_BINS - 1 exchanges per value instead of SELECT_BITS x SELECT_BINS.
 __device__ void reduce_bins(Partial& p, bool weighted, Shared* sh, Bins* out) {
+#if SELECT_BINS != 16
+#error "reduce_bins takes four scatter steps"
+#endif
     int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
     int bin = 0;
-#pragma unroll
-    for (int half = SELECT_BINS / 2, off = WARP_SIZE / 2; half >= 1; half >>= 1, off >>= 1) {
-        bool upper = (lane & off) != 0;
-#pragma unroll
-        for (int j = 0; j < half; ++j) {
-            u32 c_send = upper ? p.count[j] : p.count[j + half];
-            u32 c_keep = upper ? p.count[j + half] : p.count[j];
-            p.count[j] = c_keep + __shfl_xor(c_send, off);
-            if (weighted) {
-                double w_send = upper ? p.weight[j] : p.weight[j + half];
-                double w_keep = upper ? p.weight[j + half] : p.weight[j];
-                p.weight[j] = w_keep + __shfl_xor(w_send, off);
-            }
-        }
-        if (upper) bin += half;
-    }
+    scatter_step<8>(p, weighted, lane, WARP_SIZE / 2, bin);
+    scatter_step<4>(p, weighted, lane, WARP_SIZE / 4, bin);
+    scatter_step<2>(p, weighted, lane, WARP_SIZE / 8, bin);
+    scatter_step<1>(p, weighted, lane, WARP_SIZE / 16, bin);
     // Lanes that differ only below WARP_SIZE / SELECT_BINS hold the same bin.
     for (int off = WARP_SIZE / SELECT_BINS / 2; off > 0; off >>= 1) {
         p.count[0] += __shfl_xor(p.count[0], off);
