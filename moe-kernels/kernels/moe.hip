@@ -543,33 +543,27 @@ extern "C" __global__ void moe_quantize_f32_e4m3(const float* __restrict__ x, in
 // loads before it works on the current tile. (With one block per tile, a block spent much of
 // its life with nothing in flight: the expert lookup before its loads, the reduction and the
 // stores after them; at B=1 the kernels reached about half the copy bandwidth.)
-// The lookups run ahead too: a tile's expert is loaded two iterations before its pairs are
-// worked on and its pair range one iteration before, so no iteration waits on them (they are
-// L2 round trips that held back the next tile's weight loads).
 // `expert_base` is added to the expert index when addressing weights, so the unfused shared
 // pass reads the shared slots of the same stacked weights.
 
 struct ExpertTile {
     bool live;       // t is inside the list (uniform across the block)
     int e;           // expert slot (before expert_base)
-    int begin, end;  // its pairs in sorted order (after `tile_range`)
+    int begin, end;  // its pairs in sorted order
     int row_tile;
 };
 
-// The tile's position and expert; its pair range is loaded by `tile_range`.
-__device__ __forceinline__ ExpertTile tile_head(int t, int row_tiles, int n_tiles, const int* active) {
+__device__ __forceinline__ ExpertTile expert_tile(int t, int row_tiles, int n_tiles, const int* offsets,
+                                                  const int* active) {
     ExpertTile r;
     r.live = t < n_tiles;
     if (!r.live) return r;
     int y = t / row_tiles;
     r.row_tile = t - y * row_tiles;
     r.e = active[y];
-    return r;
-}
-
-__device__ __forceinline__ void tile_range(ExpertTile& r, const int* offsets) {
     r.begin = offsets[r.e];
     r.end = offsets[r.e + 1];
+    return r;
 }
 
 // One lane's 16-byte chunks of a weight row and their raw E8M0 codes (converted where they are
@@ -626,10 +620,8 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
     // and loads each chunk where it is used.
     constexpr int PRE = A4 ? H_PER_LANE : 1;
     RowChunks<PRE> cur_w, next_w;
-    ExpertTile cur = tile_head(blockIdx.x, ROW_TILES, n_tiles, active);
+    ExpertTile cur = expert_tile(blockIdx.x, ROW_TILES, n_tiles, offsets, active);
     if (!cur.live) return;
-    ExpertTile next = tile_head(blockIdx.x + gridDim.x, ROW_TILES, n_tiles, active);
-    tile_range(cur, offsets);
     int j;
     if (A4) {
         size_t row = row_of(cur, j);
@@ -637,14 +629,11 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
     }
     int staged = -1;  // sorted position of the first pair in the stage
     for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-        ExpertTile after = tile_head(t + 2 * gridDim.x, ROW_TILES, n_tiles, active);
-        if (next.live) {
-            tile_range(next, offsets);
-            if (A4) {
-                int j_next;
-                size_t row = row_of(next, j_next);
-                load_row_chunks<PRE, H_CHUNKS>(next_w, w13 + row * (MOE_HIDDEN / 2), s13 + row * H_CHUNKS, lane);
-            }
+        ExpertTile next = expert_tile(t + gridDim.x, ROW_TILES, n_tiles, offsets, active);
+        if (A4 && next.live) {
+            int j_next;
+            size_t row = row_of(next, j_next);
+            load_row_chunks<PRE, H_CHUNKS>(next_w, w13 + row * (MOE_HIDDEN / 2), s13 + row * H_CHUNKS, lane);
         }
         const size_t row = row_of(cur, j);
         const bool valid = j < MOE_INTER;
@@ -720,7 +709,6 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
             }
         }
         cur = next;
-        next = after;
         if (A4) cur_w = next_w;
     }
 }
@@ -781,18 +769,13 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
             load_row_chunks<I_PER_LANE, I_CHUNKS>(rc[k], w2 + row * row_bytes, s2 + row * I_CHUNKS, lane);
         }
     };
-    ExpertTile cur = tile_head(blockIdx.x, ROW_TILES, n_tiles, active);
+    ExpertTile cur = expert_tile(blockIdx.x, ROW_TILES, n_tiles, offsets, active);
     if (!cur.live) return;
-    ExpertTile next = tile_head(blockIdx.x + gridDim.x, ROW_TILES, n_tiles, active);
-    tile_range(cur, offsets);
     load_rows(cur, cur_w);
     int staged = -1;  // sorted position of the first pair in the stage
     for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-        ExpertTile after = tile_head(t + 2 * gridDim.x, ROW_TILES, n_tiles, active);
-        if (next.live) {
-            tile_range(next, offsets);
-            load_rows(next, next_w);
-        }
+        ExpertTile next = expert_tile(t + gridDim.x, ROW_TILES, n_tiles, offsets, active);
+        if (next.live) load_rows(next, next_w);
         const int row0 = (cur.row_tile * MOE_WARPS + wave) * MOE_DOWN_ROWS;
         for (int p0 = cur.begin; p0 < cur.end; p0 += TOKS) {
             const int n = min(TOKS, cur.end - p0);
@@ -849,7 +832,6 @@ __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* _
                 }
         }
         cur = next;
-        next = after;
 #pragma unroll
         for (int k = 0; k < MOE_DOWN_ROWS; ++k) cur_w[k] = next_w[k];
     }
