@@ -205,11 +205,11 @@ pub enum ExpertPath {
     TensorCore,
 }
 
-/// Tokens from which [`ExpertPath::Auto`] takes the tensor cores: on an H200 their
-/// direct-layout tiles beat the GEMV kernels on a Kimi-K2.5 layer from 32 tokens (2.22 against
-/// 2.34 ms; 3.26 against 4.11 at 64), and lose below (0.72 against 0.68 ms at 8); see
-/// `PERF-NOTES.md`, v8.
-pub const TENSOR_CORE_MIN_TOKENS: usize = 32;
+/// Tokens from which [`ExpertPath::Auto`] takes the tensor cores. On a Kimi-K2.5 layer the
+/// GEMV kernels win below: on an H100 2.16 against 2.43 ms at 32 tokens and 2.98 against 3.09
+/// at 48, and the tensor cores from 64 (3.56 against 3.76 ms); the two lines cross near 55.
+/// The H200 agrees at 32 (2.10 against 2.22 ms). See `PERF-NOTES.md`, v10 and v11.
+pub const TENSOR_CORE_MIN_TOKENS: usize = 56;
 
 /// One routing result on the device: `ids` and `weights` `[tokens][slots]`.
 #[derive(Debug)]
