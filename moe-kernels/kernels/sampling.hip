@@ -10,7 +10,8 @@
 // the bin holding the answer becomes the next interval, until that bin holds one candidate
 // (or, for top-k, exactly the candidates still needed). No sort, no workspace.
 //
-// Why it is built this way (the first version took 1-3 ms a row: model-deepseek/PERF-NOTES.md, d1 and s2):
+// Why it is built this way (the first version took 1-3 ms a sampled row on an H100, this one
+// 0.6-1.3 ms: model-deepseek/PERF-NOTES.md, d1 and s2):
 // - Every pass keeps SAMPLE_LOADS loads per thread in flight: one block reads the whole row
 //   from L2 per pass, and with one load at a time that read is latency-bound.
 // - Bin totals live in registers (a predicated add into each of the SELECT_BINS bins), then a
@@ -19,8 +20,8 @@
 // - Once the interval holds at most LIST_CAP candidates, the next pass copies them to shared
 //   memory and later levels read that list instead of the row.
 // Weights are exp() in f64 of an f32 argument, exactly as the reference; sums are f64 (in
-// another order than the reference's, so a draw within f64 rounding of a prefix sum may pick
-// the neighbouring token).
+// another order than the reference's, and for the shared list one that can change between
+// runs, so a draw within f64 rounding of a prefix sum may pick the neighbouring token).
 //
 // Per-row request: SAMPLE_REQ doubles (mode, 1/temperature, top_k, top_p, u); mode 0 skips
 // the pick (the row is still checked for non-finite values), 1 is greedy, 2 samples.
