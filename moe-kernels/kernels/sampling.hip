@@ -69,19 +69,22 @@ __device__ __forceinline__ double sample_weight(float v, float max, float inv_t)
 }
 
 // Calls f(v, i) for every logit of the row, SAMPLE_LOADS loads of each thread in flight.
+// The indices are unsigned so that a stride past the end of a vocabulary near 2^31 cannot
+// overflow.
 template <typename F>
 __device__ __forceinline__ void for_each_logit(const float* row, int n, F f) {
-    for (int base = threadIdx.x; base < n; base += SAMPLE_THREADS * SAMPLE_LOADS) {
+    const u32 end = (u32)n;
+    for (u32 base = threadIdx.x; base < end; base += SAMPLE_THREADS * SAMPLE_LOADS) {
         float v[SAMPLE_LOADS];
 #pragma unroll
         for (int u = 0; u < SAMPLE_LOADS; ++u) {
-            int i = base + u * SAMPLE_THREADS;
-            v[u] = i < n ? row[i] : 0.0f;
+            u32 i = base + u * SAMPLE_THREADS;
+            v[u] = i < end ? row[i] : 0.0f;
         }
 #pragma unroll
         for (int u = 0; u < SAMPLE_LOADS; ++u) {
-            int i = base + u * SAMPLE_THREADS;
-            if (i < n) f(v[u], i);
+            u32 i = base + u * SAMPLE_THREADS;
+            if (i < end) f(v[u], (int)i);
         }
     }
 }
@@ -142,6 +145,18 @@ struct Shared {
     u32 wave_valid[SAMPLE_WAVES], wave_bad[SAMPLE_WAVES];
     double total;
 };
+
+// Calls f(v, i) for every entry of the shared list (`from_list`) or every logit of the row.
+template <typename F>
+__device__ __forceinline__ void for_each_source(const float* row, int n, bool from_list,
+                                                const Shared* sh, F f) {
+    if (from_list) {
+        for (u32 s = threadIdx.x; s < sh->list_len; s += SAMPLE_THREADS)
+            f(sh->list_value[s], sh->list_index[s]);
+    } else {
+        for_each_logit(row, n, f);
+    }
+}
 
 __device__ __forceinline__ void add_to_bin(Partial& p, int b, double w, bool weighted) {
 #pragma unroll
@@ -232,12 +247,7 @@ __device__ void level_pass(const float* row, int n, bool from_list, bool gather,
             sh->list_index[slot] = i;
         }
     };
-    if (from_list) {
-        for (u32 s = threadIdx.x; s < sh->list_len; s += SAMPLE_THREADS)
-            visit(sh->list_value[s], sh->list_index[s]);
-    } else {
-        for_each_logit(row, n, visit);
-    }
+    for_each_source(row, n, from_list, sh, visit);
     reduce_bins(p, weighted, sh, out);
 }
 
@@ -248,12 +258,7 @@ __device__ u64 find_single(const float* row, int n, bool from_list, Interval iv,
         u64 key = order_key(v, i);
         if (key >= iv.lo && key <= iv.hi) sh->found = key;
     };
-    if (from_list) {
-        for (u32 s = threadIdx.x; s < sh->list_len; s += SAMPLE_THREADS)
-            visit(sh->list_value[s], sh->list_index[s]);
-    } else {
-        for_each_logit(row, n, visit);
-    }
+    for_each_source(row, n, from_list, sh, visit);
     __syncthreads();
     u64 key = sh->found;
     __syncthreads();
