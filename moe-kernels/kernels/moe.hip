@@ -537,29 +537,35 @@ extern "C" __global__ void moe_quantize_f32_e4m3(const float* __restrict__ x, in
 }
 
 // ---------------------------------------------------------------------------------------------
-// Expert GEMVs: persistent blocks over a work list. Tile t of the list is row tile
-// t % row_tiles of active expert t / row_tiles; the grid is about the number of resident
-// blocks and each block walks the list with stride gridDim.x, issuing the next tile's weight
-// loads before it works on the current tile. (With one block per tile, a block spent much of
-// its life with nothing in flight: the expert lookup before its loads, the reduction and the
-// stores after them; at B=1 the kernels reached about half the copy bandwidth.)
+// Expert GEMVs: persistent kernels over a work list. Item i of the list is row group
+// i % groups of active expert i / groups. The grid is about the number of resident blocks;
+// each worker walks the list with a stride of all the workers and issues the next item's weight
+// loads before it works on the current one. (With one block per item, a block spent much of its
+// life with nothing in flight: the expert lookup before its loads, the reduction and the stores
+// after them.) gate_up's workers are blocks: the gate and up halves of a tile meet in shared
+// memory, and the pairs' activations are staged there. down's workers are single waves with no
+// block-wide barrier, reading their pairs' activations through L1: the waves of a block take
+// neighbouring items, mostly of the same expert, so they share those lines. (down as block
+// tiles, v4–v11, left the issue slots idle while a block's waves waited for each other at its
+// barriers; gate_up as single waves, v12, needs two rows in flight per wave, spills at the
+// register cap and was 55 % slower.)
 // `expert_base` is added to the expert index when addressing weights, so the unfused shared
 // pass reads the shared slots of the same stacked weights.
 
-struct ExpertTile {
-    bool live;       // t is inside the list (uniform across the block)
+struct WorkItem {
+    bool live;       // the item is inside the list (uniform across the worker)
     int e;           // expert slot (before expert_base)
     int begin, end;  // its pairs in sorted order
-    int row_tile;
+    int group;       // row group within the expert
 };
 
-__device__ __forceinline__ ExpertTile expert_tile(int t, int row_tiles, int n_tiles, const int* offsets,
-                                                  const int* active) {
-    ExpertTile r;
-    r.live = t < n_tiles;
+__device__ __forceinline__ WorkItem work_item(int i, int groups, int n_items, const int* offsets,
+                                              const int* active) {
+    WorkItem r;
+    r.live = i < n_items;
     if (!r.live) return r;
-    int y = t / row_tiles;
-    r.row_tile = t - y * row_tiles;
+    int y = i / groups;
+    r.group = i - y * groups;
     r.e = active[y];
     r.begin = offsets[r.e];
     r.end = offsets[r.e + 1];
@@ -583,6 +589,18 @@ __device__ __forceinline__ void load_row_chunks(RowChunks<N>& rc, const u8* w_ro
             rc.w[i] = ((const uint4*)w_row)[c];
             rc.s[i] = s_row[c];
         }
+    }
+}
+
+// Hands the wave-wide sums of a pair tile out: pair p0 + q goes to lane (first + q) % WARP_SIZE
+// (every lane holds every sum after the reduction), so the stores spread over the lanes.
+template <int TOKS, typename Emit>
+__device__ __forceinline__ void emit_sums(const float* acc, int n, int p0, int lane, int first, Emit emit) {
+#pragma unroll
+    for (int q = 0; q < TOKS; ++q) {
+        if (q >= n) break;  // n is the same for the whole wave: the shuffles stay uniform
+        float sum = wave_sum(acc[q]);
+        if (lane == (first + q) % WARP_SIZE) emit(p0 + q, sum);
     }
 }
 
@@ -611,8 +629,8 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
     const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
     // Row of w13 for this wave in a tile (waves past the last row read row 0 of the half and
     // still meet every barrier).
-    auto row_of = [&](const ExpertTile& r, int& j) {
-        j = r.row_tile * ROWS + wave % ROWS;
+    auto row_of = [&](const WorkItem& r, int& j) {
+        j = r.group * ROWS + wave % ROWS;
         return ((size_t)(r.e + expert_base) * 2 + wave / ROWS) * MOE_INTER + (j < MOE_INTER ? j : 0);
     };
 
@@ -620,7 +638,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
     // and loads each chunk where it is used.
     constexpr int PRE = A4 ? H_PER_LANE : 1;
     RowChunks<PRE> cur_w, next_w;
-    ExpertTile cur = expert_tile(blockIdx.x, ROW_TILES, n_tiles, offsets, active);
+    WorkItem cur = work_item(blockIdx.x, ROW_TILES, n_tiles, offsets, active);
     if (!cur.live) return;
     int j;
     if (A4) {
@@ -629,7 +647,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
     }
     int staged = -1;  // sorted position of the first pair in the stage
     for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-        ExpertTile next = expert_tile(t + gridDim.x, ROW_TILES, n_tiles, offsets, active);
+        WorkItem next = work_item(t + gridDim.x, ROW_TILES, n_tiles, offsets, active);
         if (A4 && next.live) {
             int j_next;
             size_t row = row_of(next, j_next);
@@ -662,8 +680,10 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
             for (int q = 0; q < TOKS; ++q) acc[q] = 0.0f;
             if (valid) {
                 // W4A16 keeps the chunk loop rolled: unrolled, the compiler hoists every chunk's
-                // loads and spills.
-#pragma unroll(A4 ? H_PER_LANE : 1)
+                // loads and spills. (A constant, not the macro: nvcc does not expand macros in
+                // the pragma.)
+                constexpr int UNROLL = A4 ? H_PER_LANE : 1;
+#pragma unroll UNROLL
                 for (int i = 0; i < H_PER_LANE; ++i) {
                     int c = lane + i * WARP_SIZE;
                     if (c >= H_CHUNKS) break;
@@ -703,7 +723,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ w13, const u
             }
             __syncthreads();
             for (int v = threadIdx.x; v < n * ROWS; v += blockDim.x) {
-                int jj = v % ROWS, q = v / ROWS, jr = cur.row_tile * ROWS + jj;
+                int jj = v % ROWS, q = v / ROWS, jr = cur.group * ROWS + jj;
                 if (jr < MOE_INTER)
                     h[(size_t)(p0 + q) * MOE_INTER + jr] = silu_mul(partial[jj][q], partial[ROWS + jj][q]);
             }
@@ -738,102 +758,91 @@ moe_gate_up_w4a16_f32(const u8* __restrict__ w13, const u8* __restrict__ s13, in
     gate_up_body<false, true>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
-// Down projection, MOE_DOWN_ROWS output rows per wave (in registers, the next tile's rows
-// behind them). The pairs of the expert are contiguous in sorted order, TOKS of their
-// activation rows (quantized hq, hs for W4A4, f32 h for W4A16; [pairs][I]) staged in shared
-// memory per pair tile (not again when the next tile has the same pairs).
-// Output y[sorted position][H] in f32, unweighted: the combine applies the routing weights.
+// Down projection. An item is MOE_DOWN_ROWS neighbouring output rows of one expert (in
+// registers, the next item's rows behind them); the expert's pairs are contiguous in sorted
+// order, and their activation rows (quantized hq, hs for W4A4, f32 h for W4A16; [pairs][I]) are
+// read TOKS pairs at a time. Output y[sorted position][H] in f32, unweighted: the combine
+// applies the routing weights.
 template <bool A4>
 __device__ __forceinline__ void down_body(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base,
                                           const void* __restrict__ act, const u8* __restrict__ act_scale,
                                           const int* __restrict__ offsets, const int* __restrict__ active,
                                           const int* __restrict__ n_active, float* __restrict__ y) {
     constexpr int TOKS = A4 ? DOWN_TOKS_A4 : DOWN_TOKS_A16;
-    constexpr int ROW_VECS = (A4 ? MOE_INTER : 4 * MOE_INTER) / 16;
-    constexpr int TILE_ROWS = MOE_WARPS * MOE_DOWN_ROWS;
-    constexpr int ROW_TILES = (MOE_HIDDEN + TILE_ROWS - 1) / TILE_ROWS;
-    __shared__ uint4 stage[TOKS * ROW_VECS];
-    __shared__ u8 stage_scale[A4 ? TOKS * I_CHUNKS : 1];
-    const int n_tiles = ROW_TILES * n_active[0];
-    const int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    constexpr int R = MOE_DOWN_ROWS;
+    constexpr int GROUPS = (MOE_HIDDEN + R - 1) / R;
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int first = blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE;
+    const int stride = gridDim.x * MOE_WARPS;
+    const int n_items = GROUPS * n_active[0];
     const size_t row_bytes = MOE_INTER / 2;
 
-    RowChunks<I_PER_LANE> cur_w[MOE_DOWN_ROWS], next_w[MOE_DOWN_ROWS];
-    // Rows past the last one (a partial last tile) are clamped: computed, never stored.
-    auto load_rows = [&](const ExpertTile& r, RowChunks<I_PER_LANE>* rc) {
-        const int row0 = (r.row_tile * MOE_WARPS + wave) * MOE_DOWN_ROWS;
-        const size_t e = (size_t)(r.e + expert_base);
+    RowChunks<I_PER_LANE> cur_w[R], next_w[R];
+    // Rows past the last one (a partial last group) are clamped: computed, never stored.
+    auto load_rows = [&](const WorkItem& it, RowChunks<I_PER_LANE>* rc) {
+        const size_t e = (size_t)(it.e + expert_base);
 #pragma unroll
-        for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
-            size_t row = e * MOE_HIDDEN + min(row0 + k, MOE_HIDDEN - 1);
+        for (int k = 0; k < R; ++k) {
+            size_t row = e * MOE_HIDDEN + min(it.group * R + k, MOE_HIDDEN - 1);
             load_row_chunks<I_PER_LANE, I_CHUNKS>(rc[k], w2 + row * row_bytes, s2 + row * I_CHUNKS, lane);
         }
     };
-    ExpertTile cur = expert_tile(blockIdx.x, ROW_TILES, n_tiles, offsets, active);
+    WorkItem cur = work_item(first, GROUPS, n_items, offsets, active);
     if (!cur.live) return;
     load_rows(cur, cur_w);
-    int staged = -1;  // sorted position of the first pair in the stage
-    for (int t = blockIdx.x; t < n_tiles; t += gridDim.x) {
-        ExpertTile next = expert_tile(t + gridDim.x, ROW_TILES, n_tiles, offsets, active);
+    for (int i = first; i < n_items; i += stride) {
+        WorkItem next = work_item(i + stride, GROUPS, n_items, offsets, active);
         if (next.live) load_rows(next, next_w);
-        const int row0 = (cur.row_tile * MOE_WARPS + wave) * MOE_DOWN_ROWS;
+        const int row0 = cur.group * R;
         for (int p0 = cur.begin; p0 < cur.end; p0 += TOKS) {
             const int n = min(TOKS, cur.end - p0);
-            if (p0 != staged) {
-                __syncthreads();  // the previous stage is consumed
-                const uint4* src = (const uint4*)act + (size_t)p0 * ROW_VECS;
-                for (int v = threadIdx.x; v < n * ROW_VECS; v += blockDim.x) stage[v] = src[v];
-                if (A4)
-                    for (int v = threadIdx.x; v < n * I_CHUNKS; v += blockDim.x)
-                        stage_scale[v] = act_scale[(size_t)p0 * I_CHUNKS + v];
-                staged = p0;
-                __syncthreads();
-            }
-            if (row0 >= MOE_HIDDEN) continue;
-            float acc[MOE_DOWN_ROWS][TOKS];
+            float acc[R][TOKS];
 #pragma unroll
-            for (int k = 0; k < MOE_DOWN_ROWS; ++k)
+            for (int k = 0; k < R; ++k)
 #pragma unroll
                 for (int q = 0; q < TOKS; ++q) acc[k][q] = 0.0f;
 #pragma unroll
             for (int i = 0; i < I_PER_LANE; ++i) {
                 int c = lane + i * WARP_SIZE;
                 if (c >= I_CHUNKS) break;
+                float sw[R];
+                int wq[R][8];
 #pragma unroll
-                for (int k = 0; k < MOE_DOWN_ROWS; ++k) {
-                    float sw = e8m0_to_f32(cur_w[k].s[i]);
+                for (int k = 0; k < R; ++k) {
+                    sw[k] = e8m0_to_f32(cur_w[k].s[i]);
                     if (A4) {
-                        int wq[8];
-                        decode_chunk_i8(cur_w[k].w[i], wq);
+                        sw[k] *= 0.25f;
+                        decode_chunk_i8(cur_w[k].w[i], wq[k]);
+                    }
+                }
 #pragma unroll
-                        for (int q = 0; q < TOKS; ++q) {
-                            if (q >= n) break;
-                            const uint4* a = (const uint4*)((const i8*)stage + q * MOE_INTER + c * MX_BLOCK);
-                            float sa = e8m0_to_f32(stage_scale[q * I_CHUNKS + c]) * 0.25f;
-                            acc[k][q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw * sa, acc[k][q]);
-                        }
+                for (int q = 0; q < TOKS; ++q) {
+                    if (q >= n) break;
+                    if (A4) {
+                        const uint4* a = (const uint4*)((const i8*)act + (size_t)(p0 + q) * MOE_INTER + c * MX_BLOCK);
+                        const uint4 a0 = a[0], a1 = a[1];
+                        float sa = e8m0_to_f32(act_scale[(size_t)(p0 + q) * I_CHUNKS + c]);
+#pragma unroll
+                        for (int k = 0; k < R; ++k)
+                            acc[k][q] = fmaf(dot_w4a4_chunk(wq[k], a0, a1), sw[k] * sa, acc[k][q]);
                     } else {
+                        const float* a = (const float*)act + (size_t)(p0 + q) * MOE_INTER + c * MX_BLOCK;
 #pragma unroll
-                        for (int q = 0; q < TOKS; ++q) {
-                            if (q >= n) break;
-                            const float* a = (const float*)stage + q * MOE_INTER + c * MX_BLOCK;
-                            acc[k][q] = fmaf(dot_w4a32_chunk(cur_w[k].w[i], a), sw, acc[k][q]);
-                        }
+                        for (int k = 0; k < R; ++k)
+                            acc[k][q] = fmaf(dot_w4a32_chunk(cur_w[k].w[i], a), sw[k], acc[k][q]);
                     }
                 }
             }
 #pragma unroll
-            for (int k = 0; k < MOE_DOWN_ROWS; ++k)
-#pragma unroll
-                for (int q = 0; q < TOKS; ++q) {
-                    if (q >= n) break;  // uniform across the wave
-                    float sum = wave_sum(acc[k][q]);
-                    if (lane == 0 && row0 + k < MOE_HIDDEN) y[(size_t)(p0 + q) * MOE_HIDDEN + row0 + k] = sum;
-                }
+            for (int k = 0; k < R; ++k) {
+                if (row0 + k >= MOE_HIDDEN) break;  // uniform across the wave
+                emit_sums<TOKS>(acc[k], n, p0, lane, k * TOKS,
+                                [&](int p, float v) { y[(size_t)p * MOE_HIDDEN + row0 + k] = v; });
+            }
         }
         cur = next;
 #pragma unroll
-        for (int k = 0; k < MOE_DOWN_ROWS; ++k) cur_w[k] = next_w[k];
+        for (int k = 0; k < R; ++k) cur_w[k] = next_w[k];
     }
 }
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)

@@ -1,6 +1,10 @@
-// Token sampling on the device (HIP dialect), one block per row of logits: greedy argmax, or
-// one draw from the tempered softmax restricted to top-k and top-p with a uniform number the
-// host drew. The definition is moe_kernels::reference::sampling's; see its module doc.
+// Token sampling on the device (HIP dialect): greedy argmax, or one draw from the tempered
+// softmax restricted to top-k and top-p with a uniform number the host drew, per row of
+// logits. The definition is moe_kernels::reference::sampling's; see its module doc.
+// Two launches: sample_scan makes the first pass over every row, SCAN_SPAN logits a block (the
+// greedy key, the candidates' range and number, the non-finite flag); sample_rows, one block a
+// row, merges those parts and makes the selects. (The first pass in the row's own block took
+// ~56 µs an H100 row, all of a greedy pick: issue-bound on one multiprocessor.)
 //
 // Candidates are ordered by a 64-bit key: the logit's bits mapped so that unsigned order is
 // the float total order (high 32 bits), then the complemented index (low 32 bits), so equal
@@ -45,6 +49,10 @@
 #define SELECT_BITS 4
 #define SELECT_BINS (1 << SELECT_BITS)
 #define LIST_CAP 2048
+// Logits per block of sample_scan (one pass of SAMPLE_LOADS loads a thread), and the u64
+// words of one of its results.
+#define SCAN_SPAN (SAMPLE_THREADS * SAMPLE_LOADS)
+#define SCAN_WORDS 4
 #if WARP_SIZE < SELECT_BINS
 #error "the bin reduce-scatter needs at least SELECT_BINS lanes"
 #endif
@@ -68,13 +76,12 @@ __device__ __forceinline__ double sample_weight(float v, float max, float inv_t)
     return v == max ? 1.0 : exp((double)((v - max) * inv_t));
 }
 
-// Calls f(v, i) for every logit of the row, SAMPLE_LOADS loads of each thread in flight.
-// The indices are unsigned so that a stride past the end of a vocabulary near 2^31 cannot
-// overflow.
+// Calls f(v, i) for every logit i in [begin, end) of the row, SAMPLE_LOADS loads of each
+// thread in flight. The indices are unsigned so that a stride past the end of a vocabulary
+// near 2^31 cannot overflow.
 template <typename F>
-__device__ __forceinline__ void for_each_logit(const float* row, int n, F f) {
-    const u32 end = (u32)n;
-    for (u32 base = threadIdx.x; base < end; base += SAMPLE_THREADS * SAMPLE_LOADS) {
+__device__ __forceinline__ void for_each_logit(const float* row, u32 begin, u32 end, F f) {
+    for (u32 base = begin + threadIdx.x; base < end; base += SAMPLE_THREADS * SAMPLE_LOADS) {
         float v[SAMPLE_LOADS];
 #pragma unroll
         for (int u = 0; u < SAMPLE_LOADS; ++u) {
@@ -87,6 +94,42 @@ __device__ __forceinline__ void for_each_logit(const float* row, int n, F f) {
             if (i < end) f(v[u], (int)i);
         }
     }
+}
+
+// The first pass over a row, done by `sample_scan` over SCAN_SPAN logits a block: the
+// non-finite flag, the greedy pick (-0 counts as +0), the first and last candidates (NaN is
+// none), their number.
+struct Scan {
+    u64 greedy, first, last;
+    u32 valid, bad;
+};
+
+__device__ __forceinline__ u64 max_u64(u64 a, u64 b) { return a > b ? a : b; }
+__device__ __forceinline__ u64 min_u64(u64 a, u64 b) { return a < b ? a : b; }
+
+__device__ __forceinline__ Scan empty_scan() {
+    Scan s = {0ull, 0ull, ~0ull, 0u, 0u};
+    return s;
+}
+
+__device__ __forceinline__ Scan merge_scans(Scan a, Scan b) {
+    Scan s = {max_u64(a.greedy, b.greedy), max_u64(a.first, b.first), min_u64(a.last, b.last),
+              a.valid + b.valid, a.bad | b.bad};
+    return s;
+}
+
+// The block's merge of every thread's `s`, in every thread; `waves` holds SAMPLE_WAVES.
+__device__ __forceinline__ Scan block_scan(Scan s, Scan* waves) {
+    for (int off = WARP_SIZE / 2; off > 0; off >>= 1) {
+        Scan o = {__shfl_xor(s.greedy, off), __shfl_xor(s.first, off), __shfl_xor(s.last, off),
+                  __shfl_xor(s.valid, off), __shfl_xor(s.bad, off)};
+        s = merge_scans(s, o);
+    }
+    if (threadIdx.x % WARP_SIZE == 0) waves[threadIdx.x / WARP_SIZE] = s;
+    __syncthreads();
+    s = waves[0];
+    for (int v = 1; v < SAMPLE_WAVES; ++v) s = merge_scans(s, waves[v]);
+    return s;
 }
 
 // Keys [lo, hi] (both held by candidates or bounds of a bin), cut into bins of 2^shift keys:
@@ -140,9 +183,7 @@ struct Shared {
     u32 list_len;
     Decision decision;
     u64 found;
-    // Pass 1, per wave: greedy key, first candidate's key, last candidate's key, count, flag.
-    u64 wave_greedy[SAMPLE_WAVES], wave_first[SAMPLE_WAVES], wave_last[SAMPLE_WAVES];
-    u32 wave_valid[SAMPLE_WAVES], wave_bad[SAMPLE_WAVES];
+    Scan wave_scan[SAMPLE_WAVES];
     double total;
 };
 
@@ -154,7 +195,7 @@ __device__ __forceinline__ void for_each_source(const float* row, int n, bool fr
         for (u32 s = threadIdx.x; s < sh->list_len; s += SAMPLE_THREADS)
             f(sh->list_value[s], sh->list_index[s]);
     } else {
-        for_each_logit(row, n, f);
+        for_each_logit(row, 0u, (u32)n, f);
     }
 }
 
@@ -327,11 +368,35 @@ __device__ u64 select_key(const float* row, int n, Interval iv, const Bins* leve
     }
 }
 
-__device__ __forceinline__ u64 max_u64(u64 a, u64 b) { return a > b ? a : b; }
-__device__ __forceinline__ u64 min_u64(u64 a, u64 b) { return a < b ? a : b; }
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
+sample_scan(const float* logits, int vocab, u64* scans) {
+    __shared__ Scan waves[SAMPLE_WAVES];
+    // Row blockIdx.x (grid.x holds more rows than grid.y could), part blockIdx.y.
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    const u32 begin = blockIdx.y * SCAN_SPAN, end = min((u32)vocab, begin + SCAN_SPAN);
+    Scan s = empty_scan();
+    for_each_logit(row, begin, end, [&](float v, int i) {
+        if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) s.bad = 1u;
+        if (is_nan(v)) return;
+        ++s.valid;
+        u64 k = order_key(v, i);
+        s.greedy = max_u64(s.greedy, order_key(v == 0.0f ? 0.0f : v, i));
+        s.first = max_u64(s.first, k);
+        s.last = min_u64(s.last, k);
+    });
+    s = block_scan(s, waves);
+    if (threadIdx.x == 0) {
+        u64* out = scans + ((size_t)blockIdx.x * gridDim.y + blockIdx.y) * SCAN_WORDS;
+        out[0] = s.greedy;
+        out[1] = s.first;
+        out[2] = s.last;
+        out[3] = ((u64)s.bad << 32) | s.valid;
+    }
+}
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
-sample_rows(const float* logits, int vocab, const double* requests, int* results) {
+sample_rows(const float* logits, int vocab, const double* requests, const u64* scans, int scan_parts,
+            int* results) {
     __shared__ Shared sh;
 
     const float* row = logits + (size_t)blockIdx.x * vocab;
@@ -339,43 +404,16 @@ sample_rows(const float* logits, int vocab, const double* requests, int* results
     int* out = results + (size_t)blockIdx.x * 2;
     int mode = (int)req[0];
 
-    // Pass 1: the non-finite flag, the greedy pick (-0 counts as +0), the first and last
-    // candidates, their number.
-    u64 greedy = 0ull, first = 0ull, last = ~0ull;
-    u32 valid = 0u, bad = 0u;
-    for_each_logit(row, vocab, [&](float v, int i) {
-        if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) bad = 1u;
-        if (is_nan(v)) return;
-        ++valid;
-        u64 k = order_key(v, i);
-        greedy = max_u64(greedy, order_key(v == 0.0f ? 0.0f : v, i));
-        first = max_u64(first, k);
-        last = min_u64(last, k);
-    });
-    for (int off = WARP_SIZE / 2; off > 0; off >>= 1) {
-        greedy = max_u64(greedy, __shfl_xor(greedy, off));
-        first = max_u64(first, __shfl_xor(first, off));
-        last = min_u64(last, __shfl_xor(last, off));
-        valid += __shfl_xor(valid, off);
-        bad |= __shfl_xor(bad, off);
+    // Pass 1 is sample_scan's: merge its parts of the row.
+    Scan scan = empty_scan();
+    for (int p = threadIdx.x; p < scan_parts; p += SAMPLE_THREADS) {
+        const u64* part = scans + ((size_t)blockIdx.x * scan_parts + p) * SCAN_WORDS;
+        Scan s = {part[0], part[1], part[2], (u32)part[3], (u32)(part[3] >> 32)};
+        scan = merge_scans(scan, s);
     }
-    int wave = threadIdx.x / WARP_SIZE;
-    if (threadIdx.x % WARP_SIZE == 0) {
-        sh.wave_greedy[wave] = greedy;
-        sh.wave_first[wave] = first;
-        sh.wave_last[wave] = last;
-        sh.wave_valid[wave] = valid;
-        sh.wave_bad[wave] = bad;
-    }
-    __syncthreads();
-    for (int v = 0; v < SAMPLE_WAVES; ++v) {
-        greedy = max_u64(greedy, sh.wave_greedy[v]);
-        first = max_u64(first, sh.wave_first[v]);
-        last = min_u64(last, sh.wave_last[v]);
-        bad |= sh.wave_bad[v];
-    }
-    valid = 0u;
-    for (int v = 0; v < SAMPLE_WAVES; ++v) valid += sh.wave_valid[v];
+    scan = block_scan(scan, sh.wave_scan);
+    const u64 greedy = scan.greedy, first = scan.first, last = scan.last;
+    const u32 valid = scan.valid, bad = scan.bad;
 
     int token = -1;
     if (mode == 1) {

@@ -128,6 +128,8 @@ struct CallBuffers {
     logits: DeviceBuffer<f32>,
     /// Sampling requests of [`SamplingKernel::launch`], one per chunk.
     requests: DeviceBuffer<f64>,
+    /// Its workspace, [`SamplingKernel::scan_len`] values per chunk.
+    scans: DeviceBuffer<u64>,
     /// Its results, one per chunk.
     results: DeviceBuffer<i32>,
 }
@@ -152,6 +154,7 @@ impl CallBuffers {
             last: device.alloc_zeroed(t)?,
             logits: device.alloc_zeroed(t * c.vocab_size)?,
             requests: device.alloc_zeroed(t * REQUEST_WIDTH)?,
+            scans: device.alloc_zeroed(t * SamplingKernel::scan_len(c.vocab_size))?,
             results: device.alloc_zeroed(t * RESULT_WIDTH)?,
         })
     }
@@ -540,6 +543,7 @@ impl GpuModel {
                 self.config.vocab_size,
                 call.chunks,
                 &b.requests,
+                &mut b.scans,
                 &mut b.results,
             )?;
         }

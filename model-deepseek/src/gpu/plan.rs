@@ -11,7 +11,7 @@ use crate::weights::{FeedForward, Linear, Matrix, MlpWeights, ModelWeights, Quer
 use moe_kernels::gpu::model_ops::{
     MlaWorkspace, dense_is_bf16, linear_device_bytes, mla_weight_bytes,
 };
-use moe_kernels::gpu::{REQUEST_WIDTH, RESULT_WIDTH};
+use moe_kernels::gpu::{REQUEST_WIDTH, RESULT_WIDTH, SamplingKernel};
 use thiserror::Error;
 
 /// Bytes kept free for what the plan does not count: the driver context, loaded kernel code,
@@ -348,9 +348,13 @@ pub(crate) fn activation_widths(c: &ModelConfig) -> [(&'static str, usize); 13] 
 fn workspace_bytes(c: &ModelConfig, moe_slots: Option<usize>, t: usize) -> u64 {
     let per_token: usize = activation_widths(c).iter().map(|(_, n)| n * 4).sum();
     // Rope cos/sin, positions, cache rows, block-table offsets, token ids, rows to take
-    // logits of, and a sampling request (f64s) and result (i32s) per chunk (at most one
-    // chunk a token).
-    let per_token_small = c.qk_rope_head_dim * 4 + 5 * 4 + REQUEST_WIDTH * 8 + RESULT_WIDTH * 4;
+    // logits of, and a sampling request (f64s), scan workspace (u64s) and result (i32s) per
+    // chunk (at most one chunk a token).
+    let per_token_small = c.qk_rope_head_dim * 4
+        + 5 * 4
+        + REQUEST_WIDTH * 8
+        + SamplingKernel::scan_len(c.vocab_size) * 8
+        + RESULT_WIDTH * 4;
     // Logits of up to every token, and the last-row copy of the residual stream.
     let logits = c.vocab_size * 4 + c.hidden_size * 4;
     let moe = moe_slots.map_or(0, |slots| moe_workspace_bytes(c, slots, t));

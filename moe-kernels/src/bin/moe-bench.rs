@@ -321,7 +321,10 @@ fn run() -> Result<()> {
                 warm = step(i, mode, &mut ws)?.0;
             }
         }
-        let iters = ((args.budget_ms * 1e-3 / (2.0 * warm)) as usize).clamp(5, args.iters);
+        // The budget may cut the run short, but never below 5 samples nor above what was asked.
+        let iters = ((args.budget_ms * 1e-3 / (2.0 * warm)) as usize)
+            .max(5)
+            .min(args.iters);
         let mut samples: Vec<Vec<(f64, usize)>> = vec![Vec::new(); MODES.len()];
         for i in 0..iters {
             for (m, mode) in MODES.into_iter().enumerate() {

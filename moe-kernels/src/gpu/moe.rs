@@ -29,10 +29,10 @@ use crate::reference::{ActivationQuant, RoutingParams, ScaleRule};
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/moe.hip");
 
 /// Waves per block of the expert GEMV kernels (`MOE_WARPS`); gate_up splits them in two
-/// halves (gate rows, up rows), so it must be even.
+/// halves (gate rows, up rows), so it must be even. (down's waves each work alone.)
 const WARPS: u32 = 8;
 const _: () = assert!(WARPS.is_multiple_of(2));
-/// Output rows per wave of the down projection (`MOE_DOWN_ROWS`).
+/// Output rows per work item of the down projection (`MOE_DOWN_ROWS`).
 const DOWN_ROWS: u32 = 2;
 /// Resident blocks per compute unit of the GEMV kernels: their `__launch_bounds__` minimum.
 const GEMV_BLOCKS_PER_UNIT: usize = 2;
@@ -541,12 +541,12 @@ impl MoeKernels {
         WARPS * self.device.info().wave_size
     }
 
-    /// Grid of the persistent GEMV kernels for at most `tiles` tiles of work: as many blocks
-    /// as are resident at once (their launch bound is two per compute unit), fewer when there
-    /// is less work.
-    fn gemv_blocks(&self, tiles: usize) -> Result<u32, GpuError> {
+    /// Grid of the persistent GEMV kernels for at most `blocks` blocks of work: as many as are
+    /// resident at once (their launch bound is two per compute unit), fewer when there is less
+    /// work.
+    fn gemv_blocks(&self, blocks: usize) -> Result<u32, GpuError> {
         let resident = GEMV_BLOCKS_PER_UNIT * self.device.info().compute_units as usize;
-        to_u32("GEMV tiles", tiles.clamp(1, resident))
+        to_u32("GEMV blocks", blocks.clamp(1, resident))
     }
 
     /// [`crate::reference::route_noaux_tc`] for `n_tokens` tokens: `logits` `[n_tokens][n_routed]`
@@ -989,6 +989,7 @@ impl MoeKernels {
         let threads = self.gemv_threads();
         let gate_up = LaunchConfig {
             grid: [
+                // One tile of WARPS / 2 gate rows and their up rows per block.
                 self.gemv_blocks(self.inter.div_ceil(WARPS as usize / 2) * experts)?,
                 1,
                 1,
@@ -998,7 +999,10 @@ impl MoeKernels {
         };
         let down = LaunchConfig {
             grid: [
-                self.gemv_blocks(self.hidden.div_ceil((WARPS * DOWN_ROWS) as usize) * experts)?,
+                // One item of DOWN_ROWS rows per wave.
+                self.gemv_blocks(
+                    (self.hidden.div_ceil(DOWN_ROWS as usize) * experts).div_ceil(WARPS as usize),
+                )?,
                 1,
                 1,
             ],

@@ -11,8 +11,15 @@ use crate::reference::SamplingRule;
 
 const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/sampling.hip");
 
-/// Threads per block (`SAMPLE_THREADS`); one block per row.
+/// Threads per block (`SAMPLE_THREADS`): of `sample_rows` (one block per row) and of
+/// `sample_scan` (one block per [`SCAN_SPAN`] logits of a row).
 const THREADS: u32 = 512;
+/// Logits per block of `sample_scan` (`SCAN_SPAN`: `SAMPLE_LOADS` = 8 loads a thread).
+const SCAN_SPAN: usize = THREADS as usize * 8;
+/// u64 values of one `sample_scan` result (`SCAN_WORDS`).
+const SCAN_WORDS: usize = 4;
+/// `sample_scan`'s parts of a row go in grid.y, whose limit is 65535.
+const MAX_SCAN_PARTS: usize = 65535;
 /// f64 values per row request (`SAMPLE_REQ`).
 pub const REQUEST_WIDTH: usize = 5;
 /// i32 values per row result: the token (-1 for none) and the non-finite flag.
@@ -44,6 +51,7 @@ pub struct RowSample {
 /// The sampling kernel compiled for one device.
 #[derive(Debug)]
 pub struct SamplingKernel {
+    sample_scan: Function,
     sample_rows: Function,
 }
 
@@ -57,8 +65,17 @@ impl SamplingKernel {
         }
         let module = device.compile(&SOURCE, &Defines::new().set("SAMPLE_THREADS", THREADS))?;
         Ok(Self {
+            sample_scan: module.function("sample_scan")?,
             sample_rows: module.function("sample_rows")?,
         })
+    }
+
+    /// The u64 values of scan workspace that [`SamplingKernel::launch`] needs per row of
+    /// `vocab` logits. (The first pass over a row, for the greedy pick, the non-finite flag and
+    /// the candidates' range, is spread over many blocks: one block reading a whole row took
+    /// ~56 µs on an H100, as long as ten MoE small kernels.)
+    pub fn scan_len(vocab: usize) -> usize {
+        vocab.div_ceil(SCAN_SPAN) * SCAN_WORDS
     }
 
     /// Picks a token from each of the first `picks.len()` rows of `logits` (`vocab` values a
@@ -76,17 +93,28 @@ impl SamplingKernel {
         }
         let device = stream.device();
         let requests = device.upload(&requests)?;
+        let mut scans = device.alloc_zeroed::<u64>(picks.len() * Self::scan_len(vocab))?;
         let mut results = device.alloc_zeroed::<i32>(picks.len() * RESULT_WIDTH)?;
-        self.launch(stream, logits, vocab, picks.len(), &requests, &mut results)?;
+        self.launch(
+            stream,
+            logits,
+            vocab,
+            picks.len(),
+            &requests,
+            &mut scans,
+            &mut results,
+        )?;
         stream.synchronize()?;
         Ok(Self::decode_results(&results.to_vec()?))
     }
 
     /// Queues the picks of the first `rows` rows of `logits` (`vocab` values a row) on
-    /// `stream`: `requests` holds [`Self::encode_requests`]'s values for them, and `results` gets
-    /// [`RESULT_WIDTH`] values a row for [`Self::decode_results`]. Nothing is allocated, copied or
-    /// waited for, so the launch can be captured in a graph (with buffers sized for the
-    /// largest batch, filled before each replay).
+    /// `stream`: `requests` holds [`Self::encode_requests`]'s values for them, `scans` is
+    /// workspace of [`Self::scan_len`] values a row, and `results` gets [`RESULT_WIDTH`] values
+    /// a row for [`Self::decode_results`]. Nothing is allocated, copied or waited for, so the
+    /// launches can be captured in a graph (with buffers sized for the largest batch, filled
+    /// before each replay).
+    #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
         stream: &Stream,
@@ -94,12 +122,14 @@ impl SamplingKernel {
         vocab: usize,
         rows: usize,
         requests: &DeviceBuffer<f64>,
+        scans: &mut DeviceBuffer<u64>,
         results: &mut DeviceBuffer<i32>,
     ) -> Result<(), GpuError> {
         let vocab_arg = vocab_arg(vocab)?;
         for (name, len, needed) in [
             ("logits", logits.len(), rows * vocab),
             ("requests", requests.len(), rows * REQUEST_WIDTH),
+            ("scans", scans.len(), rows * Self::scan_len(vocab)),
             ("results", results.len(), rows * RESULT_WIDTH),
         ] {
             check_param(name, len, len >= needed, || {
@@ -114,6 +144,17 @@ impl SamplingKernel {
             value: rows.to_string(),
             reason: "does not fit a 32-bit grid dimension".into(),
         })?;
+        // The parts of a row go in grid.y, which holds 65535 (`vocab_arg` checked that).
+        let parts = vocab.div_ceil(SCAN_SPAN) as u32;
+        stream.launch(
+            &self.sample_scan,
+            LaunchConfig {
+                grid: [grid, parts, 1],
+                block: [THREADS, 1, 1],
+                shared_mem_bytes: 0,
+            },
+            &[logits, &vocab_arg, scans],
+        )?;
         stream.launch(
             &self.sample_rows,
             LaunchConfig {
@@ -121,7 +162,14 @@ impl SamplingKernel {
                 block: [THREADS, 1, 1],
                 shared_mem_bytes: 0,
             },
-            &[logits, &vocab_arg, requests, results],
+            &[
+                logits,
+                &vocab_arg,
+                requests,
+                scans,
+                &(parts as i32),
+                results,
+            ],
         )?;
         Ok(())
     }
@@ -151,9 +199,14 @@ impl SamplingKernel {
 }
 
 fn vocab_arg(vocab: usize) -> Result<i32, GpuError> {
-    let arg = i32::try_from(vocab).ok().filter(|&v| v > 0);
+    let arg = i32::try_from(vocab)
+        .ok()
+        .filter(|&v| v > 0 && vocab.div_ceil(SCAN_SPAN) <= MAX_SCAN_PARTS);
     check_param("vocab", vocab, arg.is_some(), || {
-        "must be positive and fit a 32-bit kernel argument".into()
+        format!(
+            "must be positive and at most {}",
+            MAX_SCAN_PARTS * SCAN_SPAN
+        )
     })?;
     Ok(arg.expect("checked"))
 }
