@@ -139,10 +139,27 @@ extern "C" __global__ void ops_gather_rows_bf16(const u16* __restrict__ table, c
 // delta (rows of d values, contiguous) is written back and normalised (one launch, not two);
 // without it `delta` is not read.
 // One block per row. A decode step normalises one row at a time, so the kernel is latency
-// bound: where d and both strides are multiples of 4 the row is read in 16-byte pieces with
-// the loop unrolled, so that a thread's loads are all in flight at once (a scalar loop waited
-// for one round trip per few elements, twice).
+// bound, and its inputs often come from DRAM (the residual stream was written before the last
+// MoE streamed its weights through L2). Where d and both strides are multiples of 4 and a row
+// fits NORM_VECS 16-byte pieces a thread, the row, delta and the norm weight are all loaded at
+// once into registers, so the kernel waits for one round trip before its reduction and none
+// after it (loading the weight only after the reduction cost a second one). Other rows take a
+// loop that rereads x after the reduction.
+#define NORM_VECS 8
 #define NORM_UNROLL 8
+
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+__device__ __forceinline__ float sum_squares4(float4 v, float ss) {
+    return fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+}
+
+__device__ __forceinline__ float4 scale4(float4 g, float4 v, float inv) {
+    return make_float4(g.x * (v.x * inv), g.y * (v.y * inv), g.z * (v.z * inv), g.w * (v.w * inv));
+}
+
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_rmsnorm(float* __restrict__ x, int x_stride, int add, const float* __restrict__ delta,
             const float* __restrict__ w, int d, float eps, float* __restrict__ out, int out_stride) {
@@ -153,16 +170,44 @@ ops_rmsnorm(float* __restrict__ x, int x_stride, int add, const float* __restric
     const bool quads = ((d | x_stride | out_stride) & 3) == 0;
     const int n4 = quads ? d / 4 : 0;  // elements before 4 * n4 go in quads, the rest one by one
     float4* x4 = (float4*)xr;
+    const float4* w4 = (const float4*)w;
     float ss = 0.0f;
+    if (quads && n4 <= NORM_VECS * OPS_THREADS) {
+        float4 v[NORM_VECS], g[NORM_VECS];
+#pragma unroll
+        for (int u = 0; u < NORM_VECS; ++u) {
+            int i = threadIdx.x + u * OPS_THREADS;
+            if (i < n4) {
+                v[u] = x4[i];
+                g[u] = w4[i];
+                if (dr) v[u] = add4(v[u], ((const float4*)dr)[i]);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < NORM_VECS; ++u) {
+            int i = threadIdx.x + u * OPS_THREADS;
+            if (i < n4) {
+                if (dr) x4[i] = v[u];
+                ss = sum_squares4(v[u], ss);
+            }
+        }
+        ss = block_reduce(ss, scratch, false);
+        float inv = 1.0f / sqrtf(ss / (float)d + eps);
+#pragma unroll
+        for (int u = 0; u < NORM_VECS; ++u) {
+            int i = threadIdx.x + u * OPS_THREADS;
+            if (i < n4) ((float4*)orow)[i] = scale4(g[u], v[u], inv);
+        }
+        return;
+    }
 #pragma unroll NORM_UNROLL
     for (int i = threadIdx.x; i < n4; i += OPS_THREADS) {
         float4 v = x4[i];
         if (dr) {
-            float4 e = ((const float4*)dr)[i];
-            v = make_float4(v.x + e.x, v.y + e.y, v.z + e.z, v.w + e.w);
+            v = add4(v, ((const float4*)dr)[i]);
             x4[i] = v;
         }
-        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+        ss = sum_squares4(v, ss);
     }
     for (int i = 4 * n4 + threadIdx.x; i < d; i += OPS_THREADS) {
         float v = xr[i];
@@ -173,10 +218,7 @@ ops_rmsnorm(float* __restrict__ x, int x_stride, int add, const float* __restric
     float inv = 1.0f / sqrtf(ss / (float)d + eps);
     // Each thread rereads only the elements it wrote itself.
 #pragma unroll NORM_UNROLL
-    for (int i = threadIdx.x; i < n4; i += OPS_THREADS) {
-        float4 v = x4[i], g = ((const float4*)w)[i];
-        ((float4*)orow)[i] = make_float4(g.x * (v.x * inv), g.y * (v.y * inv), g.z * (v.z * inv), g.w * (v.w * inv));
-    }
+    for (int i = threadIdx.x; i < n4; i += OPS_THREADS) ((float4*)orow)[i] = scale4(w4[i], x4[i], inv);
     for (int i = 4 * n4 + threadIdx.x; i < d; i += OPS_THREADS) orow[i] = w[i] * (xr[i] * inv);
 }
 
