@@ -741,6 +741,104 @@ moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, int exp
     gate_up_body<true, false>(w13, s13, expert_base, xq, xs, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
+// W4A4 gate_up for a decode step of at most T tokens (T = 1, 2 or 4: instantiations below; one
+// for 8 tokens spills at the register cap and was slower than the tile kernel): every token's
+// quantized row is staged in shared memory once, behind the kernel's only barrier, and then
+// each wave works alone, as down does. An item is intermediate row j of one expert: the wave
+// runs the gate row against all the expert's pairs (at most one per token, so at most T), then
+// the up row, and writes SiLU(gate) * up; the up row's loads are in flight during the gate pass
+// and the next item's gate row during the up pass. Dynamic shared memory: n_tokens rows of H
+// bytes, then n_tokens * H_CHUNKS scale codes.
+template <int T>
+__device__ __forceinline__ void staged_row_dots(const RowChunks<H_PER_LANE>& rc, const uint4* stage,
+                                                const u8* stage_scale, const int* tok, int n, int lane,
+                                                float* sums) {
+    float acc[T];
+#pragma unroll
+    for (int q = 0; q < T; ++q) acc[q] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < H_PER_LANE; ++i) {
+        int c = lane + i * WARP_SIZE;
+        if (c >= H_CHUNKS) break;
+        int wq[8];
+        decode_chunk_i8(rc.w[i], wq);
+        float sw = e8m0_to_f32(rc.s[i]) * 0.25f;
+#pragma unroll
+        for (int q = 0; q < T; ++q) {
+            if (q >= n) break;
+            const uint4* a = stage + tok[q] * (MOE_HIDDEN / 16) + 2 * c;
+            float sa = e8m0_to_f32(stage_scale[tok[q] * H_CHUNKS + c]);
+            acc[q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw * sa, acc[q]);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < T; ++q) {
+        if (q >= n) break;  // uniform across the wave
+        sums[q] = wave_sum(acc[q]);
+    }
+}
+
+template <int T>
+__device__ __forceinline__ void gate_up_staged_body(const u8* __restrict__ w13, const u8* __restrict__ s13,
+                                                    int expert_base, const i8* __restrict__ xq,
+                                                    const u8* __restrict__ xs, int n_tokens,
+                                                    const int* __restrict__ offsets,
+                                                    const int* __restrict__ sorted_pairs,
+                                                    const int* __restrict__ active,
+                                                    const int* __restrict__ n_active, int slots,
+                                                    float* __restrict__ h) {
+    extern __shared__ uint4 stage[];
+    u8* stage_scale = (u8*)(stage + (size_t)n_tokens * (MOE_HIDDEN / 16));
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int first = blockIdx.x * MOE_WARPS + threadIdx.x / WARP_SIZE;
+    const int stride = gridDim.x * MOE_WARPS;
+    const int n_items = MOE_INTER * n_active[0];
+    auto row_of = [&](const WorkItem& it, int half) {
+        return ((size_t)(it.e + expert_base) * 2 + half) * MOE_INTER + it.group;
+    };
+    auto load = [&](RowChunks<H_PER_LANE>& rc, size_t row) {
+        load_row_chunks<H_PER_LANE, H_CHUNKS>(rc, w13 + row * (MOE_HIDDEN / 2), s13 + row * H_CHUNKS, lane);
+    };
+    // The first gate row goes out before the staging, so the two overlap.
+    WorkItem cur = work_item(first, MOE_INTER, n_items, offsets, active);
+    RowChunks<H_PER_LANE> gate_w, up_w;
+    if (cur.live) load(gate_w, row_of(cur, 0));
+    for (int v = threadIdx.x; v < n_tokens * (MOE_HIDDEN / 16); v += blockDim.x) stage[v] = ((const uint4*)xq)[v];
+    for (int v = threadIdx.x; v < n_tokens * H_CHUNKS; v += blockDim.x) stage_scale[v] = xs[v];
+    __syncthreads();
+    for (int i = first; i < n_items; i += stride) {
+        load(up_w, row_of(cur, 1));
+        const int n = min(T, cur.end - cur.begin);  // all of them (see above)
+        int tok[T];
+#pragma unroll
+        for (int q = 0; q < T; ++q) tok[q] = sorted_pairs[cur.begin + min(q, n - 1)] / slots;
+        float gate[T], up[T];
+        staged_row_dots<T>(gate_w, stage, stage_scale, tok, n, lane, gate);
+        WorkItem next = work_item(i + stride, MOE_INTER, n_items, offsets, active);
+        if (next.live) load(gate_w, row_of(next, 0));
+        staged_row_dots<T>(up_w, stage, stage_scale, tok, n, lane, up);
+#pragma unroll
+        for (int q = 0; q < T; ++q) {
+            if (q >= n) break;
+            if (lane == q) h[(size_t)(cur.begin + q) * MOE_INTER + cur.group] = silu_mul(gate[q], up[q]);
+        }
+        cur = next;
+    }
+}
+
+#define GATE_UP_STAGED(T)                                                                              \
+    extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2) moe_gate_up_w4a4_staged##T(           \
+        const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base, const i8* __restrict__ xq, \
+        const u8* __restrict__ xs, int n_tokens, const int* __restrict__ offsets,                      \
+        const int* __restrict__ sorted_pairs, const int* __restrict__ active,                          \
+        const int* __restrict__ n_active, int slots, float* __restrict__ h) {                          \
+        gate_up_staged_body<T>(w13, s13, expert_base, xq, xs, n_tokens, offsets, sorted_pairs, active,  \
+                               n_active, slots, h);                                                    \
+    }
+GATE_UP_STAGED(1)
+GATE_UP_STAGED(2)
+GATE_UP_STAGED(4)
+
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,
                   const u16* __restrict__ x, const int* __restrict__ offsets,

@@ -394,6 +394,8 @@ pub struct MoeKernels {
     io_bf16: IoKernels,
     io_f32: IoKernels,
     gate_up_w4a4: Function,
+    /// W4A4 gate_up for at most 1, 2 and 4 tokens (`moe_gate_up_w4a4_staged{T}`).
+    gate_up_w4a4_staged: [(usize, Function); 3],
     down_w4a4: Function,
     down_w4a16: Function,
     /// None where the device has no E4M3 tensor cores (see `moe_tc`).
@@ -472,6 +474,11 @@ impl MoeKernels {
                 combine: f("moe_combine_f32")?,
             },
             gate_up_w4a4: f("moe_gate_up_w4a4")?,
+            gate_up_w4a4_staged: [
+                (1, f("moe_gate_up_w4a4_staged1")?),
+                (2, f("moe_gate_up_w4a4_staged2")?),
+                (4, f("moe_gate_up_w4a4_staged4")?),
+            ],
             down_w4a4: f("moe_down_w4a4")?,
             down_w4a16: f("moe_down_w4a16")?,
             tensor: TensorCoreKernels::compile(device, hidden, inter)?,
@@ -539,6 +546,26 @@ impl MoeKernels {
     /// Threads per block of the GEMV kernels on this device.
     fn gemv_threads(&self) -> u32 {
         WARPS * self.device.info().wave_size
+    }
+
+    /// Shared memory of `moe_gate_up_w4a4_staged{T}` for `n_tokens` tokens: each token's
+    /// quantized row, H bytes and H / 32 scales.
+    fn gate_up_stage_bytes(&self, n_tokens: usize) -> usize {
+        n_tokens * (self.hidden + self.hidden / BLOCK)
+    }
+
+    /// The staged W4A4 gate_up kernel for `n_tokens` (the smallest instantiation that holds
+    /// them), where two blocks' stages fit what one block may have (so two still fit a compute
+    /// unit where that is all it has); None for more tokens.
+    fn staged_gate_up(&self, n_tokens: usize) -> Option<&Function> {
+        let limit = self.device.info().max_shared_memory_per_block as usize;
+        if 2 * self.gate_up_stage_bytes(n_tokens) > limit {
+            return None;
+        }
+        self.gate_up_w4a4_staged
+            .iter()
+            .find(|(tokens, _)| n_tokens <= *tokens)
+            .map(|(_, kernel)| kernel)
     }
 
     /// Grid of the persistent GEMV kernels for at most `blocks` blocks of work: as many as are
@@ -1039,6 +1066,40 @@ impl MoeKernels {
                         &g.sorted,
                         slots,
                     )?,
+                    None if let Some(kernel) = self.staged_gate_up(pass.n_tokens) => {
+                        // One item (an intermediate row of an expert) per wave; every token's
+                        // quantized row in shared memory.
+                        let config = LaunchConfig {
+                            grid: [
+                                self.gemv_blocks((self.inter * experts).div_ceil(WARPS as usize))?,
+                                1,
+                                1,
+                            ],
+                            block: [threads, 1, 1],
+                            shared_mem_bytes: to_u32(
+                                "gate_up shared memory",
+                                self.gate_up_stage_bytes(pass.n_tokens),
+                            )?,
+                        };
+                        stream.launch(
+                            kernel,
+                            config,
+                            &[
+                                &w.w13,
+                                &w.s13,
+                                &base,
+                                &x_quant.values,
+                                &x_quant.scales,
+                                &to_i32("tokens", pass.n_tokens)?,
+                                &g.offsets,
+                                &g.sorted,
+                                &g.active,
+                                &g.n_active,
+                                &slots,
+                                h,
+                            ],
+                        )?
+                    }
                     None => stream.launch(
                         &self.gate_up_w4a4,
                         gate_up,
