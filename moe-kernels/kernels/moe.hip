@@ -542,13 +542,15 @@ extern "C" __global__ void moe_quantize_f32_e4m3(const float* __restrict__ x, in
 // each worker walks the list with a stride of all the workers and issues the next item's weight
 // loads before it works on the current one. (With one block per item, a block spent much of its
 // life with nothing in flight: the expert lookup before its loads, the reduction and the stores
-// after them.) gate_up's workers are blocks: the gate and up halves of a tile meet in shared
-// memory, and the pairs' activations are staged there. down's workers are single waves with no
-// block-wide barrier, reading their pairs' activations through L1: the waves of a block take
-// neighbouring items, mostly of the same expert, so they share those lines. (down as block
-// tiles, v4–v11, left the issue slots idle while a block's waves waited for each other at its
-// barriers; gate_up as single waves, v12, needs two rows in flight per wave, spills at the
-// register cap and was 55 % slower.)
+// after them.) down's workers are single waves with no block-wide barrier, reading their
+// pairs' activations through L1: the waves of a block take neighbouring items, mostly of the
+// same expert, so they share those lines. gate_up's are single waves too for a decode step of
+// at most 4 tokens (moe_gate_up_w4a4_staged{1,2,4}, the batch's activations staged in shared
+// memory once), and blocks otherwise: the gate and up halves of a tile meet in shared memory,
+// and the pairs' activations are staged there. (As block tiles, v4–v11, a block's waves waited
+// for each other at its barriers and left the issue slots idle; gate_up as single waves for
+// more tokens, or reading its activations from global memory, spills at the register cap and
+// was slower: moe-kernels/PERF-NOTES.md, v12.)
 // `expert_base` is added to the expert index when addressing weights, so the unfused shared
 // pass reads the shared slots of the same stacked weights.
 
