@@ -35,6 +35,7 @@
 // Defines (set by the launcher; part of the compile-cache key):
 //   WARP_SIZE        threads per wave, from the runtime; never assumed
 //   SAMPLE_THREADS   threads per block (a multiple of WARP_SIZE)
+//   SCAN_SPAN        logits per block of sample_scan
 // check-defines: SAMPLE_THREADS=256
 
 #ifndef SAMPLE_THREADS
@@ -49,9 +50,12 @@
 #define SELECT_BITS 4
 #define SELECT_BINS (1 << SELECT_BITS)
 #define LIST_CAP 2048
-// Logits per block of sample_scan (one pass of SAMPLE_LOADS loads a thread), and the u64
-// words of one of its results.
+// Logits per block of sample_scan (set by the launcher, which sizes the scan workspace from
+// it; one pass of SAMPLE_LOADS loads a thread by default), and the u64 words of one of its
+// results.
+#ifndef SCAN_SPAN
 #define SCAN_SPAN (SAMPLE_THREADS * SAMPLE_LOADS)
+#endif
 #define SCAN_WORDS 4
 #if WARP_SIZE < SELECT_BINS
 #error "the bin reduce-scatter needs at least SELECT_BINS lanes"

@@ -14,7 +14,7 @@ const SOURCE: KernelSource<'static> = kernel_source!("../../kernels/sampling.hip
 /// Threads per block (`SAMPLE_THREADS`): of `sample_rows` (one block per row) and of
 /// `sample_scan` (one block per [`SCAN_SPAN`] logits of a row).
 const THREADS: u32 = 512;
-/// Logits per block of `sample_scan` (`SCAN_SPAN`: `SAMPLE_LOADS` = 8 loads a thread).
+/// Logits per block of `sample_scan` (`SCAN_SPAN`: one pass of its 8 loads a thread).
 const SCAN_SPAN: usize = THREADS as usize * 8;
 /// u64 values of one `sample_scan` result (`SCAN_WORDS`).
 const SCAN_WORDS: usize = 4;
@@ -63,7 +63,10 @@ impl SamplingKernel {
                 device: device.id(),
             });
         }
-        let module = device.compile(&SOURCE, &Defines::new().set("SAMPLE_THREADS", THREADS))?;
+        let defines = Defines::new()
+            .set("SAMPLE_THREADS", THREADS)
+            .set("SCAN_SPAN", SCAN_SPAN);
+        let module = device.compile(&SOURCE, &defines)?;
         Ok(Self {
             sample_scan: module.function("sample_scan")?,
             sample_rows: module.function("sample_rows")?,
