@@ -35,6 +35,8 @@ typedef unsigned int u32;
 
 #define MX_BLOCK 32
 #define MOE_NEG_INF (-__uint_as_float(0x7f800000u))
+#define MOE_POS_INF (__uint_as_float(0x7f800000u))
+#define MOE_NAN (__uint_as_float(0x7fc00000u))
 // Block shapes; the launcher sets them (it sizes the grids from the same numbers).
 // Waves per block of the GEMV kernels; rows handled per wave in the down projection.
 #ifndef MOE_WARPS
@@ -262,7 +264,10 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
                    int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
     extern __shared__ float route_smem[];
     float* score = route_smem;               // unbiased sigmoid scores
-    float* choice = route_smem + n_experts;  // biased scores; -inf once excluded or taken
+    // Biased scores (a NaN one as +inf, as the reference ranks it); -inf once its group is
+    // dropped, NaN once taken (a NaN never wins argmax_merge, so no expert is taken twice and
+    // every round has a winner).
+    float* choice = route_smem + n_experts;
     __shared__ float red_v[2][ROUTE_THREADS / WARP_SIZE];
     __shared__ int red_i[2][ROUTE_THREADS / WARP_SIZE];
     __shared__ int chosen[ROUTE_MAX_TOPK];
@@ -274,8 +279,9 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
     const float* row = logits + (size_t)t * n_experts;
     for (int e = threadIdx.x; e < n_experts; e += blockDim.x) {
         float s = 1.0f / (1.0f + expf(-row[e]));
+        float c = s + bias[e];
         score[e] = s;
-        choice[e] = s + bias[e];
+        choice[e] = c != c ? MOE_POS_INF : c;
     }
     __syncthreads();
 
@@ -328,7 +334,7 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
         for (int off = 1; off < N_WAVES; off <<= 1) argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
         i = __shfl(i, 0);  // lanes past N_WAVES merged only the empty entries
         if (threadIdx.x == 0) chosen[k] = i;
-        if (i % (int)blockDim.x == (int)threadIdx.x) choice[i] = MOE_NEG_INF;
+        if (i % (int)blockDim.x == (int)threadIdx.x) choice[i] = MOE_NAN;
     }
     __syncthreads();  // chosen[] is complete
 

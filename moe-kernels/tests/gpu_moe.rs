@@ -430,7 +430,12 @@ fn routing_matches_reference() {
                 ..params
             };
             let n_tokens = 300;
-            let logits: Vec<f32> = (0..n_tokens * n_routed).map(|_| normal(&mut rng)).collect();
+            let mut logits: Vec<f32> = (0..n_tokens * n_routed).map(|_| normal(&mut rng)).collect();
+            // A non-finite hidden state: token 0's logits are all NaN, tokens 1 and 2 have one
+            // NaN of either sign. Each must take valid experts, the ones the reference takes.
+            logits[..n_routed].fill(f32::NAN);
+            logits[n_routed + rng.random_range(0..n_routed)] = f32::NAN;
+            logits[2 * n_routed + rng.random_range(0..n_routed)] = -f32::NAN;
             let bias: Vec<f32> = (0..n_routed).map(|_| 0.1 * normal(&mut rng)).collect();
             let slots = params.top_k + shared_slots;
             let mut out = Routing::alloc(&device, n_tokens * slots).unwrap();
@@ -459,7 +464,8 @@ fn routing_matches_reference() {
                         "{n_routed} experts, token {t}, slot {s}: expert"
                     );
                     assert!(
-                        (w - r.weight).abs() <= 1e-6 * r.weight.abs().max(1.0),
+                        (w - r.weight).abs() <= 1e-6 * r.weight.abs().max(1.0)
+                            || (w.is_nan() && r.weight.is_nan()),
                         "{n_routed} experts, token {t}, slot {s}: weight {w} vs {}",
                         r.weight
                     );

@@ -561,6 +561,32 @@ fn correction_bias_selects_but_does_not_weigh() {
     assert_eq!(routes[0].weight, 0.5);
 }
 
+/// A NaN logit ranks first, whatever its sign, and its NaN weight is kept; a row of NaN (a
+/// non-finite hidden state) takes the first experts of the first groups, so every id is valid.
+#[test]
+fn nan_logits_rank_first_and_keep_their_nan_weight() {
+    let n = 32;
+    let bias = vec![0f32; n];
+    let p = RoutingParams {
+        n_group: 4,
+        topk_group: 2,
+        top_k: 3,
+        norm_topk_prob: true,
+        routed_scaling_factor: 2.5,
+        shared_slots: 1,
+    };
+    let mut logits: Vec<f32> = (0..n).map(|e| e as f32 / 8.0).collect();
+    logits[5] = -f32::NAN;
+    let routes = route_noaux_tc(&logits, &bias, &p);
+    assert_eq!(routes[0].expert, 5);
+    assert!(routes.iter().take(3).all(|r| r.weight.is_nan()));
+    assert_eq!(routes[3].expert, n, "the shared slot");
+
+    let routes = route_noaux_tc(&vec![f32::NAN; n], &bias, &p);
+    let ids: Vec<usize> = routes.iter().map(|r| r.expert).collect();
+    assert_eq!(ids, [0, 1, 2, n]);
+}
+
 /// The combine against a per-token f64 loop: `rsf · Σ w · expert(x)`.
 #[test]
 fn moe_forward_matches_a_per_token_f64_sum() {

@@ -32,7 +32,9 @@ pub struct RoutingParams {
 /// Route one token from its router logits (`[n_routed]`, the `mlp.gate` output) and the
 /// correction bias (`[n_routed]`).
 ///
-/// 1. `s = sigmoid(logit)`; `b = s + bias` is used for selection only.
+/// 1. `s = sigmoid(logit)`; `b = s + bias` is used for selection only. A NaN `b` (a NaN
+///    logit: the hidden state went non-finite) ranks as +inf whatever its sign, so such experts
+///    are taken first and their NaN weight reaches the output, where the step reports it.
 /// 2. Group score = sum of the group's two largest `b`; keep the `topk_group` best groups.
 /// 3. Among the kept groups' experts take the `top_k` largest `b` (ties: lower index first),
 ///    in descending order of `b`.
@@ -100,7 +102,7 @@ fn validate(logits: &[f32], bias: &[f32], p: &RoutingParams) {
 struct Selection {
     /// `sigmoid(logit)` per expert.
     scores: Vec<f32>,
-    /// `scores + bias` per expert.
+    /// `scores + bias` per expert (NaN as +inf).
     biased: Vec<f32>,
     /// Group scores (sum of each group's two largest biased scores), largest first.
     ranked_group_scores: Vec<f32>,
@@ -112,7 +114,14 @@ struct Selection {
 fn select(logits: &[f32], bias: &[f32], p: &RoutingParams) -> Selection {
     let group_size = logits.len() / p.n_group;
     let scores: Vec<f32> = logits.iter().map(|l| 1.0 / (1.0 + (-l).exp())).collect();
-    let biased: Vec<f32> = scores.iter().zip(bias).map(|(s, b)| s + b).collect();
+    let biased: Vec<f32> = scores
+        .iter()
+        .zip(bias)
+        .map(|(s, b)| match s + b {
+            v if v.is_nan() => f32::INFINITY,
+            v => v,
+        })
+        .collect();
 
     let group_scores: Vec<f32> = biased
         .chunks_exact(group_size)
