@@ -1,7 +1,8 @@
 //! `gpu::SamplingKernel` against `reference::sample_token` on the first GPU present (skipped,
 //! with a message, where there is none): fresh random logits of several vocabulary sizes
 //! (Kimi's 163840 included), many (temperature, top_k, top_p, u) combinations, rows with
-//! ties, NaN and infinities, greedy and skipped rows.
+//! ties, NaN and infinities, greedy and skipped rows. The checks of a request, made on the
+//! host, run on any machine.
 //!
 //! The kernel sums the same f64 weights as the reference in another order, so a token may
 //! differ where the draw (or the top-p target) lies within rounding of a prefix sum. A
@@ -267,4 +268,40 @@ fn bad_requests_are_refused_by_name() {
         let err = kernel.sample(&stream, &buffer, vocab, &[pick]).unwrap_err();
         assert!(err.to_string().starts_with(name), "{pick:?}: {err}");
     }
+}
+
+/// The requests are checked on the host, so this runs on any machine: the vocabulary must be
+/// positive and no larger than the first pass's grid can split (65535 parts of 4096 logits),
+/// and a sampled row's values in range.
+#[test]
+fn requests_are_checked_on_the_host() {
+    let greedy = RowPick::Sample {
+        rule: SamplingRule {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+        },
+        u: 0.0,
+    };
+    let widest = 65_535 * 4096;
+    for vocab in [0, widest + 1] {
+        let err = SamplingKernel::encode_requests(&[greedy], vocab).unwrap_err();
+        assert!(err.to_string().starts_with("vocab"), "{vocab}: {err}");
+    }
+    assert_eq!(
+        SamplingKernel::encode_requests(&[greedy, RowPick::Skip], widest).unwrap(),
+        [1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    );
+    let rule = SamplingRule {
+        temperature: 0.5,
+        top_k: 50,
+        top_p: 0.9,
+    };
+    // top_k is capped at the vocabulary.
+    assert_eq!(
+        SamplingKernel::encode_requests(&[RowPick::Sample { rule, u: 0.25 }], 40).unwrap(),
+        [2.0, 2.0, 40.0, f64::from(0.9f32), 0.25]
+    );
+    let err = SamplingKernel::encode_requests(&[RowPick::Sample { rule, u: 1.0 }], 40).unwrap_err();
+    assert!(err.to_string().starts_with("u"), "{err}");
 }
