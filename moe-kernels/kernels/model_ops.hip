@@ -1,7 +1,7 @@
 // Dense model ops for the DeepSeek-V3 forward pass on the GPU (HIP dialect): embedding / row
 // gather, RMSNorm, f32 / bf16 / MXFP4 linear layers (each weight byte read once per tile of
-// LIN_TOKS tokens), dynamic MXFP4 fake quantization of activations, interleaved rotary embedding,
-// the latent-cache append (norm, quantization and key rotation of the new rows), absorbed MLA
+// LIN_TOKS tokens), dynamic MXFP4 fake quantization of activations, the latent-cache append (norm,
+// quantization and rotary embedding of the new rows, and of the queries' rope parts), absorbed MLA
 // attention, SwiGLU and residual adds. Everything is f32 except the bf16 hand-over to the MoE
 // kernels.
 //
@@ -483,23 +483,6 @@ extern "C" __global__ void ops_fake_quantize(const float* __restrict__ x, int n_
     for (int i = 0; i < MX_BLOCK; ++i) o[i] = e2m1_round(v[i] * inv) * scale;
 }
 
-// Interleaved (GPT-J) rotary embedding in place: for token t, vectors h < count at
-// x[t*row_stride + h*stride + offset ..], pair p = dims (2p, 2p+1) rotated by cos/sin[t][p].
-extern "C" __global__ void ops_rope(float* __restrict__ x, const float* __restrict__ cos_t,
-                                    const float* __restrict__ sin_t, int tokens, int count,
-                                    int row_stride, int stride, int offset, int half) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)tokens * count * half) return;
-    int p = (int)(i % half);
-    int h = (int)((i / half) % count);
-    int t = (int)(i / ((size_t)half * count));
-    float* v = x + (size_t)t * row_stride + (size_t)h * stride + offset + 2 * p;
-    float c = cos_t[(size_t)t * half + p], s = sin_t[(size_t)t * half + p];
-    float a = v[0], b = v[1];
-    v[0] = a * c - b * s;
-    v[1] = b * c + a * s;
-}
-
 // The fake quantization of ops_fake_quantize for values held one per lane: each aligned group
 // of MX_BLOCK lanes is one MX block (the caller keeps whole groups in step, padding lanes past
 // the row with zeros); every lane gets its own value back, quantized.
@@ -515,17 +498,27 @@ __device__ __forceinline__ float mx_fake_quantize_lane(float v, int even) {
     return e2m1_round(v * pow2i(-e)) * e8m0_value((u32)(e + 127));
 }
 
-// A decode step's new cache rows, one block per token: token t's kv_a_proj output
-// src[t*stride + offset ..] (kv_lora latent values, then rope) gives the latent, RMSNorm-ed by w
-// and, with quant (1: floor scale rule, 2: even), fake-quantized as kv_b_proj's input, and the
-// rope key rotated by cos/sin[t] (interleaved pairs); both go to cache row rows[t] (the host maps
-// each position through its sequence's block table). The arithmetic is ops_rmsnorm's,
-// ops_fake_quantize's and ops_rope's, in one launch instead of four.
+// Interleaved (GPT-J) rotary embedding of the pair (v[0], v[1]) by angle (c, s).
+__device__ __forceinline__ void rotate_pair(float* v, float c, float s) {
+    float a = v[0], b = v[1];
+    v[0] = a * c - b * s;
+    v[1] = b * c + a * s;
+}
+
+// A step's new cache rows and its queries' rope parts, one block per token: token t's kv_a_proj
+// output src[t*stride + offset ..] (kv_lora latent values, then rope) gives the latent,
+// RMSNorm-ed by w and, with quant (1: floor scale rule, 2: even), fake-quantized as kv_b_proj's
+// input, and the rope key rotated by cos/sin[t] (interleaved pairs); both go to cache row rows[t]
+// (the host maps each position through its sequence's block table). The rope part of each of
+// the token's `heads` query heads (q[(t*heads + h)*q_head + nope ..]) is rotated in place by the
+// same angles. The arithmetic is ops_rmsnorm's, ops_fake_quantize's and the rotation's, in one
+// launch instead of five.
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_kv_append(const float* __restrict__ src, int stride, int offset, const float* __restrict__ w,
               int kv_lora, int rope, float eps, int quant, const float* __restrict__ cos_t,
               const float* __restrict__ sin_t, const int* __restrict__ rows,
-              float* __restrict__ cache_latent, float* __restrict__ cache_rope) {
+              float* __restrict__ cache_latent, float* __restrict__ cache_rope,
+              float* __restrict__ q, int heads, int q_head, int nope) {
     __shared__ float scratch[OPS_WAVES];
     const int t = blockIdx.x, half = rope / 2;
     const float* x = src + (size_t)t * stride + offset;
@@ -543,9 +536,16 @@ ops_kv_append(const float* __restrict__ src, int stride, int offset, const float
     }
     for (int p = threadIdx.x; p < half; p += OPS_THREADS) {
         float c = cos_t[(size_t)t * half + p], s = sin_t[(size_t)t * half + p];
-        float a = x[kv_lora + 2 * p], b = x[kv_lora + 2 * p + 1];
-        cache_rope[row * rope + 2 * p] = a * c - b * s;
-        cache_rope[row * rope + 2 * p + 1] = b * c + a * s;
+        float v[2] = {x[kv_lora + 2 * p], x[kv_lora + 2 * p + 1]};
+        rotate_pair(v, c, s);
+        cache_rope[row * rope + 2 * p] = v[0];
+        cache_rope[row * rope + 2 * p + 1] = v[1];
+    }
+    float* qt = q + (size_t)t * heads * q_head + nope;
+    for (int i = threadIdx.x; i < heads * half; i += OPS_THREADS) {
+        int h = i / half, p = i % half;
+        rotate_pair(qt + (size_t)h * q_head + 2 * p, cos_t[(size_t)t * half + p],
+                    sin_t[(size_t)t * half + p]);
     }
 }
 
@@ -561,6 +561,42 @@ ops_kv_append(const float* __restrict__ src, int stride, int offset, const float
 __device__ __forceinline__ size_t paged_row(const int* __restrict__ table, int j, int block_shift) {
     int mask = (1 << block_shift) - 1;
     return ((size_t)table[j >> block_shift] << block_shift) + (size_t)(j & mask);
+}
+
+// Copies the latent and rope rows of keys k0 .. k0+nk-1 into k_s [nk][lat] and kpe_s [nk][rope]
+// (in units of V: float4 where both widths are multiples of 4, else float). Each thread issues
+// MLA_LOADS loads before it stores any, so a tile costs two dependent round trips (block table,
+// then cache rows), not two per key.
+#define MLA_LOADS 8
+template <typename V>
+__device__ __forceinline__ void stage_keys(const float* __restrict__ cache_latent,
+                                           const float* __restrict__ cache_rope,
+                                           const int* __restrict__ table, int k0, int nk,
+                                           int block_shift, int lat, int rope, V* k_s, V* kpe_s) {
+    const V* latent = (const V*)cache_latent;
+    const V* rope_rows = (const V*)cache_rope;
+    const int per_key = lat + rope, total = nk * per_key;
+    for (int base = 0; base < total; base += OPS_THREADS * MLA_LOADS) {
+        V v[MLA_LOADS];
+#pragma unroll
+        for (int j = 0; j < MLA_LOADS; ++j) {
+            int i = base + j * OPS_THREADS + threadIdx.x;
+            if (i < total) {
+                int kk = i / per_key, c = i % per_key;
+                size_t row = paged_row(table, k0 + kk, block_shift);
+                v[j] = c < lat ? latent[row * lat + c] : rope_rows[row * rope + (c - lat)];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < MLA_LOADS; ++j) {
+            int i = base + j * OPS_THREADS + threadIdx.x;
+            if (i < total) {
+                int kk = i / per_key, c = i % per_key;
+                if (c < lat) k_s[kk * lat + c] = v[j];
+                else kpe_s[kk * rope + (c - lat)] = v[j];
+            }
+        }
+    }
 }
 
 // One block per (group of `group` <= MLA_HEADS heads, key split, token): blockIdx.x = g +
@@ -621,14 +657,15 @@ ops_mla_split(const float* __restrict__ q, float* lat, const float* __restrict__
         for (int j = 0; j < MLA_COLS; ++j) acc[h][j] = 0.0f;
     __syncthreads();
 
+    const bool quads = kv_lora % 4 == 0 && rope % 4 == 0;
     for (int k0 = begin; k0 < end; k0 += MLA_KEYS) {
         const int nk = min(MLA_KEYS, end - k0);
-        for (int kk = 0; kk < nk; ++kk) {
-            size_t row = paged_row(table, k0 + kk, block_shift);
-            for (int c = tid; c < kv_lora; c += OPS_THREADS)
-                k_s[kk * kv_lora + c] = cache_latent[row * kv_lora + c];
-            for (int c = tid; c < rope; c += OPS_THREADS)
-                kpe_s[kk * rope + c] = cache_rope[row * rope + c];
+        if (quads) {
+            stage_keys<float4>(cache_latent, cache_rope, table, k0, nk, block_shift, kv_lora / 4,
+                               rope / 4, (float4*)k_s, (float4*)kpe_s);
+        } else {
+            stage_keys<float>(cache_latent, cache_rope, table, k0, nk, block_shift, kv_lora, rope,
+                              k_s, kpe_s);
         }
         __syncthreads();
         // One wave per (head, key) score; the branch is uniform over the wave.
@@ -727,8 +764,10 @@ ops_mla_combine(const float* __restrict__ partials, int heads, int kv_lora, int 
     float sum = block_reduce(w * l, scratch, false);
     if (tid < splits) w_s[tid] = w;
     __syncthreads();
+    // The splits' loads are independent: unrolled, they are in flight together.
     for (int c = tid; c < kv_lora; c += OPS_THREADS) {
         float a = 0.0f;
+#pragma unroll 8
         for (int sp = 0; sp < splits; ++sp)
             a = fmaf(w_s[sp], partials[row0 + (size_t)sp * (kv_lora + 2) + c], a);
         lat[((size_t)t * heads + h) * kv_lora + c] = a / sum;

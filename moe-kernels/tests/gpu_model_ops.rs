@@ -10,7 +10,8 @@
 //! only when its values are bf16, so it multiplies by the reference's exact weights.
 
 use moe_kernels::gpu::model_ops::{
-    DeviceLinear, MLA_MAX_KEYS, MlaWeights, MlaWorkspace, ModelOps, PagedKeys, mla_launch,
+    DeviceLinear, MLA_MAX_KEYS, MlaWeights, MlaWorkspace, ModelOps, PagedKeys, QueryRope,
+    mla_launch,
 };
 use moe_kernels::reference::{
     ActivationMode, ActivationQuant, Linear, Matrix, MlaCache, MlaDims, Mxfp4Matrix, Rope,
@@ -299,9 +300,8 @@ fn fake_quantize_matches_the_reference_bit_for_bit() {
 }
 
 #[test]
-fn norm_rope_kv_append_and_elementwise_match_the_reference() {
-    let Some((device, ops, s)) =
-        compiled("norm_rope_kv_append_and_elementwise_match_the_reference")
+fn norms_kv_append_and_elementwise_match_the_reference() {
+    let Some((device, ops, s)) = compiled("norms_kv_append_and_elementwise_match_the_reference")
     else {
         return;
     };
@@ -364,8 +364,8 @@ fn norm_rope_kv_append_and_elementwise_match_the_reference() {
         );
     }
 
-    // Rope with YaRN on the rope part of every head, tokens at scattered positions.
-    let (tokens, heads, nope, rope_dim) = (5, 4, 128, 64);
+    // YaRN rope, as Kimi-K2.5 configures it.
+    let (heads, nope, rope_dim) = (4, 128, 64);
     let q_head = nope + rope_dim;
     let yarn = YarnParams {
         factor: 40.0,
@@ -375,38 +375,6 @@ fn norm_rope_kv_append_and_elementwise_match_the_reference() {
         cos_sin_scale: 1.0,
     };
     let rope = Rope::new(rope_dim, 10000.0, Some(&yarn));
-    let positions = [0usize, 3, 17, 4095, 100_000];
-    let q = normal(&mut rng, tokens * heads * q_head, 1.0);
-    let mut want = q.clone();
-    let (mut cos, mut sin) = (Vec::new(), Vec::new());
-    for (t, &p) in positions.iter().enumerate() {
-        rope.rotate(
-            &mut want[t * heads * q_head..(t + 1) * heads * q_head],
-            p,
-            heads,
-            q_head,
-            nope,
-        );
-        let (c, si) = rope.cos_sin(p);
-        cos.extend(c);
-        sin.extend(si);
-    }
-    let mut q_dev = device.upload(&q).unwrap();
-    let (cos, sin) = (device.upload(&cos).unwrap(), device.upload(&sin).unwrap());
-    ops.rope(
-        &s,
-        &mut q_dev,
-        &cos,
-        &sin,
-        tokens,
-        heads,
-        heads * q_head,
-        q_head,
-        nope,
-        rope_dim / 2,
-    )
-    .unwrap();
-    check("rope", &q_dev, &want);
 
     let dims = MlaDims {
         heads,
@@ -417,7 +385,8 @@ fn norm_rope_kv_append_and_elementwise_match_the_reference() {
     };
     // The cache append: each token's kv_a row (here the tail of a stacked q_a + kv_a row)
     // normalized, optionally fake-quantized, its rope key rotated, all to its own scattered
-    // cache row; the other rows stay untouched.
+    // cache row; the other rows stay untouched. The rope part of every query head of the
+    // token is rotated in place by the same angles, its nope part left as it was.
     let (q_lora, width) = (1536, dims.kv_lora + dims.qk_rope);
     let stride = q_lora + width;
     let stored = [13usize, 2, 95, 40];
@@ -425,7 +394,13 @@ fn norm_rope_kv_append_and_elementwise_match_the_reference() {
     let norm = normal(&mut rng, dims.kv_lora, 1.0);
     let cache_rows = 96;
     let row_ids: Vec<i32> = stored.iter().map(|&r| r as i32).collect();
-    let key_positions = [7usize, 0, 4000, 123];
+    let key_positions = [7usize, 0, 4095, 100_000];
+    let q = normal(&mut rng, stored.len() * heads * q_head, 1.0);
+    let mut want_q = q.clone();
+    for (t, &p) in key_positions.iter().enumerate() {
+        let token = &mut want_q[t * heads * q_head..(t + 1) * heads * q_head];
+        rope.rotate(token, p, heads, q_head, nope);
+    }
     let (mut cos, mut sin) = (Vec::new(), Vec::new());
     for &p in &key_positions {
         let (c, si) = rope.cos_sin(p);
@@ -442,6 +417,7 @@ fn norm_rope_kv_append_and_elementwise_match_the_reference() {
         let mut cache_rope = device
             .upload(&vec![0f32; cache_rows * dims.qk_rope])
             .unwrap();
+        let mut q_dev = device.upload(&q).unwrap();
         ops.kv_append(
             &s,
             &kv_dev,
@@ -457,9 +433,23 @@ fn norm_rope_kv_append_and_elementwise_match_the_reference() {
             stored.len(),
             &mut cache_latent,
             &mut cache_rope,
+            QueryRope {
+                q: &mut q_dev,
+                heads,
+                nope,
+            },
         )
         .unwrap();
         s.synchronize().unwrap();
+        check("kv_append query rope", &q_dev, &want_q);
+        let got_q = q_dev.to_vec().unwrap();
+        for (head, (got, was)) in got_q.chunks(q_head).zip(q.chunks(q_head)).enumerate() {
+            assert_eq!(
+                got[..nope],
+                was[..nope],
+                "kv_append changed head {head}'s nope part"
+            );
+        }
         (cache_latent.to_vec().unwrap(), cache_rope.to_vec().unwrap())
     };
     // Only the stored rows, packed in token order; every other row must still be zero.

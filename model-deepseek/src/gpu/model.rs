@@ -22,7 +22,7 @@ use crate::config::ModelConfig;
 use crate::kv_cache::SeqId;
 use crate::model::{ForwardError, ForwardOptions, Model, SequenceChunk};
 use crate::sampling::{Picked, SampledChunk, check_picks};
-use moe_kernels::gpu::model_ops::{MLA_MAX_KEYS, MlaWorkspace, ModelOps, PagedKeys};
+use moe_kernels::gpu::model_ops::{MLA_MAX_KEYS, MlaWorkspace, ModelOps, PagedKeys, QueryRope};
 use moe_kernels::gpu::{
     MoeKernels, MoeWorkspace, REQUEST_WIDTH, RESULT_WIDTH, RowPick, SamplingKernel,
     SharedExpertMode,
@@ -757,7 +757,6 @@ impl GpuModel {
         // Attention: the query, and the new keys into the cache.
         let w = &layer.attention;
         let d = &self.dims;
-        let q_head = d.qk_nope + d.qk_rope;
         let kv_width = d.kv_lora + d.qk_rope;
         // Where the kv_a_proj output lands in `a.kv_a`: (row stride, offset in the row).
         let (kv_stride, kv_offset) = match &w.input {
@@ -796,19 +795,6 @@ impl GpuModel {
                 (kv_width, 0)
             }
         };
-        let half = d.qk_rope / 2;
-        ops.rope(
-            s,
-            &mut a.q,
-            &b.cos,
-            &b.sin,
-            t,
-            d.heads,
-            d.heads * q_head,
-            q_head,
-            d.qk_nope,
-            half,
-        )?;
         let (cache_latent, cache_rope) = &mut cache.layers[l];
         ops.kv_append(
             s,
@@ -825,6 +811,11 @@ impl GpuModel {
             t,
             cache_latent,
             cache_rope,
+            QueryRope {
+                q: &mut a.q,
+                heads: d.heads,
+                nope: d.qk_nope,
+            },
         )?;
         let keys = PagedKeys {
             tables: &b.tables,

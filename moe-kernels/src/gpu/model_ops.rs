@@ -1,7 +1,7 @@
 //! Launchers for the dense model ops in `kernels/model_ops.hip`: row gather, RMSNorm, f32 and
-//! MXFP4 linear layers (with dynamic MXFP4 activation quantization for W4A4), interleaved
-//! rotary embedding, the latent-cache append (norm, quantization and key rotation in one
-//! launch), absorbed MLA attention over a paged latent cache (flash-decoding: batched
+//! MXFP4 linear layers (with dynamic MXFP4 activation quantization for W4A4), the latent-cache
+//! append (norm, quantization, and the rotary embedding of keys and queries, in one launch),
+//! absorbed MLA attention over a paged latent cache (flash-decoding: batched
 //! absorptions, key splits, a combine), SwiGLU and residual adds.
 //!
 //! Each launcher computes what the CPU reference op of the same name computes
@@ -458,6 +458,16 @@ impl MlaWorkspace {
     }
 }
 
+/// The queries whose rope parts [`ModelOps::kv_append`] rotates with the new keys: token `t`'s
+/// `heads` heads of `nope + rope` values each, head `h` at `q[(t·heads + h)·(nope + rope) ..]`,
+/// its rope part the last `rope` values.
+#[derive(Debug)]
+pub struct QueryRope<'a> {
+    pub q: &'a mut DeviceBuffer<f32>,
+    pub heads: usize,
+    pub nope: usize,
+}
+
 /// The dense model ops compiled for one device.
 #[derive(Debug)]
 pub struct ModelOps {
@@ -476,7 +486,6 @@ pub struct ModelOps {
     linear_batched_f32: [Function; 4],
     linear_batched_bf16: [Function; 4],
     fake_quantize: Function,
-    rope: Function,
     kv_append: Function,
     mla_split: Function,
     mla_combine: Function,
@@ -535,7 +544,6 @@ impl ModelOps {
             linear_batched_f32: tiles("batched_f32")?,
             linear_batched_bf16: tiles("batched_bf16")?,
             fake_quantize: f("ops_fake_quantize")?,
-            rope: f("ops_rope")?,
             kv_append: f("ops_kv_append")?,
             mla_split: f("ops_mla_split")?,
             mla_combine: f("ops_mla_combine")?,
@@ -799,64 +807,14 @@ impl ModelOps {
         Ok(())
     }
 
-    /// [`crate::reference::Rope::rotate`] for `tokens` tokens at once: token `t`'s vectors
-    /// `h < count` start at `t·row_stride + h·stride + offset`; `cos`/`sin` are
-    /// `[tokens, half]` (the reference's `cos_sin` of each token's position).
-    #[allow(clippy::too_many_arguments)]
-    pub fn rope(
-        &self,
-        stream: &Stream,
-        x: &mut DeviceBuffer<f32>,
-        cos: &DeviceBuffer<f32>,
-        sin: &DeviceBuffer<f32>,
-        tokens: usize,
-        count: usize,
-        row_stride: usize,
-        stride: usize,
-        offset: usize,
-        half: usize,
-    ) -> Result<(), GpuError> {
-        check_param(
-            "offset",
-            offset,
-            offset + 2 * half <= stride || count == 1,
-            || "vectors overlap".into(),
-        )?;
-        room("cos", cos, tokens * half)?;
-        room("sin", sin, tokens * half)?;
-        if tokens == 0 {
-            return Ok(());
-        }
-        room(
-            "x",
-            x,
-            (tokens - 1) * row_stride + (count - 1) * stride + offset + 2 * half,
-        )?;
-        stream.launch(
-            &self.rope,
-            LaunchConfig::linear(tokens * count * half, THREADS),
-            &[
-                x,
-                cos,
-                sin,
-                &int("tokens", tokens)?,
-                &int("count", count)?,
-                &int("row_stride", row_stride)?,
-                &int("stride", stride)?,
-                &int("offset", offset)?,
-                &int("half", half)?,
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// The new latent-cache rows of `tokens` tokens, in one launch: token `t`'s `kv_a_proj`
-    /// output, `kv_lora + rope` values at `kv[t·stride + offset ..]`, gives the latent
-    /// ([`crate::reference::rmsnorm`] by `norm`, whose length is `kv_lora`, then
-    /// [`crate::reference::fake_quantize_rows`] by `quant`: what `kv_b_proj` does to its
-    /// input) and the rope key ([`crate::reference::Rope::rotate`] by `cos`/`sin[t]`, which
-    /// are `[tokens, rope / 2]`). Both go to cache row `rows[t]` and nowhere else; rows must be
-    /// inside the cache.
+    /// The new latent-cache rows of `tokens` tokens, and their queries' rope parts, in one
+    /// launch: token `t`'s `kv_a_proj` output, `kv_lora + rope` values at
+    /// `kv[t·stride + offset ..]`, gives the latent ([`crate::reference::rmsnorm`] by `norm`,
+    /// whose length is `kv_lora`, then [`crate::reference::fake_quantize_rows`] by `quant`:
+    /// what `kv_b_proj` does to its input) and the rope key ([`crate::reference::Rope::rotate`]
+    /// by `cos`/`sin[t]`, which are `[tokens, rope / 2]`). Both go to cache row `rows[t]` and
+    /// nowhere else; rows must be inside the cache. The token's query heads (see
+    /// [`QueryRope`]) get the same rotation of their rope parts, in place.
     #[allow(clippy::too_many_arguments)]
     pub fn kv_append(
         &self,
@@ -874,9 +832,12 @@ impl ModelOps {
         tokens: usize,
         cache_latent: &mut DeviceBuffer<f32>,
         cache_rope: &mut DeviceBuffer<f32>,
+        query: QueryRope<'_>,
     ) -> Result<(), GpuError> {
         let kv_lora = norm.len();
         check_param("rope", rope, rope.is_multiple_of(2), || "even".into())?;
+        let QueryRope { q, heads, nope } = query;
+        let q_head = nope + rope;
         check_param("stride", stride, offset + kv_lora + rope <= stride, || {
             format!("at least offset {offset} + kv_lora {kv_lora} + rope {rope}")
         })?;
@@ -896,6 +857,7 @@ impl ModelOps {
         room("cos", cos, tokens * rope / 2)?;
         room("sin", sin, tokens * rope / 2)?;
         room("rows", rows, tokens)?;
+        room("q", q, tokens * heads * q_head)?;
         stream.launch(
             &self.kv_append,
             LaunchConfig {
@@ -917,6 +879,10 @@ impl ModelOps {
                 rows,
                 cache_latent,
                 cache_rope,
+                q,
+                &int("heads", heads)?,
+                &int("q_head", q_head)?,
+                &int("nope", nope)?,
             ],
         )?;
         Ok(())
