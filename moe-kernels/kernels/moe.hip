@@ -361,6 +361,128 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
     }
 }
 
+// The same routing with one wave per token and the token's scores in registers (expert
+// e = lane + WARP_SIZE * j in register j), for up to ROUTE_PER_LANE * WARP_SIZE experts and
+// top_k <= WARP_SIZE: every round of the top-k is a butterfly inside the wave, with no block
+// barrier (a decode step spent most of the block kernel's time in its 2 barriers a round).
+// Taken and padding entries are NaN, dropped groups -inf, exactly as in the block kernel, and
+// the scores, sums and ties are computed in the same order, so both write the same bits.
+#ifndef ROUTE_PER_LANE
+#define ROUTE_PER_LANE 16
+#endif
+
+// The two largest of a lane's (a >= b) and another lane's (oa >= ob) two largest.
+__device__ __forceinline__ void top2_merge(float& a, float& b, float oa, float ob) {
+    float hi = fmaxf(a, oa), lo = fmaxf(fminf(a, oa), fmaxf(b, ob));
+    a = hi;
+    b = lo;
+}
+
+extern "C" __global__ void __launch_bounds__(ROUTE_THREADS)
+moe_route_noaux_tc_wave(const float* __restrict__ logits, const float* __restrict__ bias,
+                        int n_tokens, int n_experts, int n_group, int topk_group, int top_k,
+                        int norm_topk_prob, float routed_scaling_factor, int shared_slots,
+                        int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int t = blockIdx.x * (ROUTE_THREADS / WARP_SIZE) + threadIdx.x / WARP_SIZE;
+    if (t >= n_tokens) return;  // the whole wave
+    const float* row = logits + (size_t)t * n_experts;
+    float score[ROUTE_PER_LANE], choice[ROUTE_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < ROUTE_PER_LANE; ++j) {
+        const int e = lane + WARP_SIZE * j;
+        score[j] = 0.0f;
+        choice[j] = MOE_NAN;
+        if (e < n_experts) {
+            float s = 1.0f / (1.0f + expf(-row[e]));
+            float c = s + bias[e];
+            score[j] = s;
+            choice[j] = c != c ? MOE_POS_INF : c;
+        }
+    }
+
+    if (topk_group < n_group) {
+        // Group g's score (the sum of its two largest biased scores) is kept by lane
+        // g % WARP_SIZE in group_score[g / WARP_SIZE]; n_group <= 2 * WARP_SIZE.
+        const int per_group = n_experts / n_group;
+        float group_score[2] = {MOE_NEG_INF, MOE_NEG_INF};
+        for (int g = 0; g < n_group; ++g) {
+            float a = MOE_NEG_INF, b = MOE_NEG_INF;
+#pragma unroll
+            for (int j = 0; j < ROUTE_PER_LANE; ++j) {
+                const int e = lane + WARP_SIZE * j;
+                if (e < n_experts && e / per_group == g) top2_merge(a, b, choice[j], MOE_NEG_INF);
+            }
+#pragma unroll
+            for (int off = WARP_SIZE / 2; off > 0; off >>= 1)
+                top2_merge(a, b, __shfl_xor(a, off), __shfl_xor(b, off));
+            if (lane == g % WARP_SIZE) {
+                // Constant indices: the array stays in registers.
+                if (g < WARP_SIZE) group_score[0] = a + b;
+                else group_score[1] = a + b;
+            }
+        }
+        // The topk_group best groups, ties to the lower index; `keep` bit g marks group g.
+        unsigned long long keep = 0;
+        for (int k = 0; k < topk_group; ++k) {
+            float v = MOE_NEG_INF;
+            int i = 0x7fffffff;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                const int g = lane + WARP_SIZE * r;
+                if (g < n_group && !((keep >> g) & 1ull)) argmax_merge(v, i, group_score[r], g);
+            }
+#pragma unroll
+            for (int off = WARP_SIZE / 2; off > 0; off >>= 1)
+                argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
+            keep |= 1ull << i;
+        }
+#pragma unroll
+        for (int j = 0; j < ROUTE_PER_LANE; ++j) {
+            const int e = lane + WARP_SIZE * j;
+            if (e < n_experts && !((keep >> (e / per_group)) & 1ull)) choice[j] = MOE_NEG_INF;
+        }
+    }
+
+    // Lane k keeps the k-th pick and its unbiased score.
+    int my_id = 0;
+    float my_score = 0.0f;
+    for (int k = 0; k < top_k; ++k) {
+        float v = MOE_NEG_INF;
+        int i = 0x7fffffff;
+#pragma unroll
+        for (int j = 0; j < ROUTE_PER_LANE; ++j) argmax_merge(v, i, choice[j], lane + WARP_SIZE * j);
+#pragma unroll
+        for (int off = WARP_SIZE / 2; off > 0; off >>= 1)
+            argmax_merge(v, i, __shfl_xor(v, off), __shfl_xor(i, off));
+        float s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < ROUTE_PER_LANE; ++j) {
+            if (lane + WARP_SIZE * j == i) {
+                s = score[j];
+                choice[j] = MOE_NAN;
+            }
+        }
+        s = __shfl(s, i % WARP_SIZE);
+        if (lane == k) {
+            my_id = i;
+            my_score = s;
+        }
+    }
+    const int slots = top_k + shared_slots;
+    float sum = 0.0f;
+    for (int q = 0; q < top_k; ++q) sum += __shfl(my_score, q);
+    const float denom = sum + 1e-20f;
+    if (lane < top_k) {
+        topk_ids[(size_t)t * slots + lane] = my_id;
+        topk_weights[(size_t)t * slots + lane] = norm_topk_prob ? my_score / denom : my_score;
+    }
+    for (int j = lane; j < shared_slots; j += WARP_SIZE) {
+        topk_ids[(size_t)t * slots + top_k + j] = n_experts + j;
+        topk_weights[(size_t)t * slots + top_k + j] = 1.0f / routed_scaling_factor;
+    }
+}
+
 // Every token to every one of `n_slots` experts with weight 1: the routing of a separate
 // (unfused) shared MLP, split into `n_slots` slots.
 extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, int* __restrict__ topk_ids,
