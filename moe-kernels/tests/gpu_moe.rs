@@ -423,10 +423,6 @@ fn routing_matches_reference() {
             (384, routing(1, 1, 8, 2.827), 1),
             (384, routing(1, 1, 8, 2.827), 0),
             (160, routing(4, 2, 6, 16.0), 2),
-            // Padding lanes in the one-wave kernel (385 is not a multiple of a wave).
-            (385, routing(5, 2, 8, 2.5), 1),
-            // More experts than the one-wave kernel holds (16 a lane): the block kernel.
-            (2048, routing(8, 4, 8, 2.5), 1),
         ];
         for (n_routed, params, shared_slots) in cases {
             let params = RoutingParams {

@@ -46,9 +46,6 @@ const ELEMENT_THREADS: u32 = 256;
 const MAX_SLOTS: usize = 64;
 /// Expert groups the routing kernel supports (`ROUTE_MAX_GROUPS`).
 const MAX_GROUPS: usize = 64;
-/// Scores per lane of the one-wave routing kernel (`ROUTE_PER_LANE`): it takes up to this many
-/// times the wave size experts.
-const ROUTE_PER_LANE: usize = 16;
 /// Largest dynamic shared memory a launch may use without opting in.
 const SHARED_MEM_LIMIT: usize = 48 * 1024;
 /// MX block size: elements per E8M0 scale.
@@ -391,9 +388,7 @@ pub struct MoeKernels {
     device: Device,
     hidden: usize,
     inter: usize,
-    /// Routing with one block per token, and with one wave per token (scores in registers).
     route: Function,
-    route_wave: Function,
     route_all: Function,
     align: Function,
     io_bf16: IoKernels,
@@ -456,7 +451,6 @@ impl MoeKernels {
             .set("ROUTE_THREADS", ROUTE_THREADS)
             .set("ROUTE_MAX_TOPK", MAX_SLOTS)
             .set("ROUTE_MAX_GROUPS", MAX_GROUPS)
-            .set("ROUTE_PER_LANE", ROUTE_PER_LANE)
             .set("ALIGN_THREADS", ALIGN_THREADS);
         let module = device.compile(&SOURCE, &defines)?;
         let f = |name: &str| module.function(name);
@@ -465,7 +459,6 @@ impl MoeKernels {
             hidden,
             inter,
             route: f("moe_route_noaux_tc")?,
-            route_wave: f("moe_route_noaux_tc_wave")?,
             route_all: f("moe_route_all")?,
             align: f("moe_align")?,
             io_bf16: IoKernels {
@@ -640,23 +633,13 @@ impl MoeKernels {
             params.routed_scaling_factor.is_normal(),
             || "must be a finite non-zero number".into(),
         )?;
-        // One wave per token where the scores fit its registers; else one block per token,
-        // the scores in shared memory.
-        let wave = self.device.info().wave_size as usize;
-        let per_wave =
-            n_routed <= ROUTE_PER_LANE * wave && params.top_k <= wave && params.n_group <= 2 * wave;
         let smem = 2 * n_routed * size_of::<f32>();
-        check_param(
-            "n_routed",
-            n_routed,
-            per_wave || smem <= SHARED_MEM_LIMIT,
-            || {
-                format!(
-                    "at most {} experts fit the routing kernel's shared memory",
-                    SHARED_MEM_LIMIT / 8
-                )
-            },
-        )?;
+        check_param("n_routed", n_routed, smem <= SHARED_MEM_LIMIT, || {
+            format!(
+                "at most {} experts fit the routing kernel's shared memory",
+                SHARED_MEM_LIMIT / 8
+            )
+        })?;
         // Only the first rows are read, so a caller can pass a buffer sized for its largest batch.
         check_param(
             "logits",
@@ -673,28 +656,13 @@ impl MoeKernels {
             out.ids.len() >= n_tokens * slots && out.weights.len() >= n_tokens * slots,
             || format!("need room for {n_tokens} tokens × {slots} slots"),
         )?;
-        let (kernel, config) = if per_wave {
-            let tokens_per_block = ROUTE_THREADS as usize / wave;
-            let config = LaunchConfig {
-                grid: [
-                    to_u32("n_tokens", n_tokens.div_ceil(tokens_per_block))?,
-                    1,
-                    1,
-                ],
-                block: [ROUTE_THREADS, 1, 1],
-                shared_mem_bytes: 0,
-            };
-            (&self.route_wave, config)
-        } else {
-            let config = LaunchConfig {
-                grid: [to_u32("n_tokens", n_tokens)?, 1, 1],
-                block: [ROUTE_THREADS, 1, 1],
-                shared_mem_bytes: smem as u32,
-            };
-            (&self.route, config)
+        let config = LaunchConfig {
+            grid: [to_u32("n_tokens", n_tokens)?, 1, 1],
+            block: [ROUTE_THREADS, 1, 1],
+            shared_mem_bytes: smem as u32,
         };
         stream.launch(
-            kernel,
+            &self.route,
             config,
             &[
                 logits,
