@@ -9,13 +9,12 @@
 //   WARP_SIZE     threads per wave, from the runtime; never assumed
 //   OPS_THREADS   threads per block of the block-wide kernels (a multiple of WARP_SIZE)
 //   LIN_ROWS      output rows per wave of the linear kernels
-//   LIN_TOKS      tokens per weight read of the linear kernels' largest tile
-//   LIN_MIN_LANES fewest lanes serving one row group of a linear kernel (a power of two)
+//   LIN_TOKS      tokens per weight read of the linear kernels
 //   MLA_HEADS     heads of one attention block (they share each key row it reads)
 //   MLA_KEYS      keys per shared-memory tile of the attention kernel
 //   MLA_COLS      latent columns per thread of the attention kernel (kv_lora <= OPS_THREADS*MLA_COLS)
 // check-defines: OPS_THREADS=128
-// check-defines: LIN_ROWS=2 LIN_TOKS=16 LIN_MIN_LANES=16
+// check-defines: LIN_ROWS=2 LIN_TOKS=16
 // check-defines: MLA_HEADS=4 MLA_KEYS=16 MLA_COLS=8
 
 #ifndef OPS_THREADS
@@ -30,9 +29,6 @@
 #endif
 #ifndef LIN_TOKS
 #define LIN_TOKS 8
-#endif
-#ifndef LIN_MIN_LANES
-#define LIN_MIN_LANES 8
 #endif
 #ifndef MLA_HEADS
 #define MLA_HEADS 8
@@ -229,12 +225,12 @@ ops_rmsnorm(float* __restrict__ x, int x_stride, int add, const float* __restric
 // ---------------------------------------------------------------------------------------------
 // Linear layers: out[m][n] = x[m][k] . w[n][k] with f32 activations and accumulation, for a
 // weight stored as f32, bf16 or MXFP4. Decode is bandwidth bound, so each weight byte is read
-// once per tile of up to LIN_TOKS tokens (all of a decode batch up to LIN_TOKS): a wave (or a
-// part of one, for short rows) owns LIN_ROWS output rows, loads 16 bytes of each row per lane
-// and step, decodes them once into registers and applies them to every token of the tile.
-// Larger batches take grid.y token tiles (each tile rereads the weight). When a layer has few
-// rows, the waves of a block split k instead (`ksplit` waves per row group, summed in a fixed
-// order through shared memory), so small projections still fill the device.
+// once per tile of LIN_TOKS tokens (all of a decode batch up to LIN_TOKS): a wave owns LIN_ROWS
+// output rows, loads 16 bytes of each row per lane and step, decodes them once into registers
+// and applies them to every token of the tile. Larger batches take grid.y token tiles (each
+// tile rereads the weight). When a layer has few rows, the waves of a block split k instead
+// (`ksplit` waves per row group, summed in a fixed order through shared memory), so small
+// projections still fill the device.
 // ---------------------------------------------------------------------------------------------
 
 // bf16 weights: a chunk is 8 elements (16 bytes); bf16 -> f32 is exact (bits << 16).
@@ -312,43 +308,36 @@ struct Mxfp4Rows {
     }
 };
 
-// A block is OPS_THREADS / lanes units of `lanes` lanes (a power of two, LIN_MIN_LANES ..
-// WARP_SIZE): a short row (k/CHUNK < WARP_SIZE chunks, e.g. the attention's q absorption with
-// k = 128) gives each row group a part of a wave instead of leaving lanes idle. Each row group
-// of LIN_ROWS rows has `ksplit` consecutive units splitting its k range (the launcher splits
-// only whole waves: ksplit > 1 needs lanes == WARP_SIZE); token tile blockIdx.y of TOKS
-// tokens. Token t's input row is x[t*x_stride ..] and its output row out[t*out_stride ..]. The
-// vector path needs k to be a multiple of the chunk, x_stride a multiple of 4 and x 16-byte
-// aligned (weight and activation rows then start 16-byte aligned; a batched call's per-batch
-// offset may break the last); otherwise every element goes through the scalar loop.
-//
-// TOKS is a template argument (kernels for 1, 2, 4 and LIN_TOKS tokens): a decode step of one
-// sequence then holds 4 accumulators a lane, not 32, and the lower register count keeps more
-// blocks, so more weight loads, in flight.
-template <typename W, int TOKS>
+// One block: OPS_WAVES / ksplit row groups of LIN_ROWS rows, each group's k range split over
+// `ksplit` waves; token tile blockIdx.y. Token t's input row is x[t*x_stride ..] and its output
+// row out[t*out_stride ..]. The vector path needs k to be a multiple of the chunk, x_stride a
+// multiple of 4 and x 16-byte aligned (weight and activation rows then start 16-byte aligned;
+// a batched call's per-batch offset may break the last); otherwise every element goes through
+// the scalar loop.
+template <typename W>
 __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict__ x, int x_stride,
-                                            int m, int k, int n, int ksplit, int lanes,
-                                            float* __restrict__ out, int out_stride) {
-    __shared__ float red[OPS_THREADS / LIN_MIN_LANES][LIN_ROWS][TOKS];
-    int lane = threadIdx.x % lanes, unit = threadIdx.x / lanes;
-    int groups = OPS_THREADS / lanes / ksplit;
-    int g = unit / ksplit, p = unit % ksplit;
+                                            int m, int k, int n, int ksplit, float* __restrict__ out,
+                                            int out_stride) {
+    __shared__ float red[OPS_WAVES][LIN_ROWS][LIN_TOKS];
+    int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
+    int groups = OPS_WAVES / ksplit;
+    int g = wave / ksplit, p = wave % ksplit;
     int row0 = (blockIdx.x * groups + g) * LIN_ROWS;
-    int t0 = blockIdx.y * TOKS;
-    int nt = min(TOKS, m - t0);
+    int t0 = blockIdx.y * LIN_TOKS;
+    int nt = min(LIN_TOKS, m - t0);
     // Rows past n repeat the last row (in bounds) and are never written.
     int rows[LIN_ROWS];
 #pragma unroll
     for (int r = 0; r < LIN_ROWS; ++r) rows[r] = min(row0 + r, n - 1);
-    float acc[LIN_ROWS][TOKS];
+    float acc[LIN_ROWS][LIN_TOKS];
 #pragma unroll
     for (int r = 0; r < LIN_ROWS; ++r)
 #pragma unroll
-        for (int tt = 0; tt < TOKS; ++tt) acc[r][tt] = 0.0f;
+        for (int tt = 0; tt < LIN_TOKS; ++tt) acc[r][tt] = 0.0f;
     const float* xt = x + (size_t)t0 * x_stride;
     bool aligned = x_stride % 4 == 0 && ((size_t)x & 15) == 0;
     int chunks = (k % W::CHUNK == 0 && aligned) ? k / W::CHUNK : 0;
-    int stride = ksplit * lanes, first = p * lanes + lane;
+    int stride = ksplit * WARP_SIZE, first = p * WARP_SIZE + lane;
     for (int c = first; c < chunks; c += stride) {
         typename W::Reg reg[LIN_ROWS];
 #pragma unroll
@@ -360,7 +349,7 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
             for (int r = 0; r < LIN_ROWS; ++r) wt.decode(reg[r], q, w[r]);
             size_t e = (size_t)c * W::CHUNK + q * 8;
 #pragma unroll
-            for (int tt = 0; tt < TOKS; ++tt) {
+            for (int tt = 0; tt < LIN_TOKS; ++tt) {
                 if (tt < nt) {
                     const float4* xv = (const float4*)(xt + (size_t)tt * x_stride + e);
                     float4 a = xv[0], b = xv[1];
@@ -378,25 +367,23 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
         for (int r = 0; r < LIN_ROWS; ++r) {
             float wv = wt.scalar(rows[r], e);
 #pragma unroll
-            for (int tt = 0; tt < TOKS; ++tt)
+            for (int tt = 0; tt < LIN_TOKS; ++tt)
                 if (tt < nt) acc[r][tt] = fmaf(xt[(size_t)tt * x_stride + e], wv, acc[r][tt]);
         }
     }
-    // nt is uniform over the block, so every lane of a wave takes part in each shuffle; the
-    // butterfly stays inside each unit of `lanes` lanes.
+    // nt is uniform over the block, so every lane of a wave takes part in each shuffle.
 #pragma unroll
     for (int r = 0; r < LIN_ROWS; ++r)
 #pragma unroll
-        for (int tt = 0; tt < TOKS; ++tt) {
+        for (int tt = 0; tt < LIN_TOKS; ++tt) {
             if (tt < nt) {
-                float v = acc[r][tt];
-                for (int o = lanes / 2; o > 0; o >>= 1) v += __shfl_xor(v, o);
-                if (lane == 0) red[unit][r][tt] = v;
+                float v = wave_sum(acc[r][tt]);
+                if (lane == 0) red[wave][r][tt] = v;
             }
         }
     __syncthreads();
-    for (int i = threadIdx.x; i < groups * LIN_ROWS * TOKS; i += OPS_THREADS) {
-        int tt = i % TOKS, r = (i / TOKS) % LIN_ROWS, gg = i / (TOKS * LIN_ROWS);
+    for (int i = threadIdx.x; i < groups * LIN_ROWS * LIN_TOKS; i += OPS_THREADS) {
+        int tt = i % LIN_TOKS, r = (i / LIN_TOKS) % LIN_ROWS, gg = i / (LIN_TOKS * LIN_ROWS);
         int row = (blockIdx.x * groups + gg) * LIN_ROWS + r;
         if (tt >= nt || row >= n) continue;
         float s = 0.0f;
@@ -405,59 +392,49 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
     }
 }
 
-// The linear kernels for TOKS-token tiles: plain layers (f32, bf16 and MXFP4 weights), then
-// the batched ones (the per-head absorptions of MLA attention): batch b = blockIdx.z
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, int k, int n,
+               int ksplit, float* __restrict__ out) {
+    F32Rows wt = {w, k};
+    linear_tile(wt, x, k, m, k, n, ksplit, out, n);
+}
+
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_bf16(const float* __restrict__ x, const u16* __restrict__ w, int m, int k, int n,
+                int ksplit, float* __restrict__ out) {
+    Bf16Rows wt = {w, k};
+    linear_tile(wt, x, k, m, k, n, ksplit, out, n);
+}
+
+// Batched linear layers (the per-head absorptions of MLA attention): batch b = blockIdx.z
 // multiplies weight b (rows b*n .. b*n+n-1 of a stacked [batches*n][k] weight) by the rows
 // x[t*x_stride + b*x_batch ..] and writes out[t*out_stride + b*out_batch ..]. Each weight
-// byte is read once per token tile.
-#define LINEAR_KERNELS(T)                                                                          \
-    extern "C" __global__ void __launch_bounds__(OPS_THREADS)                                      \
-    ops_linear_f32_t##T(const float* __restrict__ x, const float* __restrict__ w, int m, int k,    \
-                        int n, int ksplit, int lanes, float* __restrict__ out) {                   \
-        F32Rows wt = {w, k};                                                                       \
-        linear_tile<F32Rows, T>(wt, x, k, m, k, n, ksplit, lanes, out, n);                         \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(OPS_THREADS)                                      \
-    ops_linear_bf16_t##T(const float* __restrict__ x, const u16* __restrict__ w, int m, int k,     \
-                         int n, int ksplit, int lanes, float* __restrict__ out) {                  \
-        Bf16Rows wt = {w, k};                                                                      \
-        linear_tile<Bf16Rows, T>(wt, x, k, m, k, n, ksplit, lanes, out, n);                        \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(OPS_THREADS)                                      \
-    ops_linear_mxfp4_t##T(const float* __restrict__ x, const u8* __restrict__ packed,              \
-                          const u8* __restrict__ scales, int m, int k, int n, int ksplit,          \
-                          int lanes, float* __restrict__ out) {                                    \
-        Mxfp4Rows wt = {packed, scales, k};                                                        \
-        linear_tile<Mxfp4Rows, T>(wt, x, k, m, k, n, ksplit, lanes, out, n);                       \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(OPS_THREADS)                                      \
-    ops_linear_batched_f32_t##T(const float* __restrict__ x, int x_stride, int x_batch,            \
-                                const float* __restrict__ w, int m, int k, int n, int ksplit,      \
-                                int lanes, float* __restrict__ out, int out_stride,                \
-                                int out_batch) {                                                   \
-        size_t b = blockIdx.z;                                                                     \
-        F32Rows wt = {w + b * n * k, k};                                                           \
-        linear_tile<F32Rows, T>(wt, x + b * x_batch, x_stride, m, k, n, ksplit, lanes,             \
-                                out + b * out_batch, out_stride);                                  \
-    }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(OPS_THREADS)                                      \
-    ops_linear_batched_bf16_t##T(const float* __restrict__ x, int x_stride, int x_batch,           \
-                                 const u16* __restrict__ w, int m, int k, int n, int ksplit,       \
-                                 int lanes, float* __restrict__ out, int out_stride,               \
-                                 int out_batch) {                                                  \
-        size_t b = blockIdx.z;                                                                     \
-        Bf16Rows wt = {w + b * n * k, k};                                                          \
-        linear_tile<Bf16Rows, T>(wt, x + b * x_batch, x_stride, m, k, n, ksplit, lanes,            \
-                                 out + b * out_batch, out_stride);                                 \
-    }
-LINEAR_KERNELS(1)
-LINEAR_KERNELS(2)
-LINEAR_KERNELS(4)
-// The full tile, named by its value (ops_linear_bf16_t8 for LIN_TOKS 8).
-#define LINEAR_KERNELS_OF(T) LINEAR_KERNELS(T)
-#if LIN_TOKS != 1 && LIN_TOKS != 2 && LIN_TOKS != 4
-LINEAR_KERNELS_OF(LIN_TOKS)
-#endif
+// byte is read once per token tile, as in the plain linear kernels.
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_batched_f32(const float* __restrict__ x, int x_stride, int x_batch,
+                       const float* __restrict__ w, int m, int k, int n, int ksplit,
+                       float* __restrict__ out, int out_stride, int out_batch) {
+    size_t b = blockIdx.z;
+    F32Rows wt = {w + b * n * k, k};
+    linear_tile(wt, x + b * x_batch, x_stride, m, k, n, ksplit, out + b * out_batch, out_stride);
+}
+
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_batched_bf16(const float* __restrict__ x, int x_stride, int x_batch,
+                        const u16* __restrict__ w, int m, int k, int n, int ksplit,
+                        float* __restrict__ out, int out_stride, int out_batch) {
+    size_t b = blockIdx.z;
+    Bf16Rows wt = {w + b * n * k, k};
+    linear_tile(wt, x + b * x_batch, x_stride, m, k, n, ksplit, out + b * out_batch, out_stride);
+}
+
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_mxfp4(const float* __restrict__ x, const u8* __restrict__ packed,
+                 const u8* __restrict__ scales, int m, int k, int n, int ksplit,
+                 float* __restrict__ out) {
+    Mxfp4Rows wt = {packed, scales, k};
+    linear_tile(wt, x, k, m, k, n, ksplit, out, n);
+}
 
 // Dynamic MXFP4 fake quantization of `n_blocks` blocks of 32 values: quantize with the shared
 // exponent rule (`even` = Quark's "even" mode, else plain OCP) and decode back. A block holding

@@ -7,11 +7,10 @@
 //! Each launcher computes what the CPU reference op of the same name computes
 //! ([`crate::reference`]), in f32, up to summation order. Buffers may be longer than a call
 //! needs (workspaces are sized for the largest batch); each is checked to be long enough.
-//! The CUDA-core linear kernels are built for decode: each weight byte is read once per tile of
-//! up to [`LINEAR_TOKEN_TILE`] tokens (so once per step for a decode batch of up to that many
-//! sequences), 16 bytes per lane and load; larger batches reread the weight once per tile.
-//! From [`LINEAR_TENSOR_MIN_TOKENS`] tokens, bf16 layers run on tensor cores where the device
-//! has them (`kernels/linear_tc.hip`).
+//! The linear kernels are built for decode: each weight byte is read once per tile of
+//! [`LINEAR_TOKEN_TILE`] tokens (so once per step for a decode batch of up to that many
+//! sequences), 16 bytes per lane and load; larger batches reread the weight once per tile. A
+//! tensor-core GEMM for prefill-sized batches is not there yet.
 
 use half::bf16;
 use runtime_rocm::{
@@ -32,14 +31,6 @@ const BLOCK: usize = 32;
 const LINEAR_ROWS: usize = 4;
 /// Tokens that share one read of a linear layer's weight (`LIN_TOKS`).
 pub const LINEAR_TOKEN_TILE: usize = 8;
-/// Token tiles the linear kernels are compiled for (`ops_linear_*_t{T}`): a launch takes the
-/// smallest that holds its tokens (all of them up to [`LINEAR_TOKEN_TILE`]), so a decode step
-/// of few sequences holds few accumulators, and the lower register count keeps more blocks in
-/// flight.
-const LINEAR_TILES: [usize; 4] = [1, 2, 4, LINEAR_TOKEN_TILE];
-/// Fewest lanes that serve one group of output rows (`LIN_MIN_LANES`): rows shorter than a
-/// wave's worth of 16-byte chunks share a wave between row groups.
-const LINEAR_MIN_LANES: usize = 8;
 /// Tokens from which a bf16 linear layer runs on tensor cores (where the device has them):
 /// beyond one token tile the CUDA-core kernel reads the weights again for every tile.
 pub const LINEAR_TENSOR_MIN_TOKENS: usize = LINEAR_TOKEN_TILE + 1;
@@ -476,15 +467,14 @@ pub struct ModelOps {
     gather_rows: Function,
     gather_rows_bf16: Function,
     rmsnorm: Function,
-    /// One kernel per [`LINEAR_TILES`] entry, for each weight format.
-    linear_f32: [Function; 4],
-    linear_bf16: [Function; 4],
-    linear_mxfp4: [Function; 4],
+    linear_f32: Function,
+    linear_bf16: Function,
+    linear_mxfp4: Function,
     /// bf16 weights on tensor cores (`linear_tc.hip`), 16- and 64-token tiles; None where the
     /// device has none.
     linear_bf16_tc: Option<[Function; 2]>,
-    linear_batched_f32: [Function; 4],
-    linear_batched_bf16: [Function; 4],
+    linear_batched_f32: Function,
+    linear_batched_bf16: Function,
     fake_quantize: Function,
     kv_append: Function,
     mla_split: Function,
@@ -505,17 +495,11 @@ impl ModelOps {
             .set("OPS_THREADS", THREADS)
             .set("LIN_ROWS", LINEAR_ROWS)
             .set("LIN_TOKS", LINEAR_TOKEN_TILE)
-            .set("LIN_MIN_LANES", LINEAR_MIN_LANES)
             .set("MLA_HEADS", MLA_HEADS)
             .set("MLA_KEYS", MLA_KEYS)
             .set("MLA_COLS", MLA_COLS);
         let module = device.compile(&SOURCE, &defines)?;
         let f = |name: &str| module.function(name);
-        let tiles = |kind: &str| -> Result<[Function; 4], GpuError> {
-            let [a, b, c, d] =
-                LINEAR_TILES.map(|t| module.function(&format!("ops_linear_{kind}_t{t}")));
-            Ok([a?, b?, c?, d?])
-        };
         let tensor_linear = |tokens: usize| -> Result<Function, GpuError> {
             let defines = Defines::new()
                 .set("LTC_PIPE", LTC_PIPE)
@@ -537,12 +521,12 @@ impl ModelOps {
             gather_rows: f("ops_gather_rows")?,
             gather_rows_bf16: f("ops_gather_rows_bf16")?,
             rmsnorm: f("ops_rmsnorm")?,
-            linear_f32: tiles("f32")?,
-            linear_bf16: tiles("bf16")?,
-            linear_mxfp4: tiles("mxfp4")?,
+            linear_f32: f("ops_linear_f32")?,
+            linear_bf16: f("ops_linear_bf16")?,
+            linear_mxfp4: f("ops_linear_mxfp4")?,
             linear_bf16_tc,
-            linear_batched_f32: tiles("batched_f32")?,
-            linear_batched_bf16: tiles("batched_bf16")?,
+            linear_batched_f32: f("ops_linear_batched_f32")?,
+            linear_batched_bf16: f("ops_linear_batched_bf16")?,
             fake_quantize: f("ops_fake_quantize")?,
             kv_append: f("ops_kv_append")?,
             mla_split: f("ops_mla_split")?,
@@ -710,23 +694,25 @@ impl ModelOps {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        let waves = (THREADS / self.wave_size) as usize;
         let chunk = match w {
             DeviceLinear::Mxfp4 { .. } => BLOCK,
             DeviceLinear::Bf16 { .. } | DeviceLinear::Dense { .. } => 8,
         };
-        let shape = LinearShape::new(n, k.div_ceil(chunk), m, self.wave_size as usize);
+        let tiles = m.div_ceil(LINEAR_TOKEN_TILE);
+        let ksplit = k_split(n, k.div_ceil(chunk), tiles, waves, self.wave_size as usize);
+        let rows_per_block = LINEAR_ROWS * waves / ksplit;
         let config = LaunchConfig {
             grid: [
-                grid("out features", n.div_ceil(shape.rows_per_block))?,
-                grid("token tiles", m.div_ceil(shape.tokens))?,
+                grid("out features", n.div_ceil(rows_per_block))?,
+                grid("token tiles", tiles)?,
                 1,
             ],
             block: [THREADS, 1, 1],
             shared_mem_bytes: 0,
         };
         let (mi, ki, ni) = (int("m", m)?, int("in", k)?, int("out", n)?);
-        let (ks, lanes) = (int("ksplit", shape.ksplit)?, int("lanes", shape.lanes)?);
-        let tile = shape.tile;
+        let ks = int("ksplit", ksplit)?;
         match w {
             DeviceLinear::Bf16 { weight, .. }
                 if m >= LINEAR_TENSOR_MIN_TOKENS
@@ -750,14 +736,14 @@ impl ModelOps {
                 stream.launch(kernel, config, &[x, weight, &mi, &ki, &ni, out])?
             }
             DeviceLinear::Bf16 { weight, .. } => stream.launch(
-                &self.linear_bf16[tile],
+                &self.linear_bf16,
                 config,
-                &[x, weight, &mi, &ki, &ni, &ks, &lanes, out],
+                &[x, weight, &mi, &ki, &ni, &ks, out],
             )?,
             DeviceLinear::Dense { weight, .. } => stream.launch(
-                &self.linear_f32[tile],
+                &self.linear_f32,
                 config,
-                &[x, weight, &mi, &ki, &ni, &ks, &lanes, out],
+                &[x, weight, &mi, &ki, &ni, &ks, out],
             )?,
             DeviceLinear::Mxfp4 {
                 packed,
@@ -773,9 +759,9 @@ impl ModelOps {
                     _ => x,
                 };
                 stream.launch(
-                    &self.linear_mxfp4[tile],
+                    &self.linear_mxfp4,
                     config,
-                    &[input, packed, scales, &mi, &ki, &ni, &ks, &lanes, out],
+                    &[input, packed, scales, &mi, &ki, &ni, &ks, out],
                 )?
             }
         }
@@ -1067,12 +1053,15 @@ impl ModelOps {
             out,
             (m - 1) * out_stride + (batches - 1) * out_batch + n,
         )?;
+        let waves = (THREADS / self.wave_size) as usize;
+        let tiles = m.div_ceil(LINEAR_TOKEN_TILE);
         // Blocks of all batches count towards the target, as if one layer of rows·batches.
-        let shape = LinearShape::new(rows, k.div_ceil(8), m, self.wave_size as usize);
+        let ksplit = k_split(rows, k.div_ceil(8), tiles, waves, self.wave_size as usize);
+        let rows_per_block = LINEAR_ROWS * waves / ksplit;
         let config = LaunchConfig {
             grid: [
-                grid("out features", n.div_ceil(shape.rows_per_block))?,
-                grid("token tiles", m.div_ceil(shape.tokens))?,
+                grid("out features", n.div_ceil(rows_per_block))?,
+                grid("token tiles", tiles)?,
                 grid("batches", batches)?,
             ],
             block: [THREADS, 1, 1],
@@ -1080,23 +1069,18 @@ impl ModelOps {
         };
         let (xs, xb) = (int("x_stride", x_stride)?, int("x_batch", x_batch)?);
         let (mi, ki, ni) = (int("m", m)?, int("in", k)?, int("out", n)?);
-        let (ks, lanes) = (int("ksplit", shape.ksplit)?, int("lanes", shape.lanes)?);
+        let ks = int("ksplit", ksplit)?;
         let (os, ob) = (int("out_stride", out_stride)?, int("out_batch", out_batch)?);
-        let tile = shape.tile;
         match w {
             DeviceLinear::Bf16 { weight, .. } => stream.launch(
-                &self.linear_batched_bf16[tile],
+                &self.linear_batched_bf16,
                 config,
-                &[
-                    x, &xs, &xb, weight, &mi, &ki, &ni, &ks, &lanes, out, &os, &ob,
-                ],
+                &[x, &xs, &xb, weight, &mi, &ki, &ni, &ks, out, &os, &ob],
             )?,
             DeviceLinear::Dense { weight, .. } => stream.launch(
-                &self.linear_batched_f32[tile],
+                &self.linear_batched_f32,
                 config,
-                &[
-                    x, &xs, &xb, weight, &mi, &ki, &ni, &ks, &lanes, out, &os, &ob,
-                ],
+                &[x, &xs, &xb, weight, &mi, &ki, &ni, &ks, out, &os, &ob],
             )?,
             DeviceLinear::Mxfp4 { .. } => {
                 return Err(GpuError::Parameter {
@@ -1145,47 +1129,6 @@ impl ModelOps {
             &[x, d, &int("n", n)?],
         )?;
         Ok(())
-    }
-}
-
-/// How a CUDA-core linear launch of `m` tokens over `n` rows of `k_chunks` 16-byte chunks
-/// divides its work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LinearShape {
-    /// Index into [`LINEAR_TILES`], and that tile's tokens.
-    tile: usize,
-    tokens: usize,
-    /// Lanes serving one row group: a whole wave, or the smallest power of two (at least
-    /// [`LINEAR_MIN_LANES`]) holding a short row's chunks.
-    lanes: usize,
-    /// Units of `lanes` lanes sharing one row group's k range.
-    ksplit: usize,
-    rows_per_block: usize,
-}
-
-impl LinearShape {
-    fn new(n: usize, k_chunks: usize, m: usize, wave_size: usize) -> Self {
-        let tile = LINEAR_TILES
-            .iter()
-            .position(|&t| t >= m)
-            .unwrap_or(LINEAR_TILES.len() - 1);
-        let tokens = LINEAR_TILES[tile];
-        let lanes = k_chunks
-            .next_power_of_two()
-            .clamp(LINEAR_MIN_LANES, wave_size);
-        let units = THREADS as usize / lanes;
-        let ksplit = if lanes == wave_size {
-            k_split(n, k_chunks, m.div_ceil(tokens), units, wave_size)
-        } else {
-            1
-        };
-        LinearShape {
-            tile,
-            tokens,
-            lanes,
-            ksplit,
-            rows_per_block: LINEAR_ROWS * units / ksplit,
-        }
     }
 }
 
@@ -1255,31 +1198,6 @@ mod tests {
         );
         assert_eq!(MlaWorkspace::lengths(&kimi, 8), (8 * 64 * 512, partials));
         assert_eq!(MlaWorkspace::bytes(&kimi, 1), (64 * 512 + partials) * 4);
-    }
-
-    #[test]
-    fn linear_shapes_fit_tiles_to_tokens_and_units_to_rows() {
-        let shape = |tile, lanes, ksplit, rows_per_block| LinearShape {
-            tile,
-            tokens: LINEAR_TILES[tile],
-            lanes,
-            ksplit,
-            rows_per_block,
-        };
-        // Kimi-K2.5's q absorption (64 heads × 512 rows, k = 128: 16 chunks) at c=1 on NVIDIA:
-        // the one-token tile, two row groups a wave.
-        assert_eq!(LinearShape::new(64 * 512, 16, 1, 32), shape(0, 16, 1, 64));
-        // The same on AMD (waves of 64): four row groups a wave.
-        assert_eq!(LinearShape::new(64 * 512, 16, 1, 64), shape(0, 16, 1, 64));
-        // o_proj (7168 rows, k = 8192) for 3 tokens: the 4-token tile, k split over the block.
-        assert_eq!(LinearShape::new(7168, 1024, 3, 32), shape(2, 32, 8, 4));
-        // Past the largest tile, several tiles of it.
-        assert_eq!(LinearShape::new(7168, 1024, 9, 32), shape(3, 32, 4, 8));
-        // A row of fewer chunks than the fewest lanes still gets that many.
-        assert_eq!(
-            LinearShape::new(10, 3, 2, 32),
-            shape(1, LINEAR_MIN_LANES, 1, 128)
-        );
     }
 
     #[test]
