@@ -75,20 +75,21 @@ fn random_mxfp4(rng: &mut StdRng, rows: usize, cols: usize) -> Mxfp4Matrix {
 }
 
 /// Every weight format of the linear kernels against [`linear`], for decode batches below,
-/// at and above one token tile (1, 3, 8, 17, 64 tokens), on shapes that take each launch
-/// path: k split over a block's waves (few rows, long k), no split (many rows), rows not a
-/// multiple of a wave's rows, and a k off the 8-element chunks (the scalar path; dense only,
-/// MXFP4 needs whole blocks).
+/// at and above one token tile (1, 2, 3, 8, 17, 64 tokens), on shapes that take each launch
+/// path: k split over a block's waves (few rows, long k), no split (many rows), rows shorter
+/// than a wave's chunks (k = 64 and 128, the q absorption's), rows not a multiple of a wave's
+/// rows, and a k off the 8-element chunks (the scalar path; dense only, MXFP4 needs whole
+/// blocks).
 #[test]
 fn linear_layers_match_the_reference() {
     let Some((device, ops, stream)) = compiled("linear_layers_match_the_reference") else {
         return;
     };
     let mut rng = StdRng::seed_from_u64(1);
-    let shapes = [(64, 96), (7168, 33), (512, 1030), (2048, 7)];
+    let shapes = [(64, 96), (128, 300), (7168, 33), (512, 1030), (2048, 7)];
     // From 9 tokens bf16 layers run on tensor cores where the device has them (k a multiple
     // of 32); 130 tokens cover a partial third token tile.
-    for m in [1, 3, 8, 17, 64, 130] {
+    for m in [1, 2, 3, 8, 17, 64, 130] {
         for (k, n) in shapes.into_iter().chain([(60, 9)]) {
             let x = normal(&mut rng, m * k, 1.0);
             let f32_values = normal(&mut rng, n * k, 0.1);

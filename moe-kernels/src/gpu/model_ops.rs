@@ -9,8 +9,9 @@
 //! needs (workspaces are sized for the largest batch); each is checked to be long enough.
 //! The linear kernels are built for decode: each weight byte is read once per tile of
 //! [`LINEAR_TOKEN_TILE`] tokens (so once per step for a decode batch of up to that many
-//! sequences), 16 bytes per lane and load; larger batches reread the weight once per tile. A
-//! tensor-core GEMM for prefill-sized batches is not there yet.
+//! sequences), 16 bytes per lane and load; larger batches reread the weight once per tile.
+//! From [`LINEAR_TENSOR_MIN_TOKENS`] tokens, bf16 layers run on tensor cores where the device
+//! has them (`kernels/linear_tc.hip`).
 
 use half::bf16;
 use runtime_rocm::{
