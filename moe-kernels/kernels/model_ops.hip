@@ -490,7 +490,6 @@ __device__ __forceinline__ void rotate_pair(float* v, float c, float s) {
 // the token's `heads` query heads (q[(t*heads + h)*q_head + nope ..]) is rotated in place by the
 // same angles. The arithmetic is ops_rmsnorm's, ops_fake_quantize's and the rotation's, in one
 // launch instead of five.
-#define QROPE_PAIRS 8
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_kv_append(const float* __restrict__ src, int stride, int offset, const float* __restrict__ w,
               int kv_lora, int rope, float eps, int quant, const float* __restrict__ cos_t,
@@ -519,35 +518,11 @@ ops_kv_append(const float* __restrict__ src, int stride, int offset, const float
         cache_rope[row * rope + 2 * p] = v[0];
         cache_rope[row * rope + 2 * p + 1] = v[1];
     }
-    // The query pairs: each thread loads QROPE_PAIRS pairs before it writes any, so a pass is
-    // one round trip, not one per pair.
     float* qt = q + (size_t)t * heads * q_head + nope;
-    const int pairs = heads * half;
-    for (int base = 0; base < pairs; base += OPS_THREADS * QROPE_PAIRS) {
-        float v[QROPE_PAIRS][2], c[QROPE_PAIRS], sn[QROPE_PAIRS];
-#pragma unroll
-        for (int j = 0; j < QROPE_PAIRS; ++j) {
-            int i = base + j * OPS_THREADS + threadIdx.x;
-            if (i < pairs) {
-                int h = i / half, p = i % half;
-                const float* pv = qt + (size_t)h * q_head + 2 * p;
-                v[j][0] = pv[0];
-                v[j][1] = pv[1];
-                c[j] = cos_t[(size_t)t * half + p];
-                sn[j] = sin_t[(size_t)t * half + p];
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < QROPE_PAIRS; ++j) {
-            int i = base + j * OPS_THREADS + threadIdx.x;
-            if (i < pairs) {
-                int h = i / half, p = i % half;
-                rotate_pair(v[j], c[j], sn[j]);
-                float* pv = qt + (size_t)h * q_head + 2 * p;
-                pv[0] = v[j][0];
-                pv[1] = v[j][1];
-            }
-        }
+    for (int i = threadIdx.x; i < heads * half; i += OPS_THREADS) {
+        int h = i / half, p = i % half;
+        rotate_pair(qt + (size_t)h * q_head + 2 * p, cos_t[(size_t)t * half + p],
+                    sin_t[(size_t)t * half + p]);
     }
 }
 

@@ -6,7 +6,7 @@ use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use runtime_rocm::{
-    Defines, Device, DeviceBuffer, Error, KernelCache, KernelSource, LaunchConfig, Module, gpus,
+    Defines, Device, DeviceBuffer, Error, KernelCache, KernelSource, LaunchConfig, Module,
     kernel_source,
 };
 
@@ -14,6 +14,20 @@ const AXPY: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/a
 const REDUCE: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/reduce.hip");
 const FILL: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/fill.hip");
 const SHARED: KernelSource<'static> = kernel_source!("../../runtime-rocm/kernels/shared.hip");
+
+/// The GPUs present, for one test at a time: the tests of this binary run on parallel threads,
+/// and the leak check reads the device's free memory, which another test's buffers would move.
+/// The returned iterator holds the lock until the test's loop over it ends.
+fn gpus(test: &str) -> impl Iterator<Item = Device> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding the lock poisons it; the next may still run.
+    let guard = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    runtime_rocm::gpus(test).into_iter().inspect(move |_| {
+        let _held = &guard;
+    })
+}
 
 fn fresh_rng() -> ChaCha8Rng {
     let seed: u64 = rand::rng().random();
