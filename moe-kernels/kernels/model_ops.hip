@@ -10,6 +10,7 @@
 //   OPS_THREADS   threads per block of the block-wide kernels (a multiple of WARP_SIZE)
 //   LIN_ROWS      output rows per wave of the linear kernels
 //   LIN_TOKS      tokens per weight read of the linear kernels
+//   LIN_SHORT_LANES lanes per row group of the one-token short-row batched kernels
 //   MLA_HEADS     heads of one attention block (they share each key row it reads)
 //   MLA_KEYS      keys per shared-memory tile of the attention kernel
 //   MLA_COLS      latent columns per thread of the attention kernel (kv_lora <= OPS_THREADS*MLA_COLS)
@@ -29,6 +30,9 @@
 #endif
 #ifndef LIN_TOKS
 #define LIN_TOKS 8
+#endif
+#ifndef LIN_SHORT_LANES
+#define LIN_SHORT_LANES 16
 #endif
 #ifndef MLA_HEADS
 #define MLA_HEADS 8
@@ -308,36 +312,39 @@ struct Mxfp4Rows {
     }
 };
 
-// One block: OPS_WAVES / ksplit row groups of LIN_ROWS rows, each group's k range split over
-// `ksplit` waves; token tile blockIdx.y. Token t's input row is x[t*x_stride ..] and its output
+// One block: OPS_THREADS / LANES / ksplit row groups of LIN_ROWS rows, each group's k range
+// split over `ksplit` units of LANES lanes (a whole wave, except in the short-row kernels
+// below); token tile blockIdx.y of TOKS tokens. Token t's input row is x[t*x_stride ..] and its output
 // row out[t*out_stride ..]. The vector path needs k to be a multiple of the chunk, x_stride a
 // multiple of 4 and x 16-byte aligned (weight and activation rows then start 16-byte aligned;
 // a batched call's per-batch offset may break the last); otherwise every element goes through
 // the scalar loop.
-template <typename W>
+template <typename W, int TOKS = LIN_TOKS, int LANES = WARP_SIZE>
 __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict__ x, int x_stride,
                                             int m, int k, int n, int ksplit, float* __restrict__ out,
                                             int out_stride) {
-    __shared__ float red[OPS_WAVES][LIN_ROWS][LIN_TOKS];
-    int lane = threadIdx.x % WARP_SIZE, wave = threadIdx.x / WARP_SIZE;
-    int groups = OPS_WAVES / ksplit;
-    int g = wave / ksplit, p = wave % ksplit;
+    static_assert(WARP_SIZE % LANES == 0, "a unit is a part of one wave");
+    constexpr int UNITS = OPS_THREADS / LANES;
+    __shared__ float red[UNITS][LIN_ROWS][TOKS];
+    int lane = threadIdx.x % LANES, unit = threadIdx.x / LANES;
+    int groups = UNITS / ksplit;
+    int g = unit / ksplit, p = unit % ksplit;
     int row0 = (blockIdx.x * groups + g) * LIN_ROWS;
-    int t0 = blockIdx.y * LIN_TOKS;
-    int nt = min(LIN_TOKS, m - t0);
+    int t0 = blockIdx.y * TOKS;
+    int nt = min(TOKS, m - t0);
     // Rows past n repeat the last row (in bounds) and are never written.
     int rows[LIN_ROWS];
 #pragma unroll
     for (int r = 0; r < LIN_ROWS; ++r) rows[r] = min(row0 + r, n - 1);
-    float acc[LIN_ROWS][LIN_TOKS];
+    float acc[LIN_ROWS][TOKS];
 #pragma unroll
     for (int r = 0; r < LIN_ROWS; ++r)
 #pragma unroll
-        for (int tt = 0; tt < LIN_TOKS; ++tt) acc[r][tt] = 0.0f;
+        for (int tt = 0; tt < TOKS; ++tt) acc[r][tt] = 0.0f;
     const float* xt = x + (size_t)t0 * x_stride;
     bool aligned = x_stride % 4 == 0 && ((size_t)x & 15) == 0;
     int chunks = (k % W::CHUNK == 0 && aligned) ? k / W::CHUNK : 0;
-    int stride = ksplit * WARP_SIZE, first = p * WARP_SIZE + lane;
+    int stride = ksplit * LANES, first = p * LANES + lane;
     for (int c = first; c < chunks; c += stride) {
         typename W::Reg reg[LIN_ROWS];
 #pragma unroll
@@ -349,7 +356,7 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
             for (int r = 0; r < LIN_ROWS; ++r) wt.decode(reg[r], q, w[r]);
             size_t e = (size_t)c * W::CHUNK + q * 8;
 #pragma unroll
-            for (int tt = 0; tt < LIN_TOKS; ++tt) {
+            for (int tt = 0; tt < TOKS; ++tt) {
                 if (tt < nt) {
                     const float4* xv = (const float4*)(xt + (size_t)tt * x_stride + e);
                     float4 a = xv[0], b = xv[1];
@@ -367,23 +374,26 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
         for (int r = 0; r < LIN_ROWS; ++r) {
             float wv = wt.scalar(rows[r], e);
 #pragma unroll
-            for (int tt = 0; tt < LIN_TOKS; ++tt)
+            for (int tt = 0; tt < TOKS; ++tt)
                 if (tt < nt) acc[r][tt] = fmaf(xt[(size_t)tt * x_stride + e], wv, acc[r][tt]);
         }
     }
-    // nt is uniform over the block, so every lane of a wave takes part in each shuffle.
+    // nt is uniform over the block, so every lane of a wave takes part in each shuffle; the
+    // butterfly stays inside each unit of LANES lanes.
 #pragma unroll
     for (int r = 0; r < LIN_ROWS; ++r)
 #pragma unroll
-        for (int tt = 0; tt < LIN_TOKS; ++tt) {
+        for (int tt = 0; tt < TOKS; ++tt) {
             if (tt < nt) {
-                float v = wave_sum(acc[r][tt]);
-                if (lane == 0) red[wave][r][tt] = v;
+                float v = acc[r][tt];
+#pragma unroll
+                for (int o = LANES / 2; o > 0; o >>= 1) v += __shfl_xor(v, o);
+                if (lane == 0) red[unit][r][tt] = v;
             }
         }
     __syncthreads();
-    for (int i = threadIdx.x; i < groups * LIN_ROWS * LIN_TOKS; i += OPS_THREADS) {
-        int tt = i % LIN_TOKS, r = (i / LIN_TOKS) % LIN_ROWS, gg = i / (LIN_TOKS * LIN_ROWS);
+    for (int i = threadIdx.x; i < groups * LIN_ROWS * TOKS; i += OPS_THREADS) {
+        int tt = i % TOKS, r = (i / TOKS) % LIN_ROWS, gg = i / (TOKS * LIN_ROWS);
         int row = (blockIdx.x * groups + gg) * LIN_ROWS + r;
         if (tt >= nt || row >= n) continue;
         float s = 0.0f;
@@ -426,6 +436,30 @@ ops_linear_batched_bf16(const float* __restrict__ x, int x_stride, int x_batch,
     size_t b = blockIdx.z;
     Bf16Rows wt = {w + b * n * k, k};
     linear_tile(wt, x + b * x_batch, x_stride, m, k, n, ksplit, out + b * out_batch, out_stride);
+}
+
+// The batched layers for one token and rows of at most LIN_SHORT_LANES 16-byte chunks (the
+// q absorption's k = 128 is 16 bf16 chunks): units of LIN_SHORT_LANES lanes, so no lane of a
+// wave idles, and one token's accumulators (the 8-token tile's register count kept fewer
+// blocks in flight). Compile-time lane counts: a runtime one slowed every linear layer (d10).
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_batched_f32_short(const float* __restrict__ x, int x_stride, int x_batch,
+                             const float* __restrict__ w, int m, int k, int n,
+                             float* __restrict__ out, int out_stride, int out_batch) {
+    size_t b = blockIdx.z;
+    F32Rows wt = {w + b * n * k, k};
+    linear_tile<F32Rows, 1, LIN_SHORT_LANES>(wt, x + b * x_batch, x_stride, m, k, n, 1,
+                                             out + b * out_batch, out_stride);
+}
+
+extern "C" __global__ void __launch_bounds__(OPS_THREADS)
+ops_linear_batched_bf16_short(const float* __restrict__ x, int x_stride, int x_batch,
+                              const u16* __restrict__ w, int m, int k, int n,
+                              float* __restrict__ out, int out_stride, int out_batch) {
+    size_t b = blockIdx.z;
+    Bf16Rows wt = {w + b * n * k, k};
+    linear_tile<Bf16Rows, 1, LIN_SHORT_LANES>(wt, x + b * x_batch, x_stride, m, k, n, 1,
+                                              out + b * out_batch, out_stride);
 }
 
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)

@@ -787,4 +787,20 @@ fn mla_attention_matches_the_reference() {
     let lens = [17, 70];
     let queries = [(1, 69), (0, 16), (1, 3)];
     attention_case(&device, &ops, &mut rng, (odd, 16), &lens, &queries, false);
+
+    // One query (a decode step of one sequence): the absorptions over rows of at most 16
+    // chunks take the short-row kernels (Kimi's k = 128 as bf16, the tiny dims' 16 and 32 as
+    // f32; the odd dims' 20 and 36 through their scalar path).
+    for (dims, bf16_kv_b) in [(kimi(16), true), (tiny, false), (odd, false)] {
+        let lens = [300];
+        attention_case(
+            &device,
+            &ops,
+            &mut rng,
+            (dims, 16),
+            &lens,
+            &last(&lens),
+            bf16_kv_b,
+        );
+    }
 }

@@ -15,7 +15,8 @@
 
 use half::bf16;
 use runtime_rocm::{
-    Defines, Device, DeviceBuffer, Function, KernelSource, LaunchConfig, Stream, kernel_source,
+    Defines, Device, DeviceBuffer, Function, KernelArg, KernelSource, LaunchConfig, Stream,
+    kernel_source,
 };
 
 use super::error::{GpuError, check_param};
@@ -32,6 +33,10 @@ const BLOCK: usize = 32;
 const LINEAR_ROWS: usize = 4;
 /// Tokens that share one read of a linear layer's weight (`LIN_TOKS`).
 pub const LINEAR_TOKEN_TILE: usize = 8;
+/// Lanes per row group of the one-token batched kernels for short rows (`LIN_SHORT_LANES`):
+/// rows of at most this many 16-byte chunks (the q absorption's k = 128 is 16 bf16 chunks) share
+/// a wave between row groups instead of leaving lanes idle.
+const LINEAR_SHORT_LANES: usize = 16;
 /// Tokens from which a bf16 linear layer runs on tensor cores (where the device has them):
 /// beyond one token tile the CUDA-core kernel reads the weights again for every tile.
 pub const LINEAR_TENSOR_MIN_TOKENS: usize = LINEAR_TOKEN_TILE + 1;
@@ -476,6 +481,9 @@ pub struct ModelOps {
     linear_bf16_tc: Option<[Function; 2]>,
     linear_batched_f32: Function,
     linear_batched_bf16: Function,
+    /// The batched layers for one token over short rows (see [`LINEAR_SHORT_LANES`]).
+    linear_batched_f32_short: Function,
+    linear_batched_bf16_short: Function,
     fake_quantize: Function,
     kv_append: Function,
     mla_split: Function,
@@ -496,6 +504,7 @@ impl ModelOps {
             .set("OPS_THREADS", THREADS)
             .set("LIN_ROWS", LINEAR_ROWS)
             .set("LIN_TOKS", LINEAR_TOKEN_TILE)
+            .set("LIN_SHORT_LANES", LINEAR_SHORT_LANES)
             .set("MLA_HEADS", MLA_HEADS)
             .set("MLA_KEYS", MLA_KEYS)
             .set("MLA_COLS", MLA_COLS);
@@ -528,6 +537,8 @@ impl ModelOps {
             linear_bf16_tc,
             linear_batched_f32: f("ops_linear_batched_f32")?,
             linear_batched_bf16: f("ops_linear_batched_bf16")?,
+            linear_batched_f32_short: f("ops_linear_batched_f32_short")?,
+            linear_batched_bf16_short: f("ops_linear_batched_bf16_short")?,
             fake_quantize: f("ops_fake_quantize")?,
             kv_append: f("ops_kv_append")?,
             mla_split: f("ops_mla_split")?,
@@ -1055,14 +1066,23 @@ impl ModelOps {
             (m - 1) * out_stride + (batches - 1) * out_batch + n,
         )?;
         let waves = (THREADS / self.wave_size) as usize;
-        let tiles = m.div_ceil(LINEAR_TOKEN_TILE);
-        // Blocks of all batches count towards the target, as if one layer of rows·batches.
-        let ksplit = k_split(rows, k.div_ceil(8), tiles, waves, self.wave_size as usize);
-        let rows_per_block = LINEAR_ROWS * waves / ksplit;
+        // One token over short rows takes the short-row kernels: units of LINEAR_SHORT_LANES
+        // lanes, k never split.
+        let short = m == 1
+            && k.div_ceil(8) <= LINEAR_SHORT_LANES
+            && (self.wave_size as usize).is_multiple_of(LINEAR_SHORT_LANES);
+        let (rows_per_block, ksplit) = if short {
+            (LINEAR_ROWS * THREADS as usize / LINEAR_SHORT_LANES, 1)
+        } else {
+            // Blocks of all batches count towards the target, as if one layer of rows·batches.
+            let tiles = m.div_ceil(LINEAR_TOKEN_TILE);
+            let ksplit = k_split(rows, k.div_ceil(8), tiles, waves, self.wave_size as usize);
+            (LINEAR_ROWS * waves / ksplit, ksplit)
+        };
         let config = LaunchConfig {
             grid: [
                 grid("out features", n.div_ceil(rows_per_block))?,
-                grid("token tiles", tiles)?,
+                grid("token tiles", m.div_ceil(LINEAR_TOKEN_TILE))?,
                 grid("batches", batches)?,
             ],
             block: [THREADS, 1, 1],
@@ -1072,17 +1092,15 @@ impl ModelOps {
         let (mi, ki, ni) = (int("m", m)?, int("in", k)?, int("out", n)?);
         let ks = int("ksplit", ksplit)?;
         let (os, ob) = (int("out_stride", out_stride)?, int("out_batch", out_batch)?);
-        match w {
-            DeviceLinear::Bf16 { weight, .. } => stream.launch(
-                &self.linear_batched_bf16,
-                config,
-                &[x, &xs, &xb, weight, &mi, &ki, &ni, &ks, out, &os, &ob],
-            )?,
-            DeviceLinear::Dense { weight, .. } => stream.launch(
-                &self.linear_batched_f32,
-                config,
-                &[x, &xs, &xb, weight, &mi, &ki, &ni, &ks, out, &os, &ob],
-            )?,
+        let (kernels, weight): (_, &dyn KernelArg) = match w {
+            DeviceLinear::Bf16 { weight, .. } => (
+                (&self.linear_batched_bf16_short, &self.linear_batched_bf16),
+                weight,
+            ),
+            DeviceLinear::Dense { weight, .. } => (
+                (&self.linear_batched_f32_short, &self.linear_batched_f32),
+                weight,
+            ),
             DeviceLinear::Mxfp4 { .. } => {
                 return Err(GpuError::Parameter {
                     parameter: "w",
@@ -1090,6 +1108,19 @@ impl ModelOps {
                     reason: "the batched linear layers take dense (bf16 or f32) weights".into(),
                 });
             }
+        };
+        if short {
+            stream.launch(
+                kernels.0,
+                config,
+                &[x, &xs, &xb, weight, &mi, &ki, &ni, out, &os, &ob],
+            )?;
+        } else {
+            stream.launch(
+                kernels.1,
+                config,
+                &[x, &xs, &xb, weight, &mi, &ki, &ni, &ks, out, &os, &ob],
+            )?;
         }
         Ok(())
     }
