@@ -15,7 +15,7 @@
 //   MLA_KEYS      keys per shared-memory tile of the attention kernel
 //   MLA_COLS      latent columns per thread of the attention kernel (kv_lora <= OPS_THREADS*MLA_COLS)
 // check-defines: OPS_THREADS=128
-// check-defines: LIN_ROWS=2 LIN_TOKS=16
+// check-defines: LIN_ROWS=2 LIN_TOKS=16 LIN_SHORT_LANES=8
 // check-defines: MLA_HEADS=4 MLA_KEYS=16 MLA_COLS=8
 
 #ifndef OPS_THREADS
@@ -314,11 +314,11 @@ struct Mxfp4Rows {
 
 // One block: OPS_THREADS / LANES / ksplit row groups of LIN_ROWS rows, each group's k range
 // split over `ksplit` units of LANES lanes (a whole wave, except in the short-row kernels
-// below); token tile blockIdx.y of TOKS tokens. Token t's input row is x[t*x_stride ..] and its output
-// row out[t*out_stride ..]. The vector path needs k to be a multiple of the chunk, x_stride a
-// multiple of 4 and x 16-byte aligned (weight and activation rows then start 16-byte aligned;
-// a batched call's per-batch offset may break the last); otherwise every element goes through
-// the scalar loop.
+// below); token tile blockIdx.y of TOKS tokens. Token t's input row is x[t*x_stride ..] and
+// its output row out[t*out_stride ..]. The vector path needs k to be a multiple of the chunk,
+// x_stride a multiple of 4 and x 16-byte aligned (weight and activation rows then start 16-byte
+// aligned; a batched call's per-batch offset may break the last); otherwise every element goes
+// through the scalar loop.
 template <typename W, int TOKS = LIN_TOKS, int LANES = WARP_SIZE>
 __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict__ x, int x_stride,
                                             int m, int k, int n, int ksplit, float* __restrict__ out,
