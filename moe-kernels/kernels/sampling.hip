@@ -36,6 +36,7 @@
 //   WARP_SIZE        threads per wave, from the runtime; never assumed
 //   SAMPLE_THREADS   threads per block (a multiple of WARP_SIZE)
 //   SCAN_SPAN        logits per block of sample_scan
+//   SCAN_WORDS       u64 words of one sample_scan result (must be 4)
 // check-defines: SAMPLE_THREADS=256
 
 #ifndef SAMPLE_THREADS
@@ -52,11 +53,16 @@
 #define LIST_CAP 2048
 // Logits per block of sample_scan (set by the launcher, which sizes the scan workspace from
 // it; one pass of SAMPLE_LOADS loads a thread by default), and the u64 words of one of its
-// results.
+// results (set by the launcher too, so the two sides cannot disagree unnoticed).
 #ifndef SCAN_SPAN
 #define SCAN_SPAN (SAMPLE_THREADS * SAMPLE_LOADS)
 #endif
+#ifndef SCAN_WORDS
 #define SCAN_WORDS 4
+#endif
+#if SCAN_WORDS != 4
+#error "a sample_scan result is 4 words: greedy key, first key, last key, valid | bad << 32"
+#endif
 #if WARP_SIZE < SELECT_BINS
 #error "the bin reduce-scatter needs at least SELECT_BINS lanes"
 #endif

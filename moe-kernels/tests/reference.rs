@@ -578,9 +578,12 @@ fn nan_logits_rank_first_and_keep_their_nan_weight() {
     let mut logits: Vec<f32> = (0..n).map(|e| e as f32 / 8.0).collect();
     logits[5] = -f32::NAN;
     let routes = route_noaux_tc(&logits, &bias, &p);
-    assert_eq!(routes[0].expert, 5);
+    // Group 0 (with the NaN) and group 3 (the largest finite scores) are kept; after the NaN
+    // come group 3's two largest.
+    let ids: Vec<usize> = routes.iter().map(|r| r.expert).collect();
+    assert_eq!(ids, [5, 31, 30, n]);
+    // The renormalisation divides by a sum that holds the NaN.
     assert!(routes.iter().take(3).all(|r| r.weight.is_nan()));
-    assert_eq!(routes[3].expert, n, "the shared slot");
 
     let routes = route_noaux_tc(&vec![f32::NAN; n], &bias, &p);
     let ids: Vec<usize> = routes.iter().map(|r| r.expert).collect();

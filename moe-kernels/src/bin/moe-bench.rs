@@ -321,7 +321,8 @@ fn run() -> Result<()> {
                 warm = step(i, mode, &mut ws)?.0;
             }
         }
-        // The budget may cut the run short, but never below 5 samples nor above what was asked.
+        // The budget may cut the run short, but not below 5 samples (or what was asked, if
+        // fewer), and never above what was asked.
         let iters = ((args.budget_ms * 1e-3 / (2.0 * warm)) as usize)
             .max(5)
             .min(args.iters);

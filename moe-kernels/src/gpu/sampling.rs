@@ -65,7 +65,8 @@ impl SamplingKernel {
         }
         let defines = Defines::new()
             .set("SAMPLE_THREADS", THREADS)
-            .set("SCAN_SPAN", SCAN_SPAN);
+            .set("SCAN_SPAN", SCAN_SPAN)
+            .set("SCAN_WORDS", SCAN_WORDS);
         let module = device.compile(&SOURCE, &defines)?;
         Ok(Self {
             sample_scan: module.function("sample_scan")?,
