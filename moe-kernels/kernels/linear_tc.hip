@@ -18,6 +18,7 @@
 // Features past n and tokens past m are read as zeros and not stored; k must be a multiple of 32.
 // check-defines: LTC_PIPE=3
 // check-defines: LTC_BN=16
+// dependent-launch
 
 #if defined(__HIP_PLATFORM_NVIDIA__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 
@@ -69,6 +70,7 @@ __device__ __forceinline__ void mma_bf16(const u32* a, u32 b0, u32 b1, float* c)
 extern "C" __global__ void __launch_bounds__(LTC_THREADS, 2)
 ops_linear_bf16_tc(const float* __restrict__ x, const u16* __restrict__ w, int m, int k, int n,
                    float* __restrict__ out) {
+    mx_wait_prior_kernels();
     extern __shared__ __align__(16) unsigned char ltc_smem_buf[];
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int wm = warp % 4, wn = warp / 4, g = lane / 4, tig = lane % 4;

@@ -17,6 +17,7 @@
 // check-defines: OPS_THREADS=128
 // check-defines: LIN_ROWS=2 LIN_TOKS=16 LIN_SHORT_LANES=8
 // check-defines: MLA_HEADS=4 MLA_KEYS=16 MLA_COLS=8
+// dependent-launch
 
 #ifndef OPS_THREADS
 #define OPS_THREADS 256
@@ -123,6 +124,7 @@ __device__ __forceinline__ float e2m1_round(float v) {
 // out[r] = table[ids[r]] for rows of `cols` values (embedding lookup, row selection).
 extern "C" __global__ void ops_gather_rows(const float* __restrict__ table, const int* __restrict__ ids,
                                            int rows, int cols, float* __restrict__ out) {
+    mx_wait_prior_kernels();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)rows * cols) return;
     int r = (int)(i / cols), c = (int)(i % cols);
@@ -132,6 +134,7 @@ extern "C" __global__ void ops_gather_rows(const float* __restrict__ table, cons
 // As ops_gather_rows from a bf16 table (a bf16 embedding), widened exactly to f32.
 extern "C" __global__ void ops_gather_rows_bf16(const u16* __restrict__ table, const int* __restrict__ ids,
                                                 int rows, int cols, float* __restrict__ out) {
+    mx_wait_prior_kernels();
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (size_t)rows * cols) return;
     int r = (int)(i / cols), c = (int)(i % cols);
@@ -167,6 +170,7 @@ __device__ __forceinline__ float4 scale4(float4 g, float4 v, float inv) {
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_rmsnorm(float* __restrict__ x, int x_stride, int add, const float* __restrict__ delta,
             const float* __restrict__ w, int d, float eps, float* __restrict__ out, int out_stride) {
+    mx_wait_prior_kernels();
     __shared__ float scratch[OPS_WAVES];
     float* xr = x + (size_t)blockIdx.x * x_stride;
     const float* dr = add ? delta + (size_t)blockIdx.x * d : nullptr;
@@ -405,6 +409,7 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, int k, int n,
                int ksplit, float* __restrict__ out) {
+    mx_wait_prior_kernels();
     F32Rows wt = {w, k};
     linear_tile(wt, x, k, m, k, n, ksplit, out, n);
 }
@@ -412,6 +417,7 @@ ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, 
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_bf16(const float* __restrict__ x, const u16* __restrict__ w, int m, int k, int n,
                 int ksplit, float* __restrict__ out) {
+    mx_wait_prior_kernels();
     Bf16Rows wt = {w, k};
     linear_tile(wt, x, k, m, k, n, ksplit, out, n);
 }
@@ -424,6 +430,7 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_batched_f32(const float* __restrict__ x, int x_stride, int x_batch,
                        const float* __restrict__ w, int m, int k, int n, int ksplit,
                        float* __restrict__ out, int out_stride, int out_batch) {
+    mx_wait_prior_kernels();
     size_t b = blockIdx.z;
     F32Rows wt = {w + b * n * k, k};
     linear_tile(wt, x + b * x_batch, x_stride, m, k, n, ksplit, out + b * out_batch, out_stride);
@@ -433,6 +440,7 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_batched_bf16(const float* __restrict__ x, int x_stride, int x_batch,
                         const u16* __restrict__ w, int m, int k, int n, int ksplit,
                         float* __restrict__ out, int out_stride, int out_batch) {
+    mx_wait_prior_kernels();
     size_t b = blockIdx.z;
     Bf16Rows wt = {w + b * n * k, k};
     linear_tile(wt, x + b * x_batch, x_stride, m, k, n, ksplit, out + b * out_batch, out_stride);
@@ -446,6 +454,7 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_batched_f32_short(const float* __restrict__ x, int x_stride, int x_batch,
                              const float* __restrict__ w, int m, int k, int n,
                              float* __restrict__ out, int out_stride, int out_batch) {
+    mx_wait_prior_kernels();
     size_t b = blockIdx.z;
     F32Rows wt = {w + b * n * k, k};
     linear_tile<F32Rows, 1, LIN_SHORT_LANES>(wt, x + b * x_batch, x_stride, m, k, n, 1,
@@ -456,6 +465,7 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_batched_bf16_short(const float* __restrict__ x, int x_stride, int x_batch,
                               const u16* __restrict__ w, int m, int k, int n,
                               float* __restrict__ out, int out_stride, int out_batch) {
+    mx_wait_prior_kernels();
     size_t b = blockIdx.z;
     Bf16Rows wt = {w + b * n * k, k};
     linear_tile<Bf16Rows, 1, LIN_SHORT_LANES>(wt, x + b * x_batch, x_stride, m, k, n, 1,
@@ -466,6 +476,7 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_mxfp4(const float* __restrict__ x, const u8* __restrict__ packed,
                  const u8* __restrict__ scales, int m, int k, int n, int ksplit,
                  float* __restrict__ out) {
+    mx_wait_prior_kernels();
     Mxfp4Rows wt = {packed, scales, k};
     linear_tile(wt, x, k, m, k, n, ksplit, out, n);
 }
@@ -475,6 +486,7 @@ ops_linear_mxfp4(const float* __restrict__ x, const u8* __restrict__ packed,
 // NaN or infinity becomes all NaN. One thread per block.
 extern "C" __global__ void ops_fake_quantize(const float* __restrict__ x, int n_blocks, int even,
                                              float* __restrict__ out) {
+    mx_wait_prior_kernels();
     int b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= n_blocks) return;
     const float* v = x + (size_t)b * MX_BLOCK;
@@ -530,6 +542,7 @@ ops_kv_append(const float* __restrict__ src, int stride, int offset, const float
               const float* __restrict__ sin_t, const int* __restrict__ rows,
               float* __restrict__ cache_latent, float* __restrict__ cache_rope,
               float* __restrict__ q, int heads, int q_head, int nope) {
+    mx_wait_prior_kernels();
     __shared__ float scratch[OPS_WAVES];
     const int t = blockIdx.x, half = rope / 2;
     const float* x = src + (size_t)t * stride + offset;
@@ -631,6 +644,7 @@ ops_mla_split(const float* __restrict__ q, float* lat, const float* __restrict__
               const int* __restrict__ table_off, const int* __restrict__ pos, int block_shift,
               int heads, int group, int nope, int rope, int kv_lora, float scale, int splits,
               float* __restrict__ partials) {
+    mx_wait_prior_kernels();
     extern __shared__ float smem[];
     float* q_s = smem;                        // [MLA_HEADS][kv_lora]
     float* k_s = q_s + MLA_HEADS * kv_lora;   // [MLA_KEYS][kv_lora]
@@ -759,6 +773,7 @@ ops_mla_split(const float* __restrict__ q, float* lat, const float* __restrict__
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_mla_combine(const float* __restrict__ partials, int heads, int kv_lora, int splits,
                 float* __restrict__ lat) {
+    mx_wait_prior_kernels();
     __shared__ float w_s[OPS_THREADS];
     __shared__ float scratch[OPS_WAVES];
     const int h = blockIdx.x % heads, t = blockIdx.x / heads;
@@ -788,6 +803,7 @@ ops_mla_combine(const float* __restrict__ partials, int heads, int kv_lora, int 
 // out = silu(gate) * up, silu(g) = g / (1 + e^-g).
 extern "C" __global__ void ops_silu_mul(const float* __restrict__ gate, const float* __restrict__ up,
                                         int n, float* __restrict__ out) {
+    mx_wait_prior_kernels();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float g = gate[i];
@@ -796,6 +812,7 @@ extern "C" __global__ void ops_silu_mul(const float* __restrict__ gate, const fl
 
 // x += d.
 extern "C" __global__ void ops_add(float* __restrict__ x, const float* __restrict__ d, int n) {
+    mx_wait_prior_kernels();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] += d[i];
 }

@@ -9,6 +9,7 @@
 //   MOE_HIDDEN  hidden size H (multiple of 32); default: DeepSeek-V3 / Kimi-K2.5
 //   MOE_INTER   expert intermediate size I (multiple of 32)
 // check-defines: MOE_HIDDEN=256 MOE_INTER=128
+// dependent-launch
 //
 // Weight layout per expert slot e (0 <= e < total slots):
 //   w13 [e][2I][H/2]  bytes, two E2M1 codes each, low nibble = even element;
@@ -262,6 +263,7 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
                    int n_experts, int n_group, int topk_group, int top_k, int norm_topk_prob,
                    float routed_scaling_factor, int shared_slots,
                    int* __restrict__ topk_ids, float* __restrict__ topk_weights) {
+    mx_wait_prior_kernels();
     extern __shared__ float route_smem[];
     float* score = route_smem;               // unbiased sigmoid scores
     // Biased scores (a NaN one as +inf, as the reference ranks it); -inf once its group is
@@ -365,6 +367,7 @@ moe_route_noaux_tc(const float* __restrict__ logits, const float* __restrict__ b
 // (unfused) shared MLP, split into `n_slots` slots.
 extern "C" __global__ void moe_route_all(int n_tokens, int n_slots, int* __restrict__ topk_ids,
                                          float* __restrict__ topk_weights) {
+    mx_wait_prior_kernels();
     int p = blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= n_tokens * n_slots) return;
     topk_ids[p] = p % n_slots;
@@ -402,6 +405,7 @@ extern "C" __global__ void __launch_bounds__(ALIGN_THREADS)
 moe_align(const int* __restrict__ topk_ids, int n_pairs, int n_experts, int tile_pairs, int* __restrict__ offsets,
           int* __restrict__ sorted_pairs, int* __restrict__ pair_pos, int* __restrict__ active,
           int* __restrict__ n_active, int* __restrict__ tiles) {
+    mx_wait_prior_kernels();
     extern __shared__ int align_smem[];
     int* count = align_smem;
     int* cursor = align_smem + n_experts;
@@ -523,22 +527,26 @@ __device__ __forceinline__ void quantize_rows(const T* __restrict__ x, size_t n_
 
 extern "C" __global__ void moe_quantize_bf16(const u16* __restrict__ x, int rows, int cols, int even,
                                              i8* __restrict__ xq, u8* __restrict__ xs) {
+    mx_wait_prior_kernels();
     quantize_rows<u16, false>(x, (size_t)rows * cols, even, xq, xs);
 }
 
 extern "C" __global__ void moe_quantize_f32(const float* __restrict__ x, int rows, int cols, int even,
                                             i8* __restrict__ xq, u8* __restrict__ xs) {
+    mx_wait_prior_kernels();
     quantize_rows<float, false>(x, (size_t)rows * cols, even, xq, xs);
 }
 
 // The same quantization with the values written as E4M3 bytes (the tensor-core path's input).
 extern "C" __global__ void moe_quantize_bf16_e4m3(const u16* __restrict__ x, int rows, int cols, int even,
                                                   i8* __restrict__ xq, u8* __restrict__ xs) {
+    mx_wait_prior_kernels();
     quantize_rows<u16, true>(x, (size_t)rows * cols, even, xq, xs);
 }
 
 extern "C" __global__ void moe_quantize_f32_e4m3(const float* __restrict__ x, int rows, int cols, int even,
                                                  i8* __restrict__ xq, u8* __restrict__ xs) {
+    mx_wait_prior_kernels();
     quantize_rows<float, true>(x, (size_t)rows * cols, even, xq, xs);
 }
 
@@ -746,6 +754,7 @@ moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, int exp
                  const i8* __restrict__ xq, const u8* __restrict__ xs, const int* __restrict__ offsets,
                  const int* __restrict__ sorted_pairs, const int* __restrict__ active,
                  const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    mx_wait_prior_kernels();
     gate_up_body<true, false>(w13, s13, expert_base, xq, xs, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
@@ -840,6 +849,7 @@ __device__ __forceinline__ void gate_up_staged_body(const u8* __restrict__ w13, 
         const u8* __restrict__ xs, int n_tokens, const int* __restrict__ offsets,                      \
         const int* __restrict__ sorted_pairs, const int* __restrict__ active,                          \
         const int* __restrict__ n_active, int slots, float* __restrict__ h) {                          \
+        mx_wait_prior_kernels();                                                                       \
         gate_up_staged_body<T>(w13, s13, expert_base, xq, xs, n_tokens, offsets, sorted_pairs, active,  \
                                n_active, slots, h);                                                    \
     }
@@ -852,6 +862,7 @@ moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, int ex
                   const u16* __restrict__ x, const int* __restrict__ offsets,
                   const int* __restrict__ sorted_pairs, const int* __restrict__ active,
                   const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    mx_wait_prior_kernels();
     gate_up_body<false, false>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
@@ -861,6 +872,7 @@ moe_gate_up_w4a16_f32(const u8* __restrict__ w13, const u8* __restrict__ s13, in
                       const float* __restrict__ x, const int* __restrict__ offsets,
                       const int* __restrict__ sorted_pairs, const int* __restrict__ active,
                       const int* __restrict__ n_active, int slots, float* __restrict__ h) {
+    mx_wait_prior_kernels();
     gate_up_body<false, true>(w13, s13, expert_base, x, nullptr, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
@@ -955,6 +967,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_down_w4a4(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const i8* __restrict__ hq,
               const u8* __restrict__ hs, const int* __restrict__ offsets, const int* __restrict__ active,
               const int* __restrict__ n_active, float* __restrict__ y) {
+    mx_wait_prior_kernels();
     down_body<true>(w2, s2, expert_base, hq, hs, offsets, active, n_active, y);
 }
 
@@ -962,6 +975,7 @@ extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_down_w4a16(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_base, const float* __restrict__ h,
                const int* __restrict__ offsets, const int* __restrict__ active, const int* __restrict__ n_active,
                float* __restrict__ y) {
+    mx_wait_prior_kernels();
     down_body<false>(w2, s2, expert_base, h, nullptr, offsets, active, n_active, y);
 }
 
@@ -1027,6 +1041,7 @@ extern "C" __global__ void moe_combine_bf16(const float* __restrict__ y_a, const
                                             const float* __restrict__ w_a, int n_slots_a, float scale_a,
                                             const float* __restrict__ y_b, const int* __restrict__ pos_b,
                                             const float* __restrict__ w_b, int n_slots_b, u16* __restrict__ out) {
+    mx_wait_prior_kernels();
     combine_body(y_a, pos_a, w_a, n_slots_a, scale_a, y_b, pos_b, w_b, n_slots_b, out);
 }
 
@@ -1034,5 +1049,6 @@ extern "C" __global__ void moe_combine_f32(const float* __restrict__ y_a, const 
                                            const float* __restrict__ w_a, int n_slots_a, float scale_a,
                                            const float* __restrict__ y_b, const int* __restrict__ pos_b,
                                            const float* __restrict__ w_b, int n_slots_b, float* __restrict__ out) {
+    mx_wait_prior_kernels();
     combine_body(y_a, pos_a, w_a, n_slots_a, scale_a, y_b, pos_b, w_b, n_slots_b, out);
 }

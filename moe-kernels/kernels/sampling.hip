@@ -38,6 +38,7 @@
 //   SCAN_SPAN        logits per block of sample_scan
 //   SCAN_WORDS       u64 words of one sample_scan result (must be 4)
 // check-defines: SAMPLE_THREADS=256
+// dependent-launch
 
 #ifndef SAMPLE_THREADS
 #define SAMPLE_THREADS 512
@@ -380,6 +381,7 @@ __device__ u64 select_key(const float* row, int n, Interval iv, const Bins* leve
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample_scan(const float* logits, int vocab, u64* scans) {
+    mx_wait_prior_kernels();
     __shared__ Scan waves[SAMPLE_WAVES];
     // Row blockIdx.x (grid.x holds more rows than grid.y could), part blockIdx.y.
     const float* row = logits + (size_t)blockIdx.x * vocab;
@@ -407,6 +409,7 @@ sample_scan(const float* logits, int vocab, u64* scans) {
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample_rows(const float* logits, int vocab, const double* requests, const u64* scans, int scan_parts,
             int* results) {
+    mx_wait_prior_kernels();
     __shared__ Shared sh;
 
     const float* row = logits + (size_t)blockIdx.x * vocab;

@@ -1,6 +1,7 @@
 // Synthetic data generated on the device from a seed: benchmark weights and activations that
 // would take far longer to generate on the host and copy over. Counter-based (a hash of the
 // element index and the seed), so the same seed gives the same data on every device.
+// dependent-launch
 
 typedef unsigned char u8;
 typedef unsigned short u16;
@@ -27,16 +28,19 @@ __device__ __forceinline__ float normal(u64 i, u32 seed) {
 // out[i] = lo + (hash(i) mod span): random E2M1 code bytes (lo 0, span 256) or E8M0 scales
 // in a chosen range.
 extern "C" __global__ void synth_bytes(u8* __restrict__ out, u64 n, u32 seed, u32 lo, u32 span) {
+    mx_wait_prior_kernels();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = (u8)(lo + (u32)(mix64(i ^ ((u64)seed << 40)) % span));
 }
 
 extern "C" __global__ void synth_normal_f32(float* __restrict__ out, u64 n, u32 seed, float scale) {
+    mx_wait_prior_kernels();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = scale * normal(i, seed);
 }
 
 extern "C" __global__ void synth_normal_bf16(u16* __restrict__ out, u64 n, u32 seed, float scale) {
+    mx_wait_prior_kernels();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x)
         out[i] = mx_float_to_bf16(scale * normal(i, seed));
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::cpu;
 use crate::cuda;
@@ -60,6 +61,9 @@ pub struct Device {
 struct DeviceInner {
     info: DeviceInfo,
     gpu: Option<Box<dyn GpuApi>>,
+    /// Whether `// dependent-launch` kernels are launched as such (see
+    /// [`Device::dependent_launch`]).
+    dependent_launch: AtomicBool,
 }
 
 impl fmt::Debug for Device {
@@ -77,6 +81,7 @@ impl Device {
             inner: Arc::new(DeviceInner {
                 info: cpu::info(),
                 gpu: None,
+                dependent_launch: AtomicBool::new(false),
             }),
         }
     }
@@ -85,6 +90,7 @@ impl Device {
         Device {
             inner: Arc::new(DeviceInner {
                 info: gpu.info().clone(),
+                dependent_launch: AtomicBool::new(gpu.dependent_launch_supported()),
                 gpu: Some(gpu),
             }),
         }
@@ -150,6 +156,30 @@ impl Device {
                 self.check(gpu.synchronize(), "synchronize device")
             }
         }
+    }
+
+    /// Whether launches of kernels from `// dependent-launch` sources may overlap the end of
+    /// the kernel before them (see [`KernelSource`](crate::KernelSource)). On by default where
+    /// the device supports it: NVIDIA from compute capability 9.0; never on AMD or the CPU.
+    pub fn dependent_launch(&self) -> bool {
+        self.inner.dependent_launch.load(Ordering::Relaxed)
+    }
+
+    /// Turns dependent launch on or off for later launches (to compare the two); graphs
+    /// captured earlier keep the launches they recorded. Turning it on where the device does
+    /// not support it is refused.
+    pub fn set_dependent_launch(&self, on: bool) -> Result<()> {
+        let supported = self
+            .gpu()
+            .is_some_and(|gpu| gpu.dependent_launch_supported());
+        if on && !supported {
+            return Err(Error::Unsupported {
+                operation: "dependent kernel launch".into(),
+                device: self.id(),
+            });
+        }
+        self.inner.dependent_launch.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn gpu(&self) -> Option<&dyn GpuApi> {

@@ -71,6 +71,16 @@ pub enum Error {
         log: String,
     },
 
+    /// A kernel source breaks a rule of the source convention (see
+    /// [`KernelSource`](crate::KernelSource)).
+    #[error("kernel source {source_name}: {reason}")]
+    InvalidSource {
+        /// Name of the kernel source.
+        source_name: String,
+        /// The rule broken, and where.
+        reason: String,
+    },
+
     /// A kernel compiler needed for a check is not installed or not configured.
     #[error("{compiler} is not available: {reason}")]
     CompilerMissing {

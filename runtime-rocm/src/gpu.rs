@@ -40,6 +40,9 @@ pub(crate) trait GpuApi: Send + Sync + std::fmt::Debug {
     fn compiler_version(&self) -> ApiResult<String>;
     /// Compiles full source text (prelude included) with the given options.
     fn compile(&self, source: &CStr, name: &CStr, options: &[String]) -> ApiResult<CompileOutput>;
+    /// Whether a launch may overlap the end of the kernel before it on its stream
+    /// (programmatic dependent launch).
+    fn dependent_launch_supported(&self) -> bool;
 
     fn mem_info(&self) -> ApiResult<(usize, usize)>;
     fn malloc(&self, bytes: usize) -> ApiResult<DevicePtr>;
@@ -97,6 +100,8 @@ pub(crate) trait GpuApi: Send + Sync + std::fmt::Debug {
     unsafe fn module_load(&self, image: &[u8]) -> ApiResult<Handle>;
     unsafe fn module_unload(&self, module: Handle) -> ApiResult<()>;
     unsafe fn module_function(&self, module: Handle, name: &CStr) -> ApiResult<Handle>;
+    /// Launches `function`; with `dependent` (only where supported) the launch may start
+    /// while the kernel before it on `stream` finishes, and the kernel waits for it itself.
     #[allow(clippy::too_many_arguments)]
     unsafe fn launch(
         &self,
@@ -106,5 +111,6 @@ pub(crate) trait GpuApi: Send + Sync + std::fmt::Debug {
         shared_mem_bytes: u32,
         stream: Handle,
         params: &mut [*mut c_void],
+        dependent: bool,
     ) -> ApiResult<()>;
 }

@@ -557,3 +557,97 @@ fn synchronous_work_on_other_threads_waits_out_a_capture() {
         }
     }
 }
+
+/// Each step reads its input at a permuted index (another block's output) and writes the other
+/// buffer, which the step before read: a step that started before the previous one finished
+/// would read stale values or overwrite live ones.
+const CHAIN: &str = r#"// dependent-launch
+extern "C" __global__ void chain_step(const float* __restrict__ src, float* __restrict__ dst,
+                                      int n, int stride) {
+    mx_wait_prior_kernels();
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = src[(int)(((long long)i * stride) % n)] + 1.0f;
+}
+"#;
+
+#[test]
+fn dependent_launches_wait_for_the_kernel_before_them() {
+    let mut rng = fresh_rng();
+    for device in gpus("dependent_launches_wait_for_the_kernel_before_them") {
+        let supported = device.set_dependent_launch(true).is_ok();
+        // An H100 or newer must take the dependent path; only older cards may refuse it.
+        let capability = device
+            .info()
+            .arch
+            .strip_prefix("sm_")
+            .and_then(|v| v.parse::<u32>().ok());
+        if capability.is_some_and(|c| c >= 90) {
+            assert!(supported, "{}: {}", device.id(), device.info().arch);
+        }
+        let step = compile(
+            &device,
+            &KernelSource::new("chain.hip", CHAIN),
+            &Defines::new(),
+        )
+        .function("chain_step")
+        .unwrap();
+        // n is prime and the stride below n, so i -> i * stride mod n permutes the elements.
+        let (n, steps) = (1_000_003usize, 64);
+        let stride = rng.random_range(2..n as i32);
+        let start = random_f32(&mut rng, n);
+        let mut expected = start.clone();
+        for _ in 0..steps {
+            expected = (0..n)
+                .map(|i| expected[(i as u64 * stride as u64 % n as u64) as usize] + 1.0)
+                .collect();
+        }
+        let stream = device.create_stream().unwrap();
+        let mut buffers = [
+            device.upload(&start).unwrap(),
+            device.alloc_zeroed(n).unwrap(),
+        ];
+        let run = |buffers: &[DeviceBuffer<f32>; 2],
+                   s: &runtime_rocm::Stream|
+         -> runtime_rocm::Result<()> {
+            for k in 0..steps {
+                let (src, dst) = (&buffers[k % 2], &buffers[(k + 1) % 2]);
+                s.launch(
+                    &step,
+                    LaunchConfig::linear(n, 256),
+                    &[src, dst, &(n as i32), &stride],
+                )?;
+            }
+            Ok(())
+        };
+        let modes: &[bool] = if supported { &[true, false] } else { &[false] };
+        for &dependent in modes {
+            device.set_dependent_launch(dependent).unwrap();
+            let graph = stream.capture(|s| run(&buffers, s)).unwrap();
+            for replayed in [false, true] {
+                buffers[0].copy_from_host_async(&start, &stream).unwrap();
+                if replayed {
+                    // SAFETY: both buffers outlive the replay (synchronized below).
+                    unsafe { graph.launch(&stream) }.unwrap();
+                } else {
+                    run(&buffers, &stream).unwrap();
+                }
+                stream.synchronize().unwrap();
+                let got = buffers[steps % 2].to_vec().unwrap();
+                let wrong = (0..n).filter(|&i| got[i] != expected[i]).count();
+                assert_eq!(
+                    wrong,
+                    0,
+                    "{} dependent {dependent} replayed {replayed}: {wrong} of {n} elements wrong",
+                    device.id()
+                );
+            }
+        }
+        // A dependent-launch source whose kernel does not wait first is refused before it
+        // reaches the compiler.
+        let no_wait = "// dependent-launch\nextern \"C\" __global__ void k(float* y) { y[0] = 1; }";
+        assert!(matches!(
+            compile_err(&device, no_wait),
+            Error::InvalidSource { .. }
+        ));
+    }
+}

@@ -20,9 +20,13 @@
 //! the KV rows read and written, embedding rows, `lm_head`) divided by the device-to-device
 //! copy bandwidth measured in the same run.
 //!
+//! `--dependent-launch off` launches every kernel after the one before it has finished; by
+//! default, where the device supports it (NVIDIA sm_90+), a kernel's launch overlaps the end of
+//! the one before it (`Device::dependent_launch`).
+//!
 //! ```text
 //! bench-decode [--device auto] [--concurrency 1,4,16,64] [--steps 16] [--prompt 16]
-//!              [--layers N] [--seed 7] [--graphs on,off]
+//!              [--layers N] [--seed 7] [--graphs on,off] [--dependent-launch on|off]
 //! ```
 
 use std::process::ExitCode;
@@ -54,6 +58,8 @@ struct Args {
     seed: u32,
     /// Graph settings to measure, in turn.
     graphs: Vec<bool>,
+    /// Dependent launch on or off; the device's default when not given.
+    dependent_launch: Option<bool>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -65,6 +71,12 @@ fn parse_args() -> Result<Args> {
         layers: None,
         seed: 7,
         graphs: vec![true, false],
+        dependent_launch: None,
+    };
+    let on_off = |flag: &str, v: &str| match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("{flag}: {other}: expected on or off")),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -87,17 +99,17 @@ fn parse_args() -> Result<Args> {
             "--graphs" => {
                 args.graphs = value()?
                     .split(',')
-                    .map(|g| match g {
-                        "on" => Ok(true),
-                        "off" => Ok(false),
-                        other => Err(format!("--graphs: {other}: expected on or off")),
-                    })
+                    .map(|g| on_off("--graphs", g))
                     .collect::<std::result::Result<_, _>>()?
+            }
+            "--dependent-launch" => {
+                args.dependent_launch = Some(on_off("--dependent-launch", &value()?)?)
             }
             "--help" | "-h" => {
                 println!(
                     "bench-decode [--device auto] [--concurrency 1,4,16,64] [--steps 16] \
-                     [--prompt 16] [--layers N] [--seed 7] [--graphs on,off]\n\n\
+                     [--prompt 16] [--layers N] [--seed 7] [--graphs on,off] \
+                     [--dependent-launch on|off]\n\n\
                      Decode ITL of a Kimi-K2.5-shaped model (weights generated on the GPU \
                      from the seed; as many layers as fit unless --layers), fusion on and off, \
                      decode graphs as listed, next to the bandwidth floor. See the source's \
@@ -199,6 +211,9 @@ fn run() -> Result<()> {
     let device = Device::parse_and_open(&args.device)?;
     if device.is_cpu() {
         return Err("no GPU found: bench-decode measures the GPU forward pass".into());
+    }
+    if let Some(on) = args.dependent_launch {
+        device.set_dependent_launch(on)?;
     }
     let copy_bw = {
         let stream = device.create_stream()?;
@@ -315,10 +330,16 @@ fn run() -> Result<()> {
     );
     println!(
         "MXFP4 W4A4 experts (384 routed + 1 shared, top-8), bf16 attention / dense MLP / router / \
-         embedding / lm_head; prompt {} tokens, {} timed steps per mode; copy bandwidth {:.3} TB/s",
+         embedding / lm_head; prompt {} tokens, {} timed steps per mode; copy bandwidth {:.3} TB/s; \
+         dependent launch {}",
         args.prompt,
         args.steps,
-        copy_bw * 1e-12
+        copy_bw * 1e-12,
+        if device.dependent_launch() {
+            "on"
+        } else {
+            "off"
+        }
     );
     println!();
     println!(

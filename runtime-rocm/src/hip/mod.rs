@@ -245,6 +245,10 @@ impl GpuApi for HipGpu {
         hiprtc_compile(rtc, source, name, options)
     }
 
+    fn dependent_launch_supported(&self) -> bool {
+        false
+    }
+
     fn mem_info(&self) -> ApiResult<(usize, usize)> {
         self.bind()?;
         let (mut free, mut total) = (0, 0);
@@ -500,6 +504,8 @@ impl GpuApi for HipGpu {
         shared_mem_bytes: u32,
         on: Handle,
         params: &mut [*mut c_void],
+        // Never asked for: `dependent_launch_supported` is false.
+        _dependent: bool,
     ) -> ApiResult<()> {
         self.bind()?;
         // SAFETY: caller passes a live function and stream, and one pointer per kernel parameter.

@@ -96,6 +96,7 @@ impl Device {
         cache: Option<&KernelCache>,
     ) -> Result<Module> {
         defines.validate()?;
+        let dependent_launch = source.dependent_launch()?;
         let Some(gpu) = self.gpu() else {
             return Err(Error::Unsupported {
                 operation: format!("compiling kernel source {}", source.name),
@@ -139,7 +140,7 @@ impl Device {
         );
 
         if let Some(code) = cache.and_then(|c| c.get(&key)) {
-            match self.load_module(source.name, &code, true) {
+            match self.load_module(source.name, &code, true, dependent_launch) {
                 Ok(module) => return Ok(module),
                 // A stale or foreign entry that passed its checksum: rebuild it below.
                 Err(err) => tracing::warn!(
@@ -173,10 +174,16 @@ impl Device {
         if let Some(cache) = cache {
             cache.put(&key, &code);
         }
-        self.load_module(source.name, &code, false)
+        self.load_module(source.name, &code, false, dependent_launch)
     }
 
-    fn load_module(&self, source_name: &str, code: &[u8], cache_hit: bool) -> Result<Module> {
+    fn load_module(
+        &self,
+        source_name: &str,
+        code: &[u8],
+        cache_hit: bool,
+        dependent_launch: bool,
+    ) -> Result<Module> {
         let gpu = self
             .gpu()
             .expect("load_module is only called for GPU devices");
@@ -191,6 +198,7 @@ impl Device {
                 raw,
                 source_name: source_name.to_owned(),
                 cache_hit,
+                dependent_launch,
             }),
         })
     }
@@ -312,6 +320,7 @@ pub fn check(
     toolchain: &Toolchain,
 ) -> Result<CheckOutput> {
     defines.validate()?;
+    source.dependent_launch()?;
     if let Some(missing) = toolchain.missing(target) {
         return Err(missing);
     }

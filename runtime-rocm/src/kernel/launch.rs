@@ -24,6 +24,8 @@ pub(crate) struct ModuleInner {
     pub(crate) raw: Handle,
     pub(crate) source_name: String,
     pub(crate) cache_hit: bool,
+    /// The source declared `// dependent-launch` (and every kernel in it waits first).
+    pub(crate) dependent_launch: bool,
 }
 
 impl Drop for ModuleInner {
@@ -257,6 +259,7 @@ impl Stream {
                 config.shared_mem_bytes,
                 self.raw(),
                 &mut params,
+                function.module.dependent_launch && device.dependent_launch(),
             )
         };
         device.check(result, operation)

@@ -9,6 +9,8 @@
 //! - `mx_bf16_to_float` / `mx_float_to_bf16` convert raw bf16 bits (`unsigned short`) and work
 //!   on every HIP version; on NVIDIA the native `__hip_bfloat16`, `__hip_fp8_e4m3` and
 //!   `__hip_fp8_e5m2` are also mapped.
+//! - A source marked `// dependent-launch` begins every kernel with `mx_wait_prior_kernels();`
+//!   (see [`KernelSource`](crate::KernelSource)).
 //! - Vendor-only builtins go behind `#ifdef __HIP_PLATFORM_AMD__` / `__HIP_PLATFORM_NVIDIA__`.
 
 use crate::error::Vendor;
@@ -52,6 +54,15 @@ static __device__ __forceinline__ unsigned int __lane_id() {
 #define __builtin_nontemporal_store(value, ptr) __stcs((ptr), (value))
 #define atomicAddNoRet(ptr, value) ((void)atomicAdd((ptr), (value)))
 #define unsafeAtomicAdd(ptr, value) atomicAdd((ptr), (value))
+// Programmatic dependent launch (sm_90+): hold the block until the kernels before it on the
+// stream have completed and their writes are visible, then let the next kernel launch (its
+// blocks start and wait in turn). Without a dependent launch both instructions do nothing.
+static __device__ __forceinline__ void mx_wait_prior_kernels() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 "#;
 
 /// Prelude for hiprtc and hipcc: hiprtc provides the device API itself; hipcc needs the header.
@@ -59,6 +70,8 @@ const HIP: &str = r#"
 #if !defined(__HIPCC_RTC__)
 #include <hip/hip_runtime.h>
 #endif
+// HIP launches kernels one after another on a stream: nothing to wait for.
+static __device__ __forceinline__ void mx_wait_prior_kernels() {}
 "#;
 
 /// Definitions shared by both vendors, after the vendor part.

@@ -10,6 +10,13 @@ use crate::error::{Error, Result};
 /// file compiles with no defines at all. Lines `// check-defines: NAME=VALUE ...` list extra
 /// define sets that `cargo xtask check-kernels` also compiles.
 ///
+/// A file with the line `// dependent-launch` promises that every kernel's body begins with
+/// `mx_wait_prior_kernels();` (the prelude's grid-dependency wait). Its launches may then
+/// start while the kernel before them on the stream is still finishing (NVIDIA's
+/// programmatic dependent launch, sm_90 and later): the wait holds each block until that
+/// kernel has completed and its writes are visible, so only launch and block start-up overlap.
+/// The promise is checked whenever the file is compiled.
+///
 /// Embed with [`kernel_source!`](crate::kernel_source):
 /// `const AXPY: KernelSource<'static> = runtime_rocm::kernel_source!("../kernels/axpy.hip");`
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +39,9 @@ macro_rules! kernel_source {
 }
 
 const CHECK_DEFINES: &str = "// check-defines:";
+const DEPENDENT_LAUNCH: &str = "// dependent-launch";
+/// The statement a dependent-launch kernel must begin with.
+pub const PRIOR_KERNELS_WAIT: &str = "mx_wait_prior_kernels();";
 
 impl<'a> KernelSource<'a> {
     /// A source from a name and text (for sources read at run time).
@@ -56,6 +66,46 @@ impl<'a> KernelSource<'a> {
             sets.push(defines);
         }
         Ok(sets)
+    }
+}
+
+impl KernelSource<'_> {
+    /// Whether the file declares `// dependent-launch`; an error naming the line of the first
+    /// kernel whose body does not begin with [`PRIOR_KERNELS_WAIT`] when it does.
+    pub fn dependent_launch(&self) -> Result<bool> {
+        if !self
+            .code
+            .lines()
+            .any(|line| line.trim() == DEPENDENT_LAUNCH)
+        {
+            return Ok(false);
+        }
+        let mut line_start = 0;
+        for line in self.code.split_inclusive('\n') {
+            let declared = line
+                .find("__global__")
+                .filter(|&at| !line[..at].contains("//"));
+            if let Some(at) = declared {
+                let after = &self.code[line_start + at..];
+                // The body is the first brace after the declaration; a macro-defined kernel's
+                // lines end in backslashes.
+                let body = after.find('{').map(|brace| {
+                    after[brace + 1..].trim_start_matches(|c: char| c.is_whitespace() || c == '\\')
+                });
+                if !body.is_some_and(|body| body.starts_with(PRIOR_KERNELS_WAIT)) {
+                    let number = self.code[..line_start].lines().count() + 1;
+                    return Err(Error::InvalidSource {
+                        source_name: self.name.to_owned(),
+                        reason: format!(
+                            "the file declares {DEPENDENT_LAUNCH}, but the kernel declared on \
+                             line {number} does not begin with {PRIOR_KERNELS_WAIT}"
+                        ),
+                    });
+                }
+            }
+            line_start += line.len();
+        }
+        Ok(true)
     }
 }
 
@@ -140,6 +190,35 @@ mod tests {
         for (defines, valid) in cases {
             assert_eq!(defines.validate().is_ok(), valid, "{defines}");
         }
+    }
+
+    #[test]
+    fn dependent_launch_needs_every_kernel_to_wait_first() {
+        let good = "// dependent-launch\n// a __global__ in a comment\n\
+                    extern \"C\" __global__ void a(int* x) {\n    mx_wait_prior_kernels();\n}\n\
+                    #define K(T) extern \"C\" __global__ void k##T(int* x) { \\\n    \
+                    mx_wait_prior_kernels(); \\\n}\n";
+        assert_eq!(
+            KernelSource::new("g.hip", good).dependent_launch().ok(),
+            Some(true)
+        );
+        let plain = "extern \"C\" __global__ void a(int* x) { x[0] = 1; }\n";
+        assert_eq!(
+            KernelSource::new("p.hip", plain).dependent_launch().ok(),
+            Some(false)
+        );
+        let bad = "// dependent-launch\nextern \"C\" __global__ void a(int* x) {\n    \
+                   mx_wait_prior_kernels();\n}\n\nextern \"C\" __global__ void b(int* x) {\n    \
+                   x[0] = 1;\n    mx_wait_prior_kernels();\n}\n";
+        let err = KernelSource::new("b.hip", bad)
+            .dependent_launch()
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, Error::InvalidSource { .. }), "{message}");
+        assert!(
+            message.contains("b.hip") && message.contains("line 6"),
+            "{message}"
+        );
     }
 
     #[test]
