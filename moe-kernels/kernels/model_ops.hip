@@ -11,7 +11,6 @@
 //   LIN_ROWS      output rows per wave of the linear kernels
 //   LIN_TOKS      tokens per weight read of the linear kernels
 //   LIN_SHORT_LANES lanes per row group of the one-token short-row batched kernels
-//   LIN_PREFETCH  weight steps a linear kernel prefetches into L2 before it waits for its input
 //   MLA_HEADS     heads of one attention block (they share each key row it reads)
 //   MLA_KEYS      keys per shared-memory tile of the attention kernel
 //   MLA_COLS      latent columns per thread of the attention kernel (kv_lora <= OPS_THREADS*MLA_COLS)
@@ -29,9 +28,6 @@
 #define OPS_WAVES (OPS_THREADS / WARP_SIZE)
 #ifndef LIN_ROWS
 #define LIN_ROWS 4
-#endif
-#ifndef LIN_PREFETCH
-#define LIN_PREFETCH 4
 #endif
 #ifndef LIN_TOKS
 #define LIN_TOKS 8
@@ -251,10 +247,9 @@ struct Bf16Rows {
     int k;
     typedef uint4 Reg;
     enum { CHUNK = 8 };
-    __device__ __forceinline__ const void* address(int row, int c) const {
-        return w + (size_t)row * k + (size_t)c * CHUNK;
+    __device__ __forceinline__ Reg load(int row, int c) const {
+        return *(const uint4*)(w + (size_t)row * k + (size_t)c * CHUNK);
     }
-    __device__ __forceinline__ Reg load(int row, int c) const { return *(const uint4*)address(row, c); }
     __device__ __forceinline__ void decode(const Reg& r, int q, float* o) const {
         (void)q;
         u32 words[4] = {r.x, r.y, r.z, r.w};
@@ -277,11 +272,8 @@ struct F32Rows {
         float4 a, b;
     };
     enum { CHUNK = 8 };
-    __device__ __forceinline__ const void* address(int row, int c) const {
-        return w + (size_t)row * k + (size_t)c * CHUNK;
-    }
     __device__ __forceinline__ Reg load(int row, int c) const {
-        const float4* p = (const float4*)address(row, c);
+        const float4* p = (const float4*)(w + (size_t)row * k + (size_t)c * CHUNK);
         Reg r;
         r.a = p[0];
         r.b = p[1];
@@ -306,12 +298,9 @@ struct Mxfp4Rows {
         float s;
     };
     enum { CHUNK = MX_BLOCK };
-    __device__ __forceinline__ const void* address(int row, int c) const {
-        return packed + (size_t)row * (k / 2) + (size_t)c * (MX_BLOCK / 2);
-    }
     __device__ __forceinline__ Reg load(int row, int c) const {
         Reg r;
-        r.p = *(const uint4*)address(row, c);
+        r.p = *(const uint4*)(packed + (size_t)row * (k / 2) + (size_t)c * (MX_BLOCK / 2));
         r.s = e8m0_value(scales[(size_t)row * (k / MX_BLOCK) + c]);
         return r;
     }
@@ -334,40 +323,6 @@ struct Mxfp4Rows {
 // x_stride a multiple of 4 and x 16-byte aligned (weight and activation rows then start 16-byte
 // aligned; a batched call's per-batch offset may break the last); otherwise every element goes
 // through the scalar loop.
-// Where one thread of a linear kernel works: its lane in a unit of LANES lanes, its row
-// group's first row, and its first weight chunk and chunk stride.
-template <int LANES>
-struct LinearPlace {
-    int lane, unit, groups, g, row0, first, stride;
-    __device__ __forceinline__ LinearPlace(int ksplit) {
-        constexpr int UNITS = OPS_THREADS / LANES;
-        lane = threadIdx.x % LANES;
-        unit = threadIdx.x / LANES;
-        groups = UNITS / ksplit;
-        g = unit / ksplit;
-        row0 = (blockIdx.x * groups + g) * LIN_ROWS;
-        stride = ksplit * LANES;
-        first = (unit % ksplit) * LANES + lane;
-    }
-};
-
-// Weights are written by no kernel, so a linear kernel asks for its first LIN_PREFETCH steps
-// of them (into L2) before it waits for the kernel that writes its input: under a dependent
-// launch they stream in while that kernel finishes.
-template <typename W, int LANES = WARP_SIZE>
-__device__ __forceinline__ void prefetch_linear_weights(const W& wt, int k, int n, int ksplit) {
-    if (k % W::CHUNK != 0) return;
-    LinearPlace<LANES> at(ksplit);
-    int chunks = k / W::CHUNK;
-#pragma unroll
-    for (int i = 0; i < LIN_PREFETCH; ++i) {
-        int c = at.first + i * at.stride;
-        if (c >= chunks) break;
-#pragma unroll
-        for (int r = 0; r < LIN_ROWS; ++r) mx_prefetch_l2(wt.address(min(at.row0 + r, n - 1), c));
-    }
-}
-
 template <typename W, int TOKS = LIN_TOKS, int LANES = WARP_SIZE>
 __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict__ x, int x_stride,
                                             int m, int k, int n, int ksplit, float* __restrict__ out,
@@ -375,8 +330,10 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
     static_assert(WARP_SIZE % LANES == 0, "a unit is a part of one wave");
     constexpr int UNITS = OPS_THREADS / LANES;
     __shared__ float red[UNITS][LIN_ROWS][TOKS];
-    LinearPlace<LANES> at(ksplit);
-    int lane = at.lane, unit = at.unit, groups = at.groups, row0 = at.row0;
+    int lane = threadIdx.x % LANES, unit = threadIdx.x / LANES;
+    int groups = UNITS / ksplit;
+    int g = unit / ksplit, p = unit % ksplit;
+    int row0 = (blockIdx.x * groups + g) * LIN_ROWS;
     int t0 = blockIdx.y * TOKS;
     int nt = min(TOKS, m - t0);
     // Rows past n repeat the last row (in bounds) and are never written.
@@ -391,7 +348,7 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
     const float* xt = x + (size_t)t0 * x_stride;
     bool aligned = x_stride % 4 == 0 && ((size_t)x & 15) == 0;
     int chunks = (k % W::CHUNK == 0 && aligned) ? k / W::CHUNK : 0;
-    int stride = at.stride, first = at.first;
+    int stride = ksplit * LANES, first = p * LANES + lane;
     for (int c = first; c < chunks; c += stride) {
         typename W::Reg reg[LIN_ROWS];
 #pragma unroll
@@ -452,7 +409,6 @@ __device__ __forceinline__ void linear_tile(const W& wt, const float* __restrict
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, int k, int n,
                int ksplit, float* __restrict__ out) {
-    prefetch_linear_weights(F32Rows{w, k}, k, n, ksplit);
     mx_wait_prior_kernels();
     F32Rows wt = {w, k};
     linear_tile(wt, x, k, m, k, n, ksplit, out, n);
@@ -461,7 +417,6 @@ ops_linear_f32(const float* __restrict__ x, const float* __restrict__ w, int m, 
 extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_bf16(const float* __restrict__ x, const u16* __restrict__ w, int m, int k, int n,
                 int ksplit, float* __restrict__ out) {
-    prefetch_linear_weights(Bf16Rows{w, k}, k, n, ksplit);
     mx_wait_prior_kernels();
     Bf16Rows wt = {w, k};
     linear_tile(wt, x, k, m, k, n, ksplit, out, n);
@@ -475,7 +430,6 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_batched_f32(const float* __restrict__ x, int x_stride, int x_batch,
                        const float* __restrict__ w, int m, int k, int n, int ksplit,
                        float* __restrict__ out, int out_stride, int out_batch) {
-    prefetch_linear_weights(F32Rows{w + (size_t)blockIdx.z * n * k, k}, k, n, ksplit);
     mx_wait_prior_kernels();
     size_t b = blockIdx.z;
     F32Rows wt = {w + b * n * k, k};
@@ -486,7 +440,6 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_batched_bf16(const float* __restrict__ x, int x_stride, int x_batch,
                         const u16* __restrict__ w, int m, int k, int n, int ksplit,
                         float* __restrict__ out, int out_stride, int out_batch) {
-    prefetch_linear_weights(Bf16Rows{w + (size_t)blockIdx.z * n * k, k}, k, n, ksplit);
     mx_wait_prior_kernels();
     size_t b = blockIdx.z;
     Bf16Rows wt = {w + b * n * k, k};
@@ -501,7 +454,6 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_batched_f32_short(const float* __restrict__ x, int x_stride, int x_batch,
                              const float* __restrict__ w, int m, int k, int n,
                              float* __restrict__ out, int out_stride, int out_batch) {
-    prefetch_linear_weights<F32Rows, LIN_SHORT_LANES>(F32Rows{w + (size_t)blockIdx.z * n * k, k}, k, n, 1);
     mx_wait_prior_kernels();
     size_t b = blockIdx.z;
     F32Rows wt = {w + b * n * k, k};
@@ -513,7 +465,6 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_batched_bf16_short(const float* __restrict__ x, int x_stride, int x_batch,
                               const u16* __restrict__ w, int m, int k, int n,
                               float* __restrict__ out, int out_stride, int out_batch) {
-    prefetch_linear_weights<Bf16Rows, LIN_SHORT_LANES>(Bf16Rows{w + (size_t)blockIdx.z * n * k, k}, k, n, 1);
     mx_wait_prior_kernels();
     size_t b = blockIdx.z;
     Bf16Rows wt = {w + b * n * k, k};
@@ -525,7 +476,6 @@ extern "C" __global__ void __launch_bounds__(OPS_THREADS)
 ops_linear_mxfp4(const float* __restrict__ x, const u8* __restrict__ packed,
                  const u8* __restrict__ scales, int m, int k, int n, int ksplit,
                  float* __restrict__ out) {
-    prefetch_linear_weights(Mxfp4Rows{packed, scales, k}, k, n, ksplit);
     mx_wait_prior_kernels();
     Mxfp4Rows wt = {packed, scales, k};
     linear_tile(wt, x, k, m, k, n, ksplit, out, n);

@@ -63,10 +63,6 @@ static __device__ __forceinline__ void mx_wait_prior_kernels() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-// Asks for the cache line holding `p` to be brought into L2; no register waits for it.
-static __device__ __forceinline__ void mx_prefetch_l2(const void* p) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
 "#;
 
 /// Prelude for hiprtc and hipcc: hiprtc provides the device API itself; hipcc needs the header.
@@ -76,7 +72,6 @@ const HIP: &str = r#"
 #endif
 // HIP launches kernels one after another on a stream: nothing to wait for.
 static __device__ __forceinline__ void mx_wait_prior_kernels() {}
-static __device__ __forceinline__ void mx_prefetch_l2(const void*) {}
 "#;
 
 /// Definitions shared by both vendors, after the vendor part.
