@@ -12,11 +12,13 @@
 //!
 //! With `--graph`, each layer is also captured into a graph (`runtime_rocm::Graph`) and
 //! replayed, which removes the launch gaps between its kernels: the "graph µs" column.
+//! `--dependent-launch off` launches each kernel only after the one before it has finished
+//! (by default, on NVIDIA sm_90+, a launch overlaps the end of the kernel before it).
 //!
 //! ```text
 //! moe-bench [--device cuda:0] [--batches 1,8,32,128,512,2048,16384] [--iters 40]
 //!           [--copies 2] [--act w4a4|w4a16] [--anchor PATH|none] [--budget-ms 4000]
-//!           [--breakdown] [--graph] [--path auto|gemv|tc]
+//!           [--breakdown] [--graph] [--path auto|gemv|tc] [--dependent-launch on|off]
 //! ```
 
 use std::process::{Command, ExitCode};
@@ -54,6 +56,8 @@ struct Args {
     breakdown: bool,
     graph: bool,
     path: ExpertPath,
+    /// Dependent launch on or off; the device's default when not given.
+    dependent_launch: Option<bool>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -68,6 +72,7 @@ fn parse_args() -> Result<Args> {
         breakdown: false,
         graph: false,
         path: ExpertPath::Auto,
+        dependent_launch: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -111,6 +116,18 @@ fn parse_args() -> Result<Args> {
             }
             "--breakdown" => args.breakdown = true,
             "--graph" => args.graph = true,
+            "--dependent-launch" => {
+                args.dependent_launch = Some(match value()?.as_str() {
+                    "on" => true,
+                    "off" => false,
+                    other => {
+                        return Err(format!(
+                            "--dependent-launch: expected on or off, found {other}"
+                        )
+                        .into());
+                    }
+                })
+            }
             "--anchor" => {
                 let v = value()?;
                 args.anchor = (v != "none").then_some(v);
@@ -219,6 +236,9 @@ fn run() -> Result<()> {
     let device = Device::parse_and_open(&args.device)?;
     if device.is_cpu() {
         return Err("no GPU found: moe-bench measures GPU kernels".into());
+    }
+    if let Some(on) = args.dependent_launch {
+        device.set_dependent_launch(on)?;
     }
     let stream = device.create_stream()?;
     let copy_bw = copy_bandwidth(&device, &stream)?;
@@ -411,8 +431,14 @@ fn run() -> Result<()> {
         SHAPE.inter
     );
     println!(
-        "measured device-to-device copy: {:.3} TB/s (read + write); times are medians",
-        copy_bw * 1e-12
+        "measured device-to-device copy: {:.3} TB/s (read + write); times are medians; \
+         dependent launch {}",
+        copy_bw * 1e-12,
+        if device.dependent_launch() {
+            "on"
+        } else {
+            "off"
+        }
     );
     println!();
     println!(
