@@ -18,7 +18,9 @@
 // Features past n and tokens past m are read as zeros and not stored; k must be a multiple of 32.
 // check-defines: LTC_PIPE=3
 // check-defines: LTC_BN=16
-// dependent-launch
+// Not a dependent-launch source (see runtime-rocm's KernelSource): launched that way, decode
+// at 16 and 64 sequences (where these kernels run) was 2-3 % slower on the H100, and no faster
+// at 1 or 4 (model-deepseek PERF-NOTES d11).
 
 #if defined(__HIP_PLATFORM_NVIDIA__) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 
@@ -70,7 +72,6 @@ __device__ __forceinline__ void mma_bf16(const u32* a, u32 b0, u32 b1, float* c)
 extern "C" __global__ void __launch_bounds__(LTC_THREADS, 2)
 ops_linear_bf16_tc(const float* __restrict__ x, const u16* __restrict__ w, int m, int k, int n,
                    float* __restrict__ out) {
-    mx_wait_prior_kernels();
     extern __shared__ __align__(16) unsigned char ltc_smem_buf[];
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int wm = warp % 4, wn = warp / 4, g = lane / 4, tig = lane % 4;

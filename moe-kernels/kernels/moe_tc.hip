@@ -45,7 +45,9 @@
 // check-defines: MOE_HIDDEN=256 MOE_INTER=128
 // check-defines: MOE_HIDDEN=256 MOE_INTER=128 TC_DIRECT=1 TC_BN=8
 // check-defines: MOE_HIDDEN=512 MOE_INTER=512 TC_DIRECT=1 TC_BN=16 TC_WARPS=4 TC_MIN_BLOCKS=4
-// dependent-launch
+// Not a dependent-launch source (see runtime-rocm's KernelSource): launched that way, decode
+// at 16 and 64 sequences (where these kernels run) was 2-3 % slower on the H100, and no faster
+// at 1 or 4 (model-deepseek PERF-NOTES d11).
 
 #ifndef MOE_HIDDEN
 #define MOE_HIDDEN 7168
@@ -491,7 +493,6 @@ moe_tc_gate_up(const u8* __restrict__ w13, const u8* __restrict__ s13, int exper
                const u8* __restrict__ xs, const int* __restrict__ offsets, const int* __restrict__ active,
                const int* __restrict__ n_active, const int* __restrict__ tiles, int n_tail, int dense_pairs,
                float* __restrict__ h, const int* __restrict__ sorted_pairs, int slots) {
-    mx_wait_prior_kernels();
     extern __shared__ __align__(16) u8 tc_smem[];
     __shared__ int w_rows[TC_BM], x_rows[TC_BN];
     TcTile t;
@@ -531,7 +532,6 @@ moe_tc_down(const u8* __restrict__ w2, const u8* __restrict__ s2, int expert_bas
             const u8* __restrict__ hs, const int* __restrict__ offsets, const int* __restrict__ active,
             const int* __restrict__ n_active, const int* __restrict__ tiles, int n_tail, int dense_pairs,
             float* __restrict__ y) {
-    mx_wait_prior_kernels();
     extern __shared__ __align__(16) u8 tc_smem[];
     __shared__ int w_rows[TC_BM], x_rows[TC_BN];
     TcTile t;
