@@ -421,7 +421,42 @@ impl GpuApi for CudaGpu {
             }
         }
         if dependent {
-            return launch_dependent(function, grid, block, shared_mem_bytes, on, params);
+            // `cuLaunchKernelEx` with programmatic stream serialisation: the launch may begin
+            // before the kernel ahead of it on the stream has finished (inside a captured
+            // graph too, where it becomes a programmatic edge); the kernel's
+            // `mx_wait_prior_kernels()` waits for that kernel.
+            // SAFETY: an all-zero attribute value is a valid (empty) union.
+            let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+            value.programmaticStreamSerializationAllowed = 1;
+            let mut attribute = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value,
+            };
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid[0],
+                gridDimY: grid[1],
+                gridDimZ: grid[2],
+                blockDimX: block[0],
+                blockDimY: block[1],
+                blockDimZ: block[2],
+                sharedMemBytes: shared_mem_bytes,
+                hStream: on as sys::CUstream,
+                attrs: &mut attribute,
+                numAttrs: 1,
+            };
+            // SAFETY: caller passes a live function and stream and one pointer per kernel
+            // parameter; `config` and `attribute` outlive the call, which copies them.
+            return unsafe {
+                sys::cuLaunchKernelEx(
+                    &config,
+                    function as sys::CUfunction,
+                    params.as_mut_ptr(),
+                    std::ptr::null_mut(),
+                )
+            }
+            .result()
+            .map_err(api_error);
         }
         // SAFETY: caller passes a live function and stream, and one pointer per kernel parameter.
         unsafe {
@@ -436,49 +471,4 @@ impl GpuApi for CudaGpu {
         }
         .map_err(api_error)
     }
-}
-
-/// `cuLaunchKernelEx` with programmatic stream serialisation: the launch may begin before the
-/// kernel ahead of it on the stream has finished (inside a captured graph too, where it becomes
-/// a programmatic edge); the kernel's `mx_wait_prior_kernels()` waits for that kernel.
-fn launch_dependent(
-    function: Handle,
-    grid: [u32; 3],
-    block: [u32; 3],
-    shared_mem_bytes: u32,
-    on: Handle,
-    params: &mut [*mut c_void],
-) -> ApiResult<()> {
-    // SAFETY: an all-zero attribute value is a valid (empty) union.
-    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-    value.programmaticStreamSerializationAllowed = 1;
-    let mut attribute = sys::CUlaunchAttribute {
-        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-        pad: [0; 4],
-        value,
-    };
-    let config = sys::CUlaunchConfig {
-        gridDimX: grid[0],
-        gridDimY: grid[1],
-        gridDimZ: grid[2],
-        blockDimX: block[0],
-        blockDimY: block[1],
-        blockDimZ: block[2],
-        sharedMemBytes: shared_mem_bytes,
-        hStream: on as sys::CUstream,
-        attrs: &mut attribute,
-        numAttrs: 1,
-    };
-    // SAFETY: the caller passes a live function and stream and one pointer per kernel
-    // parameter; `config` and `attribute` outlive the call, which copies them.
-    unsafe {
-        sys::cuLaunchKernelEx(
-            &config,
-            function as sys::CUfunction,
-            params.as_mut_ptr(),
-            std::ptr::null_mut(),
-        )
-    }
-    .result()
-    .map_err(api_error)
 }
