@@ -23,8 +23,9 @@ pub(crate) type Handle = usize;
 
 /// Output of a run-time compilation.
 pub(crate) enum CompileOutput {
-    /// Loadable code object (cubin / HSA code object).
-    Code(Vec<u8>),
+    /// Loadable code object (cubin / HSA code object) and the compiler's log (warnings, and on
+    /// NVIDIA the assembler's resource report where it was asked for one).
+    Code { code: Vec<u8>, log: String },
     /// The compiler rejected the source; the log says why.
     Failed { log: String },
 }

@@ -98,6 +98,7 @@ pub use kernel::compile::{
 };
 pub use kernel::launch::{ArgValue, Function, KernelArg, LaunchConfig, Module};
 pub use kernel::nvrtc::NVRTC_ENV;
+pub use kernel::resources::{KernelResources, parse_ptxas_log};
 pub use kernel::source::{Defines, KernelSource, RESERVED_DEFINES};
 pub use spec::{DeviceSpec, SpecError};
 pub use stream::{Event, Stream};

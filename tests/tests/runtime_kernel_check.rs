@@ -114,3 +114,45 @@ fn defines_reach_the_compiler() {
         );
     }
 }
+
+#[test]
+fn nvidia_checks_report_each_kernels_registers_and_spills() {
+    let toolchain = Toolchain::from_env();
+    // `squeezed` keeps 96 loaded values live under a 32-register cap (1024 threads, two
+    // blocks per multiprocessor), so the assembler must spill; `roomy` needs a handful.
+    let source = KernelSource::new(
+        "pressure.hip",
+        "extern \"C\" __global__ void roomy(float* y) { y[threadIdx.x] += 1.0f; }\n\
+         extern \"C\" __global__ void __launch_bounds__(1024, 2) squeezed(const float* x, float* y) {\n\
+           float v[96];\n\
+           #pragma unroll\n\
+           for (int i = 0; i < 96; ++i) v[i] = x[threadIdx.x + 1024 * i];\n\
+           float s = 0.0f;\n\
+           #pragma unroll\n\
+           for (int i = 0; i < 96; ++i) s = s * v[95 - i] + v[i];\n\
+           y[threadIdx.x] = s;\n\
+         }\n",
+    );
+    for target in available_targets(&toolchain) {
+        let output = check(&source, &Defines::new(), &target, &toolchain).unwrap();
+        if !matches!(target, Target::Nvidia { .. }) {
+            assert!(output.kernels.is_empty(), "{target}: {:?}", output.kernels);
+            continue;
+        }
+        let find = |name: &str| {
+            output
+                .kernels
+                .iter()
+                .find(|k| k.kernel == name)
+                .unwrap_or_else(|| panic!("{target}: no report for {name}: {:?}", output.kernels))
+        };
+        let (roomy, squeezed) = (find("roomy"), find("squeezed"));
+        assert!(roomy.registers > 0 && roomy.registers < 32, "{roomy:?}");
+        assert_eq!((roomy.spill_stores, roomy.spill_loads), (0, 0), "{roomy:?}");
+        assert!(squeezed.registers <= 32, "{squeezed:?}");
+        assert!(
+            squeezed.spill_stores > 0 && squeezed.spill_loads > 0,
+            "{squeezed:?}"
+        );
+    }
+}

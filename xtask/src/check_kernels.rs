@@ -16,6 +16,10 @@ pub struct Args {
     /// Report a missing compiler instead of failing (CI never passes this).
     #[arg(long)]
     allow_missing: bool,
+    /// After each NVIDIA compilation, one line per kernel: registers per thread, spilled
+    /// bytes and static shared memory, as the assembler reported them.
+    #[arg(long)]
+    resources: bool,
 }
 
 /// Checks every kernel source for both vendors and prints one line per compilation.
@@ -56,12 +60,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             result.defines.to_string()
         };
         match &result.outcome {
-            Ok(output) => println!(
-                "ok    {:<14} {file} {defines}: {} bytes ({})",
-                result.target.to_string(),
-                output.code_bytes,
-                output.compiler
-            ),
+            Ok(output) => {
+                println!(
+                    "ok    {:<14} {file} {defines}: {} bytes ({})",
+                    result.target.to_string(),
+                    output.code_bytes,
+                    output.compiler
+                );
+                if args.resources {
+                    for k in &output.kernels {
+                        println!(
+                            "        {:<40} {:>3} registers, {} / {} bytes spilled (stores / loads), {} bytes shared",
+                            k.kernel, k.registers, k.spill_stores, k.spill_loads, k.shared_bytes
+                        );
+                    }
+                }
+            }
             Err(err) => {
                 failures += 1;
                 println!(

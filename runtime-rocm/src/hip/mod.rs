@@ -611,7 +611,7 @@ fn hiprtc_compile(
     let mut code = vec![0u8; size];
     // SAFETY: buffer of the reported size.
     ok(unsafe { (rtc.hiprtcGetCode)(program.1, code.as_mut_ptr() as *mut c_char) })?;
-    Ok(CompileOutput::Code(code))
+    Ok(CompileOutput::Code { code, log })
 }
 
 #[cfg(test)]
@@ -665,7 +665,7 @@ mod tests {
             let text = CString::new(with_prelude(Vendor::Hip, name, code)).unwrap();
             let c_name = CString::new(name).unwrap();
             match hiprtc_compile(rtc, &text, &c_name, &options).unwrap() {
-                CompileOutput::Code(object) => {
+                CompileOutput::Code { code: object, .. } => {
                     assert_eq!(&object[..4], b"\x7fELF", "{name}: not an ELF code object")
                 }
                 CompileOutput::Failed { log } => panic!("hiprtc rejected {name}:\n{log}"),
@@ -680,7 +680,7 @@ mod tests {
         .unwrap();
         match hiprtc_compile(rtc, &broken, c"broken.hip", &options).unwrap() {
             CompileOutput::Failed { log } => assert!(log.contains("nope"), "{log}"),
-            CompileOutput::Code(_) => panic!("hiprtc accepted a broken kernel"),
+            CompileOutput::Code { .. } => panic!("hiprtc accepted a broken kernel"),
         }
     }
 }

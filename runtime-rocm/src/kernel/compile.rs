@@ -13,6 +13,7 @@ use crate::kernel::cache::{CacheKey, KernelCache};
 use crate::kernel::launch::{Module, ModuleInner};
 use crate::kernel::nvrtc;
 use crate::kernel::prelude::with_prelude;
+use crate::kernel::resources::{KernelResources, parse_ptxas_log};
 use crate::kernel::source::{Defines, KernelSource};
 
 /// Environment variable naming a directory holding `cuda_bf16.h` and the other CUDA headers.
@@ -156,7 +157,7 @@ impl Device {
             format!("compile {}", source.name),
         )?;
         let code = match output {
-            CompileOutput::Code(code) => code,
+            CompileOutput::Code { code, .. } => code,
             CompileOutput::Failed { log } => {
                 return Err(Error::Compile {
                     source_name: source.name.to_owned(),
@@ -260,6 +261,8 @@ pub struct CheckOutput {
     pub compiler: String,
     /// Size of the code object.
     pub code_bytes: usize,
+    /// Each kernel's registers, spills and shared memory (NVIDIA; empty for AMD).
+    pub kernels: Vec<KernelResources>,
 }
 
 /// Where the offline compilers are: NVRTC is found through `MXSERVE_NVRTC` or the loader path,
@@ -327,13 +330,15 @@ pub fn check(
     match target {
         Target::Nvidia { arch } => {
             let compiler = nvrtc::load().expect("checked by Toolchain::missing");
-            let args = options(
+            let mut args = options(
                 Vendor::Cuda,
                 arch,
                 32,
                 defines,
                 toolchain.cuda_include.as_deref(),
             );
+            // The assembler's per-kernel report (registers, spills), read into `kernels`.
+            args.push("--ptxas-options=-v".to_owned());
             let full_text = with_prelude(Vendor::Cuda, source.name, source.code);
             let (text, name) = c_strings(source, full_text, arch, &compiler)?;
             let output = nvrtc::compile(&text, &name, &args).map_err(|e| Error::Compile {
@@ -343,9 +348,10 @@ pub fn check(
                 log: format!("NVRTC error: {} (code {})", e.message, e.code),
             })?;
             match output {
-                CompileOutput::Code(code) => Ok(CheckOutput {
+                CompileOutput::Code { code, log } => Ok(CheckOutput {
                     compiler,
                     code_bytes: code.len(),
+                    kernels: parse_ptxas_log(&log),
                 }),
                 CompileOutput::Failed { log } => Err(Error::Compile {
                     source_name: source.name.to_owned(),
@@ -423,6 +429,7 @@ fn hipcc_check(
         Ok(CheckOutput {
             compiler: "hipcc".into(),
             code_bytes,
+            kernels: Vec::new(),
         })
     })();
     let _ = std::fs::remove_dir_all(&dir);

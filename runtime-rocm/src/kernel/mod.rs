@@ -6,4 +6,5 @@ pub(crate) mod compile;
 pub(crate) mod launch;
 pub(crate) mod nvrtc;
 pub(crate) mod prelude;
+pub(crate) mod resources;
 pub(crate) mod source;

@@ -136,7 +136,7 @@ pub(crate) fn compile(source: &CStr, name: &CStr, options: &[String]) -> ApiResu
     unsafe { sys::nvrtcGetCUBIN(program.0, cubin.as_mut_ptr() as *mut c_char) }
         .result()
         .map_err(|e| api_error(e.0))?;
-    Ok(CompileOutput::Code(cubin))
+    Ok(CompileOutput::Code { code: cubin, log })
 }
 
 fn c_chars_to_string(raw: &[c_char]) -> String {
