@@ -154,7 +154,8 @@ fn small(n_routed: usize, n_shared: usize) -> MoeShape {
 }
 
 /// Runs one layer on the GPU and the reference and compares them; the reference sees the
-/// input exactly as uploaded.
+/// input exactly as uploaded. `ws` may have served earlier calls (as the model's one
+/// workspace serves every batch): nothing a forward leaves behind may change the next.
 #[allow(clippy::too_many_arguments)]
 fn check_layer<T: Io>(
     kernels: &MoeKernels,
@@ -165,6 +166,7 @@ fn check_layer<T: Io>(
     act: ActivationQuant,
     mode: SharedExpertMode,
     n_tokens: usize,
+    ws: &mut MoeWorkspace,
     rng: &mut StdRng,
 ) {
     let device = kernels.device();
@@ -185,7 +187,6 @@ fn check_layer<T: Io>(
         .collect();
     let bias: Vec<f32> = (0..shape.n_routed).map(|_| 0.1 * normal(rng)).collect();
 
-    let mut ws = MoeWorkspace::new(device, shape, params.top_k, n_tokens).unwrap();
     ws.fill(0xff).unwrap();
     let mut out: DeviceBuffer<T> = device.alloc_uninit(n_tokens * shape.hidden).unwrap();
     out.memset(0xff).unwrap();
@@ -200,7 +201,7 @@ fn check_layer<T: Io>(
             &device.upload(&logits).unwrap(),
             &device.upload(&bias).unwrap(),
             n_tokens,
-            &mut ws,
+            ws,
             &mut out,
         )
         .unwrap();
@@ -274,6 +275,11 @@ fn run_layer_cases<T: Io>(test: &str, cases: &[LayerCase], acts: &[ActivationQua
                 for path in expert_paths(&kernels, act) {
                     kernels.set_expert_path(path).unwrap();
                     for mode in [SharedExpertMode::Fused, SharedExpertMode::Separate] {
+                        // One workspace for every token count, in turn, as in the model.
+                        let most = case.tokens.iter().copied().max().unwrap();
+                        let mut ws =
+                            MoeWorkspace::new(&device, case.shape, case.params.top_k, most)
+                                .unwrap();
                         for &n in case.tokens {
                             check_layer::<T>(
                                 &kernels,
@@ -284,6 +290,7 @@ fn run_layer_cases<T: Io>(test: &str, cases: &[LayerCase], acts: &[ActivationQua
                                 act,
                                 mode,
                                 n,
+                                &mut ws,
                                 &mut rng,
                             );
                         }
