@@ -559,12 +559,12 @@ extern "C" __global__ void moe_quantize_f32_e4m3(const float* __restrict__ x, in
 // after them.) down's workers are single waves with no block-wide barrier, reading their
 // pairs' activations through L1: the waves of a block take neighbouring items, mostly of the
 // same expert, so they share those lines. gate_up's are single waves too for a decode step of
-// at most 4 tokens (moe_gate_up_w4a4_staged{1,2,4}, the batch's activations staged in shared
+// at most 8 tokens (moe_gate_up_w4a4_staged{1,2,4,8}, the batch's activations staged in shared
 // memory once), and blocks otherwise: the gate and up halves of a tile meet in shared memory,
 // and the pairs' activations are staged there. (As block tiles, v4–v11, a block's waves waited
-// for each other at its barriers and left the issue slots idle; gate_up as single waves for
-// more tokens, or reading its activations from global memory, spills at the register cap and
-// was slower: moe-kernels/PERF-NOTES.md, v12.)
+// for each other at its barriers and left the issue slots idle; gate_up reading its
+// activations from global memory spills at the register cap and was slower:
+// moe-kernels/PERF-NOTES.md, v12.)
 // `expert_base` is added to the expert index when addressing weights, so the unfused shared
 // pass reads the shared slots of the same stacked weights.
 
@@ -758,18 +758,16 @@ moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, int exp
     gate_up_body<true, false>(w13, s13, expert_base, xq, xs, offsets, sorted_pairs, active, n_active, slots, h);
 }
 
-// W4A4 gate_up for a decode step of at most T tokens (T = 1, 2 or 4: instantiations below; one
-// for 8 tokens spills at the register cap and was slower than the tile kernel): every token's
-// quantized row is staged in shared memory once, behind the kernel's only barrier, and then
-// each wave works alone, as down does. An item is intermediate row j of one expert: the wave
+// W4A4 gate_up for a decode step of at most T tokens (T = 1, 2, 4 or 8: instantiations below):
+// every token's quantized row is staged in shared memory once, behind the kernel's only
+// barrier, and then each wave works alone, as down does. An item is intermediate row j of one expert: the wave
 // runs the gate row against all the expert's pairs (at most one per token, so at most T), then
 // the up row, and writes SiLU(gate) * up; the up row's loads are in flight during the gate pass
 // and the next item's gate row during the up pass. Dynamic shared memory: n_tokens rows of H
 // bytes, then n_tokens * H_CHUNKS scale codes.
 template <int T>
-__device__ __forceinline__ void staged_row_dots(const RowChunks<H_PER_LANE>& rc, const uint4* stage,
-                                                const u8* stage_scale, const int* tok, int n, int lane,
-                                                float* sums) {
+__device__ __forceinline__ float staged_row_dots(const RowChunks<H_PER_LANE>& rc, const uint4* stage,
+                                                 const u8* stage_scale, const int* tok, int n, int lane) {
     float acc[T];
 #pragma unroll
     for (int q = 0; q < T; ++q) acc[q] = 0.0f;
@@ -788,11 +786,16 @@ __device__ __forceinline__ void staged_row_dots(const RowChunks<H_PER_LANE>& rc,
             acc[q] = fmaf(dot_w4a4_chunk(wq, a[0], a[1]), sw * sa, acc[q]);
         }
     }
+    // Lane q keeps pair q's sum only: one register a row whatever T (holding all T sums in
+    // every lane spilled at T = 8).
+    float mine = 0.0f;
 #pragma unroll
     for (int q = 0; q < T; ++q) {
         if (q >= n) break;  // uniform across the wave
-        sums[q] = wave_sum(acc[q]);
+        float sum = wave_sum(acc[q]);
+        if (lane == q) mine = sum;
     }
+    return mine;
 }
 
 template <int T>
@@ -829,16 +832,11 @@ __device__ __forceinline__ void gate_up_staged_body(const u8* __restrict__ w13, 
         int tok[T];
 #pragma unroll
         for (int q = 0; q < T; ++q) tok[q] = sorted_pairs[cur.begin + min(q, n - 1)] / slots;
-        float gate[T], up[T];
-        staged_row_dots<T>(gate_w, stage, stage_scale, tok, n, lane, gate);
+        const float gate = staged_row_dots<T>(gate_w, stage, stage_scale, tok, n, lane);
         WorkItem next = work_item(i + stride, MOE_INTER, n_items, offsets, active);
         if (next.live) load(gate_w, row_of(next, 0));
-        staged_row_dots<T>(up_w, stage, stage_scale, tok, n, lane, up);
-#pragma unroll
-        for (int q = 0; q < T; ++q) {
-            if (q >= n) break;
-            if (lane == q) h[(size_t)(cur.begin + q) * MOE_INTER + cur.group] = silu_mul(gate[q], up[q]);
-        }
+        const float up = staged_row_dots<T>(up_w, stage, stage_scale, tok, n, lane);
+        if (lane < n) h[(size_t)(cur.begin + lane) * MOE_INTER + cur.group] = silu_mul(gate, up);
         cur = next;
     }
 }
@@ -856,6 +854,7 @@ __device__ __forceinline__ void gate_up_staged_body(const u8* __restrict__ w13, 
 GATE_UP_STAGED(1)
 GATE_UP_STAGED(2)
 GATE_UP_STAGED(4)
+GATE_UP_STAGED(8)
 
 extern "C" __global__ void __launch_bounds__(MOE_THREADS, 2)
 moe_gate_up_w4a16(const u8* __restrict__ w13, const u8* __restrict__ s13, int expert_base,

@@ -333,9 +333,10 @@ fn layer_matches_reference_on_validated_and_other_expert_counts() {
         // Kimi-K2.5: 384 routed + 1 shared (385 slots fused), one group.
         LayerCase {
             shape: small(384, 1),
-            // 1, 2 and 4 tokens take the staged gate_up kernels, 8 and more the tile one.
+            // 1 to 8 tokens take the staged gate_up kernels (6 a partly filled 8-token one),
+            // 9 and more the tile one.
             params: routing(1, 1, 8, 2.827),
-            tokens: &[1, 2, 4, 8, 33, 4096],
+            tokens: &[1, 2, 4, 6, 8, 9, 33, 4096],
         },
         // Not a validated count: 160 routed, shared MLP split into 2 slots, top-6.
         LayerCase {

@@ -394,8 +394,8 @@ pub struct MoeKernels {
     io_bf16: IoKernels,
     io_f32: IoKernels,
     gate_up_w4a4: Function,
-    /// W4A4 gate_up for at most 1, 2 and 4 tokens (`moe_gate_up_w4a4_staged{T}`).
-    gate_up_w4a4_staged: [(usize, Function); 3],
+    /// W4A4 gate_up for at most 1, 2, 4 and 8 tokens (`moe_gate_up_w4a4_staged{T}`).
+    gate_up_w4a4_staged: [(usize, Function); 4],
     down_w4a4: Function,
     down_w4a16: Function,
     /// None where the device has no E4M3 tensor cores (see `moe_tc`).
@@ -478,6 +478,7 @@ impl MoeKernels {
                 (1, f("moe_gate_up_w4a4_staged1")?),
                 (2, f("moe_gate_up_w4a4_staged2")?),
                 (4, f("moe_gate_up_w4a4_staged4")?),
+                (8, f("moe_gate_up_w4a4_staged8")?),
             ],
             down_w4a4: f("moe_down_w4a4")?,
             down_w4a16: f("moe_down_w4a16")?,
