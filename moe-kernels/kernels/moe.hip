@@ -760,11 +760,11 @@ moe_gate_up_w4a4(const u8* __restrict__ w13, const u8* __restrict__ s13, int exp
 
 // W4A4 gate_up for a decode step of at most T tokens (T = 1, 2, 4 or 8: instantiations below):
 // every token's quantized row is staged in shared memory once, behind the kernel's only
-// barrier, and then each wave works alone, as down does. An item is intermediate row j of one expert: the wave
-// runs the gate row against all the expert's pairs (at most one per token, so at most T), then
-// the up row, and writes SiLU(gate) * up; the up row's loads are in flight during the gate pass
-// and the next item's gate row during the up pass. Dynamic shared memory: n_tokens rows of H
-// bytes, then n_tokens * H_CHUNKS scale codes.
+// barrier, and then each wave works alone, as down does. An item is intermediate row j of one
+// expert: the wave runs the gate row against all the expert's pairs (at most one per token, so
+// at most T), then the up row, and writes SiLU(gate) * up; the up row's loads are in flight
+// during the gate pass and the next item's gate row during the up pass. Dynamic shared memory:
+// n_tokens rows of H bytes, then n_tokens * H_CHUNKS scale codes.
 template <int T>
 __device__ __forceinline__ float staged_row_dots(const RowChunks<H_PER_LANE>& rc, const uint4* stage,
                                                  const u8* stage_scale, const int* tok, int n, int lane) {
