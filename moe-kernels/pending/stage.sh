@@ -31,7 +31,7 @@ for line in sys.stdin:
     exe = j.get("executable") if j.get("reason") == "compiler-artifact" else None
     # Test binaries and bench-decode; not the binaries cargo test builds beside them.
     is_bin = j.get("target", {}).get("kind") == ["bin"]
-    if not exe or (is_bin and j["target"]["name"] != "bench-decode"):
+    if not exe or (is_bin and j["target"]["name"] not in ("bench-decode", "moe-bench")):
         continue
     name = os.path.basename(exe)
     if not is_bin:
@@ -44,7 +44,8 @@ for line in sys.stdin:
 }
 bench="build -p model-deepseek --bin bench-decode"
 ops="test -p moe-kernels --test gpu_model_ops --no-run"
-stage base "$bench"
+moe="build -p moe-kernels --bin moe-bench"
+stage base "$bench" "$moe"
 (cd "$wt" && git apply "$root/$pending/lmhead-tc.patch")
 stage lmhead "$bench" "$ops"
 (cd "$wt" && git checkout -q . )
@@ -52,8 +53,10 @@ for v in tc-split tc-absorb mla-empty-splits kv-append-blocks tc-from-1; do
   (cd "$wt" && git apply "$root/$pending/$v.patch")
   stage "$v" "$bench" "$ops"
 done
-# The whole stack's model and server tests.
-stage tc-from-1 "test -p model-deepseek --test gpu_forward --test gpu_sampled --test gpu_synthetic --no-run" \
+# The MoE's variant last (it touches only moe.hip), so it is the whole stack: every test.
+(cd "$wt" && git apply "$root/$pending/moe-prefetch.patch")
+stage moe-prefetch "$bench" "$moe" "test -p moe-kernels --test gpu_model_ops --test gpu_moe --no-run" \
+  "test -p model-deepseek --test gpu_forward --test gpu_sampled --test gpu_synthetic --no-run" \
   "test -p server --test gpu_backend --no-run" "test -p tests --test server_gpu --no-run"
 rm -f target/ab-*.log
 git worktree remove --force "$wt"
