@@ -29,9 +29,10 @@ for line in sys.stdin:
     except ValueError:
         continue
     exe = j.get("executable") if j.get("reason") == "compiler-artifact" else None
-    # Test binaries and bench-decode; not the binaries cargo test builds beside them.
+    # What the command asked for: test binaries from `test`, programs from `build` (not the
+    # programs `cargo test` builds beside its tests).
     is_bin = j.get("target", {}).get("kind") == ["bin"]
-    if not exe or (is_bin and j["target"]["name"] not in ("bench-decode", "moe-bench")):
+    if not exe or is_bin != (sys.argv[2] == "build"):
         continue
     name = os.path.basename(exe)
     if not is_bin:
@@ -39,7 +40,7 @@ for line in sys.stdin:
     shutil.copy(exe, os.path.join(dest, name))
     os.system("strip " + os.path.join(dest, name))
     print("staged", os.path.join(dest, name))
-' "target/ab/$name"
+' "target/ab/$name" "${args%% *}"
   done
 }
 bench="build -p model-deepseek --bin bench-decode"
