@@ -4,11 +4,15 @@
 //! The compilers come from `.ci/install-kernel-compilers`; source
 //! `target/kernel-compilers/env.sh` first (it sets MXSERVE_NVRTC, MXSERVE_CUDA_INCLUDE and
 //! MXSERVE_HIPCC).
+//!
+//! `--code-dir DIR` keeps every code object for reading the machine code without a GPU (how
+//! many instructions a loop takes, what the compiler made of a change): `cuobjdump -sass
+//! FILE.cubin` (PyPI's `nvidia-cuda-cuobjdump`), `llvm-objdump -d FILE.hsaco`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::bail;
-use runtime_rocm::{Target, Toolchain, check_tree};
+use anyhow::{Context, bail};
+use runtime_rocm::{Defines, Target, Toolchain, check_tree};
 
 /// Options of `cargo xtask check-kernels`.
 #[derive(clap::Args)]
@@ -20,6 +24,9 @@ pub struct Args {
     /// bytes and static shared memory, as the assembler reported them.
     #[arg(long)]
     resources: bool,
+    /// Write each compilation's code object into this folder (see the module doc).
+    #[arg(long)]
+    code_dir: Option<PathBuf>,
 }
 
 /// Checks every kernel source for both vendors and prints one line per compilation.
@@ -46,6 +53,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    if let Some(dir) = &args.code_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let results = check_tree(root, &targets, &toolchain)?;
     let mut failures = 0;
     for result in &results {
@@ -64,9 +74,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 println!(
                     "ok    {:<14} {file} {defines}: {} bytes ({})",
                     result.target.to_string(),
-                    output.code_bytes,
+                    output.code.len(),
                     output.compiler
                 );
+                if let Some(dir) = &args.code_dir {
+                    let path = dir.join(code_file_name(
+                        &result.file,
+                        &result.target,
+                        &result.defines,
+                    ));
+                    std::fs::write(&path, &output.code)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
                 if args.resources {
                     for k in &output.kernels {
                         println!(
@@ -90,4 +109,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{failures} kernel compilation(s) failed");
     }
     Ok(())
+}
+
+/// `stem.arch.defines.ext` for a code object: the source's file stem, the target architecture,
+/// the define set (`defaults`, or `NAME=VALUE` pairs joined by `_`), `cubin` or `hsaco`.
+fn code_file_name(file: &Path, target: &Target, defines: &Defines) -> String {
+    let stem = file
+        .file_stem()
+        .map_or("kernel".into(), |s| s.to_string_lossy());
+    let (arch, ext) = match target {
+        Target::Nvidia { arch } => (arch, "cubin"),
+        Target::Amd { arch, .. } => (arch, "hsaco"),
+    };
+    let defines = match defines.to_string() {
+        d if d.is_empty() => "defaults".to_owned(),
+        d => d.replace(' ', "_"),
+    };
+    format!("{stem}.{arch}.{defines}.{ext}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_objects_are_named_by_source_target_and_defines() {
+        let file = Path::new("/w/moe-kernels/kernels/moe.hip");
+        assert_eq!(
+            code_file_name(file, &Target::h100(), &Defines::new()),
+            "moe.sm_90a.defaults.cubin"
+        );
+        let defines = Defines::new().set("MOE_HIDDEN", 256).set("TC_BN", 8);
+        assert_eq!(
+            code_file_name(file, &Target::gfx90a(), &defines),
+            "moe.gfx90a.MOE_HIDDEN=256_TC_BN=8.hsaco"
+        );
+    }
 }

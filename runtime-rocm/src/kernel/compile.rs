@@ -259,8 +259,8 @@ impl std::fmt::Display for Target {
 pub struct CheckOutput {
     /// Compiler and version.
     pub compiler: String,
-    /// Size of the code object.
-    pub code_bytes: usize,
+    /// The code object (a cubin for NVIDIA, an hsaco for AMD), for offline disassembly.
+    pub code: Vec<u8>,
     /// Each kernel's registers, spills and shared memory (NVIDIA; empty for AMD).
     pub kernels: Vec<KernelResources>,
 }
@@ -350,7 +350,7 @@ pub fn check(
             match output {
                 CompileOutput::Code { code, log } => Ok(CheckOutput {
                     compiler,
-                    code_bytes: code.len(),
+                    code,
                     kernels: parse_ptxas_log(&log),
                 }),
                 CompileOutput::Failed { log } => Err(Error::Compile {
@@ -423,12 +423,11 @@ fn hipcc_check(
                 run.status
             ));
         }
-        let code_bytes = std::fs::metadata(&output)
-            .map_err(|e| format!("hipcc wrote no code object: {e}\n{log}"))?
-            .len() as usize;
+        let code = std::fs::read(&output)
+            .map_err(|e| format!("hipcc wrote no code object: {e}\n{log}"))?;
         Ok(CheckOutput {
             compiler: "hipcc".into(),
-            code_bytes,
+            code,
             kernels: Vec::new(),
         })
     })();
