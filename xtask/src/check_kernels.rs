@@ -78,11 +78,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     output.compiler
                 );
                 if let Some(dir) = &args.code_dir {
-                    let path = dir.join(code_file_name(
-                        &result.file,
-                        &result.target,
-                        &result.defines,
-                    ));
+                    let relative = result.file.strip_prefix(root).unwrap_or(&result.file);
+                    let path = dir.join(code_file_name(relative, &result.target, &result.defines));
                     std::fs::write(&path, &output.code)
                         .with_context(|| format!("writing {}", path.display()))?;
                 }
@@ -111,12 +108,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `stem.arch.defines.ext` for a code object: the source's file stem, the target architecture,
-/// the define set (`defaults`, or `NAME=VALUE` pairs joined by `_`), `cubin` or `hsaco`.
-fn code_file_name(file: &Path, target: &Target, defines: &Defines) -> String {
-    let stem = file
-        .file_stem()
-        .map_or("kernel".into(), |s| s.to_string_lossy());
+/// `source.arch.defines.ext` for a code object: the source's path in the workspace without its
+/// extension, folders joined by `_` (two crates' sources of one name must not overwrite each
+/// other), the target architecture, the define set (`defaults`, or `NAME=VALUE` pairs joined by
+/// `_`), `cubin` or `hsaco`.
+fn code_file_name(relative: &Path, target: &Target, defines: &Defines) -> String {
+    let source = relative
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("_");
     let (arch, ext) = match target {
         Target::Nvidia { arch } => (arch, "cubin"),
         Target::Amd { arch, .. } => (arch, "hsaco"),
@@ -125,7 +127,7 @@ fn code_file_name(file: &Path, target: &Target, defines: &Defines) -> String {
         d if d.is_empty() => "defaults".to_owned(),
         d => d.replace(' ', "_"),
     };
-    format!("{stem}.{arch}.{defines}.{ext}")
+    format!("{source}.{arch}.{defines}.{ext}")
 }
 
 #[cfg(test)]
@@ -134,15 +136,28 @@ mod tests {
 
     #[test]
     fn code_objects_are_named_by_source_target_and_defines() {
-        let file = Path::new("/w/moe-kernels/kernels/moe.hip");
+        let file = Path::new("moe-kernels/kernels/moe.hip");
         assert_eq!(
             code_file_name(file, &Target::h100(), &Defines::new()),
-            "moe.sm_90a.defaults.cubin"
+            "moe-kernels_kernels_moe.sm_90a.defaults.cubin"
         );
         let defines = Defines::new().set("MOE_HIDDEN", 256).set("TC_BN", 8);
         assert_eq!(
             code_file_name(file, &Target::gfx90a(), &defines),
-            "moe.gfx90a.MOE_HIDDEN=256_TC_BN=8.hsaco"
+            "moe-kernels_kernels_moe.gfx90a.MOE_HIDDEN=256_TC_BN=8.hsaco"
+        );
+        // Sources of one name in two crates get two files.
+        assert_ne!(
+            code_file_name(
+                Path::new("a/kernels/fill.hip"),
+                &Target::h100(),
+                &Defines::new()
+            ),
+            code_file_name(
+                Path::new("b/kernels/fill.hip"),
+                &Target::h100(),
+                &Defines::new()
+            )
         );
     }
 }
